@@ -1,0 +1,373 @@
+//! Settings, read from command-line flags or environment variables.
+//!
+//! Every setting has an environment variable (`DATABASE_URL`, `AMQP_URL`, the rest
+//! `VERIFY_…`) and a default that works against the local services, so a bare `cargo run`
+//! works. Each binary flattens the sections it needs into its own clap parser; tests build
+//! the sections in code through `Default`. Units are part of the names (`_secs`, `_ms`);
+//! code reads them as `Duration`s through the accessor methods.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+
+use crate::domain::{CodeSecret, OtpCodeLength, OtpError, OtpPolicy};
+
+/// The secret used when `VERIFY_SECRET` is not set. Only for local runs: anyone who knows
+/// it can compute every code, so start-up warns loudly when it is in use.
+pub const DEV_SECRET: &str = "insecure-development-secret-do-not-use";
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// Where Postgres is and how many connections to keep.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// Postgres connection URL; the database is created if it does not exist.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/verify"
+    )]
+    pub url: String,
+    /// Connections in the pool.
+    #[arg(long = "db-pool-size", env = "VERIFY_DB_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Longest wait for a pooled connection (or a new one) before answering 503.
+    #[arg(long = "db-pool-timeout-ms", env = "VERIFY_DB_POOL_TIMEOUT_MS", default_value_t = 2_000)]
+    pub pool_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_timeout_ms)
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/verify".to_owned()),
+            pool_size: 16,
+            pool_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Where RabbitMQ is and how our queues are named.
+#[derive(Debug, Clone, Args)]
+pub struct RabbitSettings {
+    /// AMQP connection URL.
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub url: String,
+    /// Prefix of every exchange and queue name, so several deployments (or test runs) can
+    /// share one broker.
+    #[arg(long = "queue-prefix", env = "VERIFY_QUEUE_PREFIX", default_value = "verify")]
+    pub queue_prefix: String,
+    /// Delete queues after this long unused. Only for throwaway deployments such as tests:
+    /// retry queues never have consumers, so in production they must not expire.
+    #[arg(long = "queue-expires-secs", env = "VERIFY_QUEUE_EXPIRES_SECS")]
+    pub queue_expires_secs: Option<u64>,
+}
+
+impl Default for RabbitSettings {
+    fn default() -> Self {
+        Self {
+            url: std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+            queue_prefix: "verify".to_owned(),
+            queue_expires_secs: None,
+        }
+    }
+}
+
+/// The server key codes are derived from.
+#[derive(Clone, Args)]
+pub struct SecretSettings {
+    /// Server secret (at least 16 bytes) keying code derivation. Must be the same for the
+    /// API and every worker. Unset → a development default and a loud warning.
+    #[arg(long = "secret", env = "VERIFY_SECRET", value_parser = parse_secret, hide_env_values = true)]
+    pub secret: Option<SecretString>,
+}
+
+impl std::fmt::Debug for SecretSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSettings")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl SecretSettings {
+    /// The configured secret, or the development default (with a warning in the log).
+    ///
+    /// # Errors
+    /// [`OtpError::SecretTooShort`] for a configured secret under 16 bytes.
+    pub fn code_secret(&self) -> Result<CodeSecret, OtpError> {
+        match &self.secret {
+            Some(secret) => CodeSecret::parse(secret.clone()),
+            None => {
+                tracing::warn!(
+                    "VERIFY_SECRET is not set: using the built-in development secret. Anyone \
+                     who knows it can compute every code. Set VERIFY_SECRET in production."
+                );
+                CodeSecret::parse(SecretString::from(DEV_SECRET))
+            }
+        }
+    }
+}
+
+/// Defaults for new verifications.
+#[derive(Debug, Clone, Args)]
+pub struct OtpSettings {
+    /// Digits in a code when the request does not say (4-10).
+    #[arg(long = "otp-length", env = "VERIFY_OTP_LENGTH", default_value_t = 6)]
+    pub code_length: i64,
+    /// Lifetime of a code when the request does not say.
+    #[arg(long = "otp-ttl-secs", env = "VERIFY_OTP_TTL_SECS", default_value_t = 600)]
+    pub ttl_secs: u64,
+    /// Wrong checks after which a verification is closed.
+    #[arg(long = "otp-max-checks", env = "VERIFY_OTP_MAX_CHECKS", default_value_t = 5)]
+    pub max_checks: u32,
+}
+
+impl Default for OtpSettings {
+    fn default() -> Self {
+        Self {
+            code_length: 6,
+            ttl_secs: 600,
+            max_checks: 5,
+        }
+    }
+}
+
+impl OtpSettings {
+    /// # Errors
+    /// [`OtpError::InvalidLength`] when the default length is outside 4..=10.
+    pub fn policy(&self) -> Result<OtpPolicy, OtpError> {
+        Ok(OtpPolicy {
+            code_length: OtpCodeLength::parse(self.code_length)?,
+            ttl: Duration::from_secs(self.ttl_secs),
+            max_checks: self.max_checks,
+        })
+    }
+}
+
+/// The HTTP API's own settings.
+#[derive(Clone, Args)]
+pub struct ApiSettings {
+    /// Address to listen on.
+    #[arg(long = "addr", env = "VERIFY_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// An API key accepted in addition to the keys stored in the database (for local runs,
+    /// compose and tests). Keys created with `verify-api keys create` need no restart.
+    #[arg(long = "api-key", env = "VERIFY_API_KEY", value_parser = parse_secret, hide_env_values = true)]
+    pub api_key: Option<SecretString>,
+    /// SMS sends allowed to one phone number per window.
+    #[arg(long = "send-limit", env = "VERIFY_SEND_LIMIT", default_value_t = 5)]
+    pub send_limit: u32,
+    /// The window of the per-number send limit.
+    #[arg(long = "send-limit-window-secs", env = "VERIFY_SEND_LIMIT_WINDOW_SECS", default_value_t = 600)]
+    pub send_limit_window_secs: u64,
+    /// Shortest time between two sends of one verification (resend).
+    #[arg(long = "resend-interval-secs", env = "VERIFY_RESEND_INTERVAL_SECS", default_value_t = 30)]
+    pub resend_interval_secs: u64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long = "shutdown-grace-secs", env = "VERIFY_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("addr", &self.addr)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("send_limit", &self.send_limit)
+            .field("send_limit_window_secs", &self.send_limit_window_secs)
+            .field("resend_interval_secs", &self.resend_interval_secs)
+            .finish()
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_key: None,
+            send_limit: 5,
+            send_limit_window_secs: 600,
+            resend_interval_secs: 30,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl ApiSettings {
+    pub fn send_limit_window(&self) -> Duration {
+        Duration::from_secs(self.send_limit_window_secs)
+    }
+
+    pub fn resend_interval(&self) -> Duration {
+        Duration::from_secs(self.resend_interval_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// How a worker consumes and retries.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// Sends in flight at once in one worker process (also the AMQP prefetch).
+    #[arg(long = "concurrency", env = "VERIFY_WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: u16,
+    /// Provider attempts per send before it is marked failed.
+    #[arg(long = "retry-max-attempts", env = "VERIFY_RETRY_MAX_ATTEMPTS", default_value_t = 6)]
+    pub retry_max_attempts: u32,
+    /// Delay before the first retry; each later one doubles.
+    #[arg(long = "retry-base-ms", env = "VERIFY_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+    /// Longest delay between two attempts.
+    #[arg(long = "retry-cap-ms", env = "VERIFY_RETRY_CAP_MS", default_value_t = 60_000)]
+    pub retry_cap_ms: u64,
+    /// Random spread of each delay, as a fraction (0.2 = ±20 %).
+    #[arg(long = "retry-jitter", env = "VERIFY_RETRY_JITTER", default_value_t = 0.2)]
+    pub retry_jitter: f64,
+    /// How long a claimed send belongs to its worker before another may take it over.
+    #[arg(long = "send-lease-secs", env = "VERIFY_SEND_LEASE_SECS", default_value_t = 60)]
+    pub send_lease_secs: u64,
+    /// Never hand a code to the provider with less than this much lifetime left.
+    #[arg(long = "expiry-margin-secs", env = "VERIFY_EXPIRY_MARGIN_SECS", default_value_t = 15)]
+    pub expiry_margin_secs: u64,
+    /// How long in-flight sends may take to finish after SIGTERM.
+    #[arg(long = "shutdown-grace-secs", env = "VERIFY_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            retry_max_attempts: 6,
+            retry_base_ms: 1_000,
+            retry_cap_ms: 60_000,
+            retry_jitter: 0.2,
+            send_lease_secs: 60,
+            expiry_margin_secs: 15,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl WorkerSettings {
+    pub fn send_lease(&self) -> Duration {
+        Duration::from_secs(self.send_lease_secs)
+    }
+
+    pub fn expiry_margin(&self) -> Duration {
+        Duration::from_secs(self.expiry_margin_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Which SMS provider wire format the workers speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// Twilio's Messages API (also what `verify-sink` serves).
+    Twilio,
+    /// A generic JSON endpoint: `POST {to, from, text}`.
+    Http,
+    /// Log a masked line instead of sending (development only).
+    Log,
+}
+
+/// The SMS provider and its credentials.
+#[derive(Clone, Args)]
+pub struct ProviderSettings {
+    /// Provider wire format.
+    #[arg(long = "sms-provider", env = "VERIFY_SMS_PROVIDER", value_enum, default_value = "log")]
+    pub kind: ProviderKind,
+    /// Sender used when a verification names none (E.164 number or alphanumeric ID).
+    #[arg(long = "sms-from", env = "VERIFY_SMS_FROM", default_value = "Verify")]
+    pub from: String,
+    /// Base URL of the Twilio API.
+    #[arg(long = "twilio-base-url", env = "VERIFY_TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
+    pub twilio_base_url: String,
+    /// Twilio account SID (`AC…`).
+    #[arg(long = "twilio-account-sid", env = "VERIFY_TWILIO_ACCOUNT_SID", default_value = "")]
+    pub twilio_account_sid: String,
+    /// Twilio auth token.
+    #[arg(long = "twilio-auth-token", env = "VERIFY_TWILIO_AUTH_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub twilio_auth_token: Option<SecretString>,
+    /// URL the generic JSON provider posts to.
+    #[arg(long = "http-provider-url", env = "VERIFY_HTTP_PROVIDER_URL", default_value = "http://127.0.0.1:9090/send")]
+    pub http_url: String,
+    /// Bearer token for the generic JSON provider.
+    #[arg(long = "http-provider-token", env = "VERIFY_HTTP_PROVIDER_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub http_token: Option<SecretString>,
+    /// Timeout of one provider request; a timeout is a transient error and is retried.
+    #[arg(long = "provider-timeout-ms", env = "VERIFY_PROVIDER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("kind", &self.kind)
+            .field("from", &self.from)
+            .field("twilio_base_url", &self.twilio_base_url)
+            .field("twilio_account_sid", &self.twilio_account_sid)
+            .field("http_url", &self.http_url)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::Log,
+            from: "Verify".to_owned(),
+            twilio_base_url: "https://api.twilio.com".to_owned(),
+            twilio_account_sid: String::new(),
+            twilio_auth_token: None,
+            http_url: "http://127.0.0.1:9090/send".to_owned(),
+            http_token: None,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ProviderSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logging settings; the level filter comes from `RUST_LOG`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct LogSettings {
+    #[arg(long = "log-format", env = "VERIFY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub format: LogFormat,
+}

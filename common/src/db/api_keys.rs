@@ -1,0 +1,81 @@
+//! Stored API keys (hashes only).
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::DbError;
+
+/// An API key as listed: never the key itself.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a new key's hash.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn insert_api_key(pool: &Pool, id: Uuid, name: &str, key_hash: &[u8]) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO api_keys (id, name, key_hash) VALUES ($1, $2, $3)",
+            &[&id, &name, &key_hash],
+        )
+        .await?;
+    Ok(())
+}
+
+/// True when an unrevoked key with this hash exists.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn is_active_api_key(pool: &Pool, key_hash: &[u8]) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .await?;
+    Ok(client.query_opt(&statement, &[&key_hash]).await?.is_some())
+}
+
+/// All keys, newest first.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn list_api_keys(pool: &Pool) -> Result<Vec<ApiKeyRecord>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, name, created_at, revoked_at FROM api_keys ORDER BY created_at DESC",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ApiKeyRecord {
+            id: row.get(0),
+            name: row.get(1),
+            created_at: row.get(2),
+            revoked_at: row.get(3),
+        })
+        .collect())
+}
+
+/// Revokes a key; false when no unrevoked key has this id.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn revoke_api_key(pool: &Pool, id: Uuid) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let changed = client
+        .execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )
+        .await?;
+    Ok(changed == 1)
+}

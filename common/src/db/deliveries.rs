@@ -1,0 +1,242 @@
+//! SMS delivery rows: the worker's guarded claim and the recording of each attempt.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+
+use super::{DbError, seconds};
+use crate::domain::{
+    DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, VerificationId, VerificationStatus,
+    Variables,
+};
+
+/// A delivery row.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub verification_id: VerificationId,
+    pub send_number: i32,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub provider_message_id: Option<String>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// One JSON object per provider attempt, oldest first.
+    pub attempt_log: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) const DELIVERY_COLUMNS: &str = "id, verification_id, send_number, status, attempts, \
+    provider_message_id, last_error, next_attempt_at, attempt_log, created_at, updated_at, sent_at";
+
+/// Reads a delivery from `row`, starting at column `at`.
+pub(crate) fn delivery_from_row(row: &Row, at: usize) -> Result<DeliveryRecord, DbError> {
+    let status: String = row.get(at + 3);
+    Ok(DeliveryRecord {
+        id: DeliveryId::from_uuid(row.get(at)),
+        verification_id: VerificationId::from_uuid(row.get(at + 1)),
+        send_number: row.get(at + 2),
+        status: status.parse().map_err(DbError::Corrupt)?,
+        attempts: row.get(at + 4),
+        provider_message_id: row.get(at + 5),
+        last_error: row.get(at + 6),
+        next_attempt_at: row.get(at + 7),
+        attempt_log: row.get(at + 8),
+        created_at: row.get(at + 9),
+        updated_at: row.get(at + 10),
+        sent_at: row.get(at + 11),
+    })
+}
+
+/// Every send of one verification, oldest first.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn list_deliveries(
+    pool: &Pool,
+    verification_id: VerificationId,
+) -> Result<Vec<DeliveryRecord>, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM sms_deliveries WHERE verification_id = $1
+             ORDER BY send_number"
+        ))
+        .await?;
+    client
+        .query(&statement, &[&verification_id.as_uuid()])
+        .await?
+        .iter()
+        .map(|row| delivery_from_row(row, 0))
+        .collect()
+}
+
+/// What a worker needs to render and send one claimed delivery.
+#[derive(Debug, Clone)]
+pub struct ClaimedSend {
+    pub delivery_id: DeliveryId,
+    /// This attempt's number (1 for the first); finishing the attempt is guarded by it.
+    pub attempt: i32,
+    pub verification_id: VerificationId,
+    pub verification_status: VerificationStatus,
+    pub to: PhoneNumber,
+    pub expires_at: DateTime<Utc>,
+    pub code_nonce: Vec<u8>,
+    pub code_length: OtpCodeLength,
+    pub variables: Variables,
+    pub template_id: Option<i64>,
+    /// The template's current body; `None` with a `template_id` means it was deleted.
+    pub template_body: Option<String>,
+    pub locale: Option<String>,
+    pub sender: Option<String>,
+}
+
+/// Result of trying to claim a delivery.
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    Claimed(Box<ClaimedSend>),
+    /// Already sent or failed: a duplicate or redelivered job; nothing to do.
+    AlreadyFinished(DeliveryStatus),
+    /// Another worker holds a live claim; it may be retried once the lease runs out.
+    HeldElsewhere { lease_remaining: Duration },
+    /// No such delivery (its verification was deleted).
+    Missing,
+}
+
+/// Claims a delivery for sending. The `UPDATE` only matches a delivery that is waiting
+/// (`queued`/`retrying`) or whose previous claim's lease has run out (its worker died), so
+/// two workers given the same job cannot both send it.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn claim_delivery(
+    pool: &Pool,
+    id: DeliveryId,
+    lease: Duration,
+) -> Result<ClaimOutcome, DbError> {
+    let client = pool.get().await?;
+    let claim = client
+        .prepare_cached(
+            "WITH claimed AS (
+                 UPDATE sms_deliveries d
+                 SET status = 'sending', attempts = d.attempts + 1,
+                     lease_until = now() + make_interval(secs => $2), updated_at = now()
+                 WHERE d.id = $1
+                   AND (d.status = ANY($3) OR (d.status = 'sending' AND d.lease_until < now()))
+                 RETURNING d.attempts, d.verification_id
+             )
+             SELECT c.attempts, v.id, v.status, v.to_number, v.expires_at, v.code_nonce,
+                    v.code_length, v.variables, v.template_id, t.body, v.locale, v.sender
+             FROM claimed c
+             JOIN verifications v ON v.id = c.verification_id
+             LEFT JOIN templates t ON t.id = v.template_id",
+        )
+        .await?;
+    let waiting = DeliveryStatus::Sending.allowed_previous();
+    if let Some(row) = client
+        .query_opt(&claim, &[&id.as_uuid(), &seconds(lease), &waiting])
+        .await?
+    {
+        let status: String = row.get(2);
+        let code_length: i16 = row.get(6);
+        return Ok(ClaimOutcome::Claimed(Box::new(ClaimedSend {
+            delivery_id: id,
+            attempt: row.get(0),
+            verification_id: VerificationId::from_uuid(row.get(1)),
+            verification_status: status.parse().map_err(DbError::Corrupt)?,
+            to: PhoneNumber::from_trusted_storage(row.get(3)),
+            expires_at: row.get(4),
+            code_nonce: row.get(5),
+            code_length: OtpCodeLength::parse(i64::from(code_length))
+                .map_err(|e| DbError::Corrupt(e.to_string()))?,
+            variables: Variables::from_trusted_storage(&row.get::<_, serde_json::Value>(7)),
+            template_id: row.get(8),
+            template_body: row.get(9),
+            locale: row.get(10),
+            sender: row.get(11),
+        })));
+    }
+    let current = client
+        .query_opt(
+            "SELECT status, greatest(extract(epoch FROM lease_until - now()), 0)::float8
+             FROM sms_deliveries WHERE id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    let Some(row) = current else {
+        return Ok(ClaimOutcome::Missing);
+    };
+    let status: DeliveryStatus = row.get::<_, String>(0).parse().map_err(DbError::Corrupt)?;
+    if status.is_terminal() {
+        return Ok(ClaimOutcome::AlreadyFinished(status));
+    }
+    let remaining: Option<f64> = row.get(1);
+    Ok(ClaimOutcome::HeldElsewhere {
+        lease_remaining: Duration::from_secs_f64(remaining.unwrap_or(0.0)),
+    })
+}
+
+/// How one claimed attempt ended, as recorded in the row.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// `Sent`, `Retrying` or `Failed`.
+    pub next: DeliveryStatus,
+    pub provider_message_id: Option<String>,
+    pub error: Option<String>,
+    /// For `Retrying`: when the next attempt is due.
+    pub retry_in: Option<Duration>,
+    /// Appended to the delivery's attempt log.
+    pub log_entry: serde_json::Value,
+}
+
+/// Records the end of attempt `attempt`. Guarded by status and attempt number: if the
+/// lease ran out and another worker re-claimed the send meanwhile, this worker's result is
+/// rejected ([`DbError::TransitionRejected`]) rather than overwriting the newer attempt.
+///
+/// # Errors
+/// [`DbError::TransitionRejected`] when the row moved on; other [`DbError`]s on failure.
+pub async fn finish_attempt(
+    pool: &Pool,
+    id: DeliveryId,
+    attempt: i32,
+    record: &AttemptRecord,
+) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE sms_deliveries
+             SET status = $3,
+                 provider_message_id = coalesce($4, provider_message_id),
+                 last_error = $5,
+                 next_attempt_at = now() + make_interval(secs => $6),
+                 sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+                 lease_until = NULL,
+                 updated_at = now(),
+                 attempt_log = attempt_log || jsonb_build_array($7::jsonb)
+             WHERE id = $1 AND attempts = $2 AND status = ANY($8)",
+        )
+        .await?;
+    let changed = client
+        .execute(
+            &statement,
+            &[
+                &id.as_uuid(),
+                &attempt,
+                &record.next.as_str(),
+                &record.provider_message_id,
+                &record.error,
+                &record.retry_in.map(seconds),
+                &record.log_entry,
+                &record.next.allowed_previous(),
+            ],
+        )
+        .await?;
+    if changed == 0 {
+        return Err(DbError::TransitionRejected);
+    }
+    Ok(())
+}

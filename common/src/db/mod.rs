@@ -1,0 +1,240 @@
+//! Postgres access: the only module that contains SQL.
+//!
+//! [`connect_pool`] creates the database when missing, builds a bounded pool and takes one
+//! connection so a bad URL fails at start-up. [`migrate`] applies the embedded migrations
+//! under an advisory lock, so several API replicas can start together. One sub-module per
+//! table holds its queries; every state change is a guarded `UPDATE` so concurrent API
+//! replicas and workers cannot step on each other.
+
+pub mod api_keys;
+pub mod deliveries;
+pub mod templates;
+pub mod verifications;
+
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts,
+};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::config::DatabaseSettings;
+
+pub use deadpool_postgres::Pool;
+
+/// What can go wrong talking to Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Postgres cannot be reached or the pool is exhausted; the caller should retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A guarded `UPDATE` matched no row: the row was not in a state that allows the move.
+    #[error("the row is not in a state that allows this change")]
+    TransitionRejected,
+    /// A stored value could not be read back into its domain type.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("database query failed")]
+    Query(#[source] tokio_postgres::Error),
+    /// The database URL or a migration is wrong.
+    #[error("database set-up failed: {0}")]
+    Setup(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        // Errors without a server-side code are connection-level (refused, reset, closed):
+        // transient. So are the codes Postgres sends while shutting down or starting up.
+        let transient_codes = [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ];
+        match error.code() {
+            None => Self::Unavailable(error.to_string()),
+            Some(code) if transient_codes.contains(code) => Self::Unavailable(error.to_string()),
+            Some(_) => Self::Query(error),
+        }
+    }
+}
+
+impl From<PoolError> for DbError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Backend(e) => e.into(),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Creates the database named in `settings.url` if it does not exist yet.
+///
+/// # Errors
+/// [`DbError::Setup`] for a malformed URL; other errors when the server refuses.
+pub async fn ensure_database_exists(settings: &DatabaseSettings) -> Result<(), DbError> {
+    let config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| DbError::Setup(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
+    let name = config
+        .get_dbname()
+        .ok_or_else(|| DbError::Setup("DATABASE_URL names no database".to_owned()))?
+        .to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    admin.connect_timeout(settings.pool_timeout().max(Duration::from_secs(1)));
+    let (client, connection) = admin.connect(NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        match client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await
+        {
+            Ok(()) => tracing::info!(database = %name, "created the database"),
+            // Another process created it between our check and our CREATE.
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// Builds a bounded pool for `settings.url` (creating the database if needed) and checks
+/// that one connection can be made.
+///
+/// # Errors
+/// [`DbError`] when the URL is malformed or the server cannot be reached.
+pub async fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+    ensure_database_exists(settings).await?;
+    let pool = build_pool(settings)?;
+    drop(pool.get().await?);
+    Ok(pool)
+}
+
+/// Builds the pool without connecting (connections are made on first use).
+///
+/// # Errors
+/// [`DbError::Setup`] for a malformed URL.
+pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| DbError::Setup(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
+    config.connect_timeout(settings.pool_timeout());
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            // A broken connection is detected by the query that uses it and discarded;
+            // checking every connection on checkout would cost a round trip per request.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    // Bounded waits everywhere: an exhausted pool or a dead server becomes a prompt 503,
+    // never a hung request.
+    let timeout = Some(settings.pool_timeout());
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .timeouts(Timeouts {
+            wait: timeout,
+            create: timeout,
+            recycle: timeout,
+        })
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Setup(e.to_string()))
+}
+
+/// The schema, in order. Embedded so binaries need no files at run time.
+const MIGRATIONS: [(i32, &str, &str); 4] = [
+    (1, "api_keys", include_str!("../../../migrations/V1__api_keys.sql")),
+    (2, "templates", include_str!("../../../migrations/V2__templates.sql")),
+    (3, "verifications", include_str!("../../../migrations/V3__verifications.sql")),
+    (4, "sms_deliveries", include_str!("../../../migrations/V4__sms_deliveries.sql")),
+];
+
+/// Arbitrary constant identifying Verify's migration lock among advisory locks.
+const MIGRATION_LOCK_KEY: i64 = 0x5645_5249_4659_0001;
+
+/// Applies every migration not yet applied, each in its own transaction, holding an
+/// advisory lock so concurrent starters apply each migration once.
+///
+/// # Errors
+/// [`DbError`] when a migration fails; nothing of that migration is kept.
+pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
+    let mut client = pool.get().await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let result = apply_pending_migrations(&mut client).await;
+    // Unlock even after a failure; if the connection itself broke, the lock went with it.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    result
+}
+
+async fn apply_pending_migrations(
+    client: &mut deadpool_postgres::Client,
+) -> Result<Vec<i32>, DbError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let applied: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut newly_applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        let transaction = client.transaction().await?;
+        transaction.batch_execute(sql).await.map_err(|e| {
+            DbError::Setup(format!("migration V{version}__{name} failed: {e}"))
+        })?;
+        transaction
+            .execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                &[&version, &name],
+            )
+            .await?;
+        transaction.commit().await?;
+        tracing::info!(version, name, "applied migration");
+        newly_applied.push(version);
+    }
+    Ok(newly_applied)
+}
+
+/// Answers whether Postgres is reachable, for readiness probes.
+///
+/// # Errors
+/// [`DbError::Unavailable`] when it is not.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+/// Converts a `Duration` to the seconds Postgres' `make_interval(secs => …)` takes.
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}

@@ -1,0 +1,166 @@
+//! SMS deliveries (one per send of a verification's code) and their status machine.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Identifies one send of a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct DeliveryId(Uuid);
+
+impl DeliveryId {
+    /// A new time-ordered id.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Wraps a UUID read from storage or a job message.
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Status of one send.
+///
+/// ```text
+/// queued ──► sending ──► sent
+///   │          │  ▲
+///   │          ▼  │
+///   │       retrying ──► failed
+///   └──────────┴────────► failed
+/// ```
+/// `Sent` and `Failed` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Queued,
+    Sending,
+    Retrying,
+    Sent,
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Every status, for exhaustive tests and SQL `CHECK`s.
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Sending,
+        Self::Retrying,
+        Self::Sent,
+        Self::Failed,
+    ];
+
+    /// The single source of truth for which moves are allowed. The database enforces the
+    /// same rule under concurrency by guarding each `UPDATE` with [`Self::allowed_previous`].
+    pub fn can_transition_to(self, next: Self) -> bool {
+        use DeliveryStatus::{Failed, Queued, Retrying, Sending, Sent};
+        matches!(
+            (self, next),
+            (Queued | Retrying, Sending)
+                | (Sending, Sent | Retrying | Failed)
+                // A send whose verification ended (approved, canceled, expired) while it
+                // waited is closed without being attempted.
+                | (Queued | Retrying, Failed)
+        )
+    }
+
+    /// Statuses from which `self` may be reached, as text for a SQL `= ANY($n)` guard.
+    pub fn allowed_previous(self) -> Vec<&'static str> {
+        Self::ALL
+            .into_iter()
+            .filter(|from| from.can_transition_to(self))
+            .map(Self::as_str)
+            .collect()
+    }
+
+    /// True for `Sent` and `Failed`.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Sent | Self::Failed)
+    }
+
+    /// The stored text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Retrying => "retrying",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for DeliveryStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery status {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeliveryStatus::{self, Failed, Queued, Retrying, Sending, Sent};
+
+    #[test]
+    fn every_pair_of_statuses_follows_the_transition_table() {
+        let allowed = [
+            (Queued, Sending),
+            (Queued, Failed),
+            (Retrying, Sending),
+            (Retrying, Failed),
+            (Sending, Sent),
+            (Sending, Retrying),
+            (Sending, Failed),
+        ];
+        for from in DeliveryStatus::ALL {
+            for to in DeliveryStatus::ALL {
+                assert_eq!(
+                    from.can_transition_to(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_statuses_allow_no_move() {
+        for to in DeliveryStatus::ALL {
+            assert!(!Sent.can_transition_to(to));
+            assert!(!Failed.can_transition_to(to));
+        }
+        assert!(Sent.is_terminal() && Failed.is_terminal() && !Retrying.is_terminal());
+    }
+
+    #[test]
+    fn allowed_previous_lists_the_sources_of_a_move() {
+        assert_eq!(Sending.allowed_previous(), ["queued", "retrying"]);
+        assert_eq!(Sent.allowed_previous(), ["sending"]);
+        assert_eq!(Queued.allowed_previous(), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for status in DeliveryStatus::ALL {
+            assert_eq!(status.as_str().parse::<DeliveryStatus>(), Ok(status));
+        }
+        assert!("delivered".parse::<DeliveryStatus>().is_err());
+    }
+}

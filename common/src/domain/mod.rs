@@ -1,0 +1,22 @@
+//! Domain types: each one is valid by construction, so the rest of the code never re-checks.
+
+pub mod delivery;
+pub mod otp;
+pub mod phone_number;
+pub mod sender;
+pub mod sms;
+pub mod template;
+pub mod variables;
+pub mod verification;
+
+pub use delivery::{DeliveryId, DeliveryStatus};
+pub use otp::{CodeSecret, OtpCode, OtpCodeLength, OtpError, OtpPolicy};
+pub use phone_number::{PhoneNumber, PhoneNumberError};
+pub use sender::{Sender, SenderError};
+pub use sms::{SmsEncoding, SmsShape};
+pub use template::{
+    TemplateBody, TemplateDescription, TemplateError, TemplateLocale, TemplateName,
+    default_template_text, new_template_engine,
+};
+pub use variables::{VariableError, Variables};
+pub use verification::{CheckOutcome, VerificationId, VerificationStatus};

@@ -1,0 +1,20 @@
+//! Everything the Verify API and the send workers share.
+//!
+//! - [`config`]: settings sections read from flags and environment variables.
+//! - [`telemetry`]: tracing set-up for the binaries.
+//! - [`domain`]: types that cannot hold invalid values (phone numbers, codes, templates,
+//!   verification and delivery states) and the rules between them.
+//! - [`db`]: the only place that speaks SQL; pools, migrations and one module per table.
+//! - [`queue`]: the only place (with the worker's consumer) that speaks AMQP; topology,
+//!   job messages and the confirming publisher.
+//!
+//! Nothing here knows about HTTP: the API crate turns these errors into responses.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod queue;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;

@@ -1,0 +1,47 @@
+//! RabbitMQ: the only module (with the worker's consumer) that uses lapin.
+//!
+//! - [`topology`]: exchange and queue names (with the deployment's prefix) and their
+//!   declaration, including the retry delay queues and the dead-letter queue.
+//! - [`messages`]: the job payload, versioned JSON that carries ids only, never a code.
+//! - [`publisher`]: publishes jobs and waits for the broker's confirm, reconnecting after
+//!   a lost connection.
+
+pub mod messages;
+pub mod publisher;
+pub mod topology;
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+pub use messages::{MessageError, SendSms};
+pub use publisher::SmsPublisher;
+pub use topology::QueueNames;
+
+/// Longest wait for a connection, a declaration or a publisher confirm.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What can go wrong talking to RabbitMQ.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot reach RabbitMQ: {0}")]
+    Connect(#[source] lapin::Error),
+    #[error("RabbitMQ operation failed: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("RabbitMQ refused the message: {0}")]
+    Rejected(String),
+}
+
+/// Opens a connection named after the process role (shown in the management UI).
+///
+/// # Errors
+/// [`QueueError::Connect`] or [`QueueError::Timeout`].
+pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(BROKER_TIMEOUT, Connection::connect(url, properties))
+        .await
+        .map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))?
+        .map_err(QueueError::Connect)
+}

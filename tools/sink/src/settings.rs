@@ -1,0 +1,291 @@
+//! Start-up settings: command-line flags, each with an environment variable.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Address the binary listens on unless told otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9090";
+/// Status a failing send answers with unless told otherwise.
+pub const DEFAULT_FAILURE_STATUS: u16 = 503;
+/// `Retry-After` seconds sent with injected 429s unless told otherwise.
+pub const DEFAULT_RETRY_AFTER_SECS: u64 = 1;
+/// How long a hanging send is held unless told otherwise; longer than any sane client timeout.
+pub const DEFAULT_HANG_MS: u64 = 30_000;
+/// Messages kept before the oldest are dropped unless told otherwise.
+pub const DEFAULT_MAX_MESSAGES: usize = 1_000_000;
+
+/// How an injected failure shows itself to the client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Answer at once with the configured failure status.
+    #[default]
+    Status,
+    /// Hold the request unanswered for the hang time, then answer 504, so clients exercise
+    /// their own timeouts rather than their error handling.
+    Hang,
+}
+
+impl FailureMode {
+    /// The name used on the command line and in `/control`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Status => "status",
+            FailureMode::Hang => "hang",
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the sink can be told at start-up.
+///
+/// The failure-injection fields are only the initial values: `PUT /control` changes them
+/// while the sink runs. `Default` matches the flag defaults except that it binds an
+/// ephemeral port, which is what in-process tests want.
+#[derive(Clone, Parser)]
+#[command(
+    name = "verify-sink",
+    version,
+    about = "Fake SMS provider: accepts Twilio-style and JSON sends, records them, injects failures on request"
+)]
+pub struct SinkSettings {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "VERIFY_SINK_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+
+    /// Delay before every send request is answered, in milliseconds.
+    #[arg(long, env = "VERIFY_SINK_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// Fraction of send requests that fail, from 0.0 to 1.0.
+    #[arg(long, env = "VERIFY_SINK_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_failure_rate)]
+    pub failure_rate: f64,
+
+    /// HTTP status a failing send answers with (400 to 599).
+    #[arg(long, env = "VERIFY_SINK_FAILURE_STATUS", default_value_t = DEFAULT_FAILURE_STATUS, value_parser = parse_failure_status)]
+    pub failure_status: u16,
+
+    /// Seconds advertised in `Retry-After` when the failure status is 429.
+    #[arg(long, env = "VERIFY_SINK_RETRY_AFTER_SECS", default_value_t = DEFAULT_RETRY_AFTER_SECS)]
+    pub retry_after_secs: u64,
+
+    /// The first N send requests fail, whatever the failure rate.
+    #[arg(long, env = "VERIFY_SINK_FAIL_FIRST", default_value_t = 0)]
+    pub fail_first: u64,
+
+    /// How a failing send fails: answer with the failure status, or hang then answer 504.
+    #[arg(long, env = "VERIFY_SINK_FAILURE_MODE", value_enum, default_value_t = FailureMode::Status)]
+    pub failure_mode: FailureMode,
+
+    /// How long a hanging send is held before it is answered 504, in milliseconds.
+    #[arg(long, env = "VERIFY_SINK_HANG_MS", default_value_t = DEFAULT_HANG_MS)]
+    pub hang_ms: u64,
+
+    /// Account SID the Twilio route insists on; any SID is accepted when unset.
+    #[arg(long, env = "VERIFY_SINK_TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+
+    /// Auth token the Twilio route insists on; any token is accepted when unset.
+    #[arg(long, env = "VERIFY_SINK_TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+
+    /// Most messages kept in memory; the oldest are dropped beyond it.
+    #[arg(long, env = "VERIFY_SINK_MAX_MESSAGES", default_value_t = DEFAULT_MAX_MESSAGES, value_parser = parse_max_messages)]
+    pub max_messages: usize,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        SinkSettings {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            latency_ms: 0,
+            failure_rate: 0.0,
+            failure_status: DEFAULT_FAILURE_STATUS,
+            retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+            fail_first: 0,
+            failure_mode: FailureMode::Status,
+            hang_ms: DEFAULT_HANG_MS,
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            max_messages: DEFAULT_MAX_MESSAGES,
+        }
+    }
+}
+
+// Hand-written so the auth token never reaches a log line.
+impl fmt::Debug for SinkSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkSettings")
+            .field("addr", &self.addr)
+            .field("latency_ms", &self.latency_ms)
+            .field("failure_rate", &self.failure_rate)
+            .field("failure_status", &self.failure_status)
+            .field("retry_after_secs", &self.retry_after_secs)
+            .field("fail_first", &self.fail_first)
+            .field("failure_mode", &self.failure_mode)
+            .field("hang_ms", &self.hang_ms)
+            .field("twilio_account_sid", &self.twilio_account_sid)
+            .field(
+                "twilio_auth_token",
+                &self.twilio_auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_messages", &self.max_messages)
+            .finish()
+    }
+}
+
+/// A setting outside the range the sink can honour.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    /// `--failure-rate` is not a fraction.
+    #[error("--failure-rate must be between 0.0 and 1.0, got {0}")]
+    FailureRate(f64),
+    /// `--failure-status` is not an error status.
+    #[error("--failure-status must be between 400 and 599, got {0}")]
+    FailureStatus(u16),
+    /// `--max-messages` would keep nothing.
+    #[error("--max-messages must be at least 1, got {0}")]
+    MaxMessages(usize),
+}
+
+impl SinkSettings {
+    /// Checks the values clap cannot check when settings are built in code rather than parsed.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        check_failure_rate(self.failure_rate).map_err(SettingsError::FailureRate)?;
+        check_failure_status(self.failure_status).map_err(SettingsError::FailureStatus)?;
+        if self.max_messages == 0 {
+            return Err(SettingsError::MaxMessages(self.max_messages));
+        }
+        Ok(())
+    }
+}
+
+/// Accepts a failure rate only if it is a fraction; NaN is refused too.
+pub(crate) fn check_failure_rate(rate: f64) -> Result<f64, f64> {
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(rate)
+    }
+}
+
+/// Accepts only client and server error statuses: a "failure" answering 2xx would be recorded
+/// as a failure yet look like success to the client.
+pub(crate) fn check_failure_status(status: u16) -> Result<u16, u16> {
+    if (400..=599).contains(&status) {
+        Ok(status)
+    } else {
+        Err(status)
+    }
+}
+
+fn parse_failure_rate(raw: &str) -> Result<f64, String> {
+    let rate: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number"))?;
+    check_failure_rate(rate).map_err(|rate| format!("{rate} is not between 0.0 and 1.0"))
+}
+
+fn parse_failure_status(raw: &str) -> Result<u16, String> {
+    let status: u16 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{raw}` is not an HTTP status"))?;
+    check_failure_status(status).map_err(|status| format!("{status} is not between 400 and 599"))
+}
+
+fn parse_max_messages(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{raw}` is not a positive whole number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::{CommandFactory, Parser};
+
+    use super::{FailureMode, SettingsError, SinkSettings};
+
+    #[test]
+    fn flag_definitions_are_consistent() {
+        SinkSettings::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_default_to_the_documented_values() {
+        let settings = SinkSettings::try_parse_from(["verify-sink"]).unwrap();
+        assert_eq!(settings.addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(settings.failure_status, 503);
+        assert_eq!(settings.failure_mode, FailureMode::Status);
+        assert_eq!(settings.max_messages, 1_000_000);
+        assert_eq!(settings.hang_ms, 30_000);
+    }
+
+    #[test]
+    fn default_differs_from_flags_only_in_the_port() {
+        let parsed = SinkSettings::try_parse_from(["verify-sink"]).unwrap();
+        let default = SinkSettings::default();
+        assert_eq!(default.addr.port(), 0);
+        assert_eq!(format!("{:?}", SinkSettings { addr: default.addr, ..parsed }), format!("{default:?}"));
+    }
+
+    #[test]
+    fn a_failure_rate_above_one_is_refused_naming_the_flag() {
+        let err = SinkSettings::try_parse_from(["verify-sink", "--failure-rate", "1.5"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--failure-rate"), "{err}");
+    }
+
+    #[test]
+    fn a_success_status_is_refused_as_failure_status() {
+        let err = SinkSettings::try_parse_from(["verify-sink", "--failure-status", "200"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--failure-status"), "{err}");
+    }
+
+    #[test]
+    fn hang_mode_is_spelled_in_lowercase() {
+        let settings =
+            SinkSettings::try_parse_from(["verify-sink", "--failure-mode", "hang"]).unwrap();
+        assert_eq!(settings.failure_mode, FailureMode::Hang);
+    }
+
+    #[test]
+    fn validate_catches_values_built_in_code() {
+        let settings = SinkSettings {
+            failure_rate: f64::NAN,
+            ..SinkSettings::default()
+        };
+        assert!(matches!(settings.validate(), Err(SettingsError::FailureRate(_))));
+        let settings = SinkSettings {
+            failure_status: 302,
+            ..SinkSettings::default()
+        };
+        assert_eq!(settings.validate(), Err(SettingsError::FailureStatus(302)));
+        assert!(SinkSettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_the_auth_token() {
+        let settings = SinkSettings {
+            twilio_auth_token: Some("very-secret".to_owned()),
+            ..SinkSettings::default()
+        };
+        assert!(!format!("{settings:?}").contains("very-secret"));
+    }
+}
