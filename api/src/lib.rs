@@ -1,1 +1,26 @@
-//! placeholder
+//! The Verify HTTP API (warp).
+//!
+//! It validates requests, records verifications in Postgres, publishes send jobs to
+//! RabbitMQ and answers at once; it checks codes against Postgres. It never talks to an
+//! SMS provider: that is the workers' job.
+//!
+//! - [`startup`]: builds the application from settings and serves until shutdown.
+//! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes.
+//! - `operations`: what each request does, shared by both route shapes.
+//! - `error`: `ApiError`, the one error type handlers return, and its JSON form.
+//! - `auth`, `body`, `state`, `views`: API keys, bounded JSON bodies, shared state and
+//!   response representations.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod body;
+mod error;
+mod operations;
+mod routes;
+mod state;
+mod views;
+
+pub mod keys;
+pub mod startup;
+
+pub use startup::{ApiConfig, Application};

@@ -238,3 +238,22 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
 fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
+
+/// A fingerprint of the embedded schema: changes whenever a migration is added or edited,
+/// so cached copies of the schema (test templates) are rebuilt.
+pub fn schema_fingerprint() -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike the std hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (version, name, sql) in MIGRATIONS {
+        for byte in version
+            .to_be_bytes()
+            .iter()
+            .chain(name.as_bytes())
+            .chain(sql.as_bytes())
+        {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}

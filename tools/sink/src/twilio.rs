@@ -85,7 +85,7 @@ pub(crate) async fn send(
     }
     let message = match body
         .map_err(|e| (e.status(), e.to_string()))
-        .and_then(|body| parse(&body, &account_sid, received_at))
+        .and_then(|body| parse(&body, received_at))
     {
         Ok(message) => message,
         Err((status, error)) => {
@@ -135,7 +135,7 @@ const MISSING_TO: &str = "A 'To' phone number is required.";
 const MISSING_BODY: &str = "Message body is required.";
 const MISSING_FROM: &str = "A 'From' phone number is required.";
 
-fn parse(body: &[u8], account_sid: &str, received_at: DateTime<Utc>) -> Result<ParsedSend, Refusal> {
+fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ParsedSend, Refusal> {
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
@@ -157,7 +157,6 @@ fn parse(body: &[u8], account_sid: &str, received_at: DateTime<Utc>) -> Result<P
         .clone()
         .or_else(|| messaging_service_sid.clone())
         .ok_or((StatusCode::BAD_REQUEST, MISSING_FROM.to_owned()))?;
-    let _ = account_sid;
     Ok(ParsedSend {
         recorded: RecordedMessage {
             id: new_sid(),
@@ -357,7 +356,7 @@ mod tests {
     #[test]
     fn missing_fields_are_reported_in_twilio_order() {
         let now = Utc::now();
-        let err = |body: &str| parse(body.as_bytes(), "AC1", now).err().unwrap();
+        let err = |body: &str| parse(body.as_bytes(), now).err().unwrap();
         assert_eq!(err("Body=hi&From=%2B1").1, super::MISSING_TO);
         assert_eq!(err("To=%2B1&From=%2B1").1, super::MISSING_BODY);
         assert_eq!(err("To=%2B1&Body=hi").1, super::MISSING_FROM);
@@ -366,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_messaging_service_stands_in_for_from() {
-        let parsed = parse(b"To=%2B1&Body=hi&MessagingServiceSid=MG1", "AC1", Utc::now()).unwrap();
+        let parsed = parse(b"To=%2B1&Body=hi&MessagingServiceSid=MG1", Utc::now()).unwrap();
         assert_eq!(parsed.recorded.from, "MG1");
         assert!(!parsed.from_given);
         assert!(parsed.recorded.id.starts_with("SM"));

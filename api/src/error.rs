@@ -1,0 +1,238 @@
+//! `ApiError`: the only error handlers return, and how every failure becomes a response.
+//!
+//! Each variant has an HTTP status and a stable machine `code` that clients can match on.
+//! The body is `{"error": {"code", "message", "field"}}`. Internal errors are logged with
+//! their whole cause chain and answered opaquely.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use serde::Serialize;
+use verify_common::db::DbError;
+use verify_common::queue::QueueError;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::{Reply, Response};
+
+/// Seconds a client should wait before retrying after a 503.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Every failure the API reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or JSON of the wrong shape.
+    #[error("{message}")]
+    InvalidJson {
+        message: String,
+        field: Option<String>,
+    },
+    /// A field has an unacceptable value.
+    #[error("{message}")]
+    InvalidField {
+        code: &'static str,
+        field: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{what} not found")]
+    NotFound { code: &'static str, what: &'static str },
+    #[error("no route matches this path")]
+    RouteNotFound,
+    #[error("this path does not accept that method")]
+    MethodNotAllowed,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("send JSON with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The request is valid but the resource's state does not allow it.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
+    /// Postgres or RabbitMQ cannot be reached; the request changed nothing durable.
+    #[error("the service is temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// A field-level validation error.
+    pub fn invalid(code: &'static str, field: impl Into<String>, message: impl ToString) -> Self {
+        Self::InvalidField {
+            code,
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson { .. } | Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound { .. } | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::InvalidField { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::TooManyRequests { code, .. } => code,
+            Self::Unauthorized(_) => "unauthorized",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The field the error is about, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidJson { field, .. } => field.as_deref(),
+            Self::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// How long to wait before retrying, for 429 and 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+
+    /// The message shown to clients; internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error".to_owned(),
+            Self::Unavailable(_) => {
+                "the service is temporarily unavailable; retry shortly".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Self::Internal(error) => tracing::error!(error = ?error, "request failed"),
+            Self::Unavailable(reason) => tracing::warn!(%reason, "dependency unavailable"),
+            _ => {}
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Unavailable(reason) => Self::Unavailable(format!("Postgres: {reason}")),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        Self::Unavailable(format!("RabbitMQ: {error}"))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// Adds `Retry-After` (whole seconds, at least 1) when the error has one.
+pub fn with_retry_after(mut response: Response, retry_after: Option<Duration>) -> Response {
+    if let Some(wait) = retry_after {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+    response
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.public_message(),
+                field: self.field(),
+            },
+        };
+        let response =
+            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        with_retry_after(response, self.retry_after())
+    }
+}
+
+/// Turns routing failures (no route, wrong method, unreadable body) into the same JSON
+/// shape as handler errors. Handler errors never become rejections.
+pub async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::RouteNotFound
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge {
+            limit: crate::routes::MAX_BODY_BYTES,
+        }
+    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::UnsupportedMediaType
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::InvalidJson {
+            message: format!("invalid query string: {e}"),
+            field: None,
+        }
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::InvalidJson {
+            message: e.to_string(),
+            field: None,
+        }
+    } else {
+        tracing::warn!(?rejection, "unhandled rejection");
+        ApiError::RouteNotFound
+    };
+    let status = error.status();
+    let retry_after = error.retry_after();
+    // Routing failures also carry PortaText's error fields, because their paths cannot be
+    // told apart here and PortaText SDKs read `success` and `error_description`.
+    let body = serde_json::json!({
+        "success": false,
+        "error_description": [error.public_message()],
+        "error": {"code": error.code(), "message": error.public_message()},
+    });
+    let response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    Ok(with_retry_after(response, retry_after))
+}

@@ -1,0 +1,156 @@
+//! Template operations: validate, store, list, preview.
+
+use verify_common::db::templates::{self, TemplateFields, TemplateRecord};
+use verify_common::domain::{
+    SmsShape, TemplateBody, TemplateDescription, TemplateError, TemplateLocale, TemplateName,
+    Variables,
+};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::views::PreviewView;
+
+/// Minutes shown for `{{ttl_minutes}}` in previews: the configured default lifetime.
+fn default_ttl_minutes(state: &AppState) -> u64 {
+    state.otp.ttl.as_secs().div_ceil(60)
+}
+
+/// Fields a client sent to create or change a template; `None` means "not given".
+#[derive(Debug, Default)]
+pub struct TemplateInput {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// `Some(None)` clears the locale.
+    pub locale: Option<Option<String>>,
+    pub text: Option<String>,
+}
+
+/// Maps a template problem to the request field it concerns.
+pub fn template_error(error: TemplateError) -> ApiError {
+    let (code, field) = match &error {
+        TemplateError::InvalidName => ("invalid_template_name", "name"),
+        TemplateError::DescriptionTooLong => ("invalid_description", "description"),
+        TemplateError::InvalidLocale => ("invalid_locale", "locale"),
+        TemplateError::MissingVariable(_) => ("missing_variable", "variables"),
+        TemplateError::EmptyBody
+        | TemplateError::BodyTooLong
+        | TemplateError::MissingCode
+        | TemplateError::BlocksNotAllowed
+        | TemplateError::Syntax(_)
+        | TemplateError::InvalidVariable(_) => ("invalid_template", "text"),
+    };
+    if let TemplateError::MissingVariable(name) = &error {
+        return ApiError::invalid(code, format!("variables.{name}"), &error);
+    }
+    ApiError::invalid(code, field, &error)
+}
+
+fn validate(state: &AppState, input: TemplateInput, base: Option<&TemplateRecord>) -> Result<TemplateFields, ApiError> {
+    let name = input
+        .name
+        .or_else(|| base.map(|b| b.name.clone()))
+        .ok_or_else(|| ApiError::invalid("missing_field", "name", "name is required"))?;
+    let text = input
+        .text
+        .or_else(|| base.map(|b| b.body.clone()))
+        .ok_or_else(|| ApiError::invalid("missing_field", "text", "text is required"))?;
+    let description = input
+        .description
+        .or_else(|| base.map(|b| b.description.clone()))
+        .unwrap_or_default();
+    let locale = match input.locale {
+        Some(given) => given,
+        None => base.and_then(|b| b.locale.clone()),
+    };
+    Ok(TemplateFields {
+        name: TemplateName::parse(&name).map_err(template_error)?,
+        description: TemplateDescription::parse(&description).map_err(template_error)?,
+        locale: locale
+            .as_deref()
+            .map(TemplateLocale::parse)
+            .transpose()
+            .map_err(template_error)?,
+        body: TemplateBody::parse(&state.templates, &text).map_err(template_error)?,
+    })
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "template_not_found",
+        what: "template",
+    }
+}
+
+/// Validates and stores a new template.
+///
+/// # Errors
+/// 400s naming the field; 503 when Postgres is down.
+pub async fn create_template(state: &AppState, input: TemplateInput) -> Result<TemplateRecord, ApiError> {
+    let fields = validate(state, input, None)?;
+    Ok(templates::insert_template(&state.pool, &fields).await?)
+}
+
+/// Changes the given fields of a template, re-validating the result.
+///
+/// # Errors
+/// 404 for an unknown id; 400s naming the field.
+pub async fn update_template(
+    state: &AppState,
+    id: i64,
+    input: TemplateInput,
+) -> Result<TemplateRecord, ApiError> {
+    let current = find_template(state, id).await?;
+    let fields = validate(state, input, Some(&current))?;
+    templates::update_template(&state.pool, id, &fields)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// One template.
+///
+/// # Errors
+/// 404 for an unknown id.
+pub async fn find_template(state: &AppState, id: i64) -> Result<TemplateRecord, ApiError> {
+    templates::find_template(&state.pool, id)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// Deletes a template.
+///
+/// # Errors
+/// 404 for an unknown id.
+pub async fn delete_template(state: &AppState, id: i64) -> Result<(), ApiError> {
+    if templates::delete_template(&state.pool, id).await? {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+/// Templates in id order, for paging with `after`.
+///
+/// # Errors
+/// 503 when Postgres is down.
+pub async fn list_templates(state: &AppState, after: i64, limit: i64) -> Result<Vec<TemplateRecord>, ApiError> {
+    Ok(templates::list_templates(&state.pool, after, limit).await?)
+}
+
+/// Renders a text with a sample code and the given variables, and measures the SMS.
+///
+/// # Errors
+/// 400 naming the problem with the text or a missing variable.
+pub fn preview(state: &AppState, text: &str, variables: &Variables) -> Result<PreviewView, ApiError> {
+    let body = TemplateBody::parse(&state.templates, text).map_err(template_error)?;
+    let rendered = body
+        .render_sample(&state.templates, default_ttl_minutes(state), variables)
+        .map_err(template_error)?;
+    let shape = SmsShape::of(&rendered);
+    Ok(PreviewView {
+        text: rendered,
+        encoding: shape.encoding,
+        characters: shape.characters,
+        segments: shape.segments,
+        variables: body.variables().to_vec(),
+    })
+}

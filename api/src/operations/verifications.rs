@@ -1,0 +1,312 @@
+//! Verification operations: start, read, check, resend, cancel.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use verify_common::db::deliveries::{self, DeliveryRecord};
+use verify_common::db::verifications::{
+    self, CreateOutcome, NewVerification, ResendOutcome, VerificationRecord,
+};
+use verify_common::domain::otp::generate_nonce;
+use verify_common::domain::{
+    DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, TemplateBody, TemplateLocale,
+    VerificationId, VerificationStatus, Variables, default_template_text,
+};
+use verify_common::queue::SendSms;
+
+use crate::error::ApiError;
+use crate::operations::templates::template_error;
+use crate::state::AppState;
+use crate::views::CheckView;
+
+/// Shortest and longest code lifetime a request may ask for.
+pub const MIN_TTL_SECS: i64 = 60;
+pub const MAX_TTL_SECS: i64 = 86_400;
+
+/// A validated request to start a verification.
+#[derive(Debug)]
+pub struct StartRequest {
+    pub to: PhoneNumber,
+    pub template_id: Option<i64>,
+    pub locale: Option<TemplateLocale>,
+    pub variables: Variables,
+    pub sender: Option<Sender>,
+    pub code_length: Option<OtpCodeLength>,
+    pub ttl: Option<Duration>,
+}
+
+/// Parses a requested lifetime in seconds.
+///
+/// # Errors
+/// 400 `invalid_ttl` outside 60..=86400.
+pub fn parse_ttl(seconds: i64) -> Result<Duration, ApiError> {
+    if (MIN_TTL_SECS..=MAX_TTL_SECS).contains(&seconds) {
+        Ok(Duration::from_secs(seconds.unsigned_abs()))
+    } else {
+        Err(ApiError::invalid(
+            "invalid_ttl",
+            "ttl_seconds",
+            format!("ttl_seconds must be between {MIN_TTL_SECS} and {MAX_TTL_SECS}"),
+        ))
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "verification_not_found",
+        what: "verification",
+    }
+}
+
+/// Checks that the template (or the built-in text for the locale) exists and that every
+/// variable it needs was supplied, so a request that could never be sent fails now with
+/// a 400 instead of later in a worker.
+async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<(), ApiError> {
+    let body = match request.template_id {
+        Some(id) => {
+            let record = verify_common::db::templates::find_template(&state.pool, id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "template_not_found",
+                        "template_id",
+                        format!("template {id} does not exist"),
+                    )
+                })?;
+            TemplateBody::parse(&state.templates, &record.body).map_err(template_error)?
+        }
+        None => {
+            let language = request.locale.as_ref().map_or("en", TemplateLocale::language);
+            let text = default_template_text(language).ok_or_else(|| {
+                ApiError::invalid(
+                    "unsupported_locale",
+                    "locale",
+                    format!(
+                        "there is no built-in text for {language:?}; create a template and pass template_id"
+                    ),
+                )
+            })?;
+            TemplateBody::parse(&state.templates, text).map_err(template_error)?
+        }
+    };
+    if let Some(missing) = body.first_missing_variable(&request.variables) {
+        return Err(ApiError::invalid(
+            "missing_variable",
+            format!("variables.{missing}"),
+            format!("the template needs the variable {missing:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Publishes the job for a recorded send.
+async fn enqueue(state: &AppState, delivery: &DeliveryRecord) -> Result<(), ApiError> {
+    state.publisher.publish(&SendSms::new(delivery.id)).await.map_err(|error| {
+        tracing::error!(delivery = %delivery.id, %error, "could not enqueue a send");
+        ApiError::from(error)
+    })
+}
+
+/// Records a verification and its first send, then enqueues the send.
+///
+/// # Errors
+/// 400s for unusable templates or variables, 429 over the per-number limit, 503 when
+/// Postgres or RabbitMQ is down.
+pub async fn start_verification(
+    state: &AppState,
+    request: StartRequest,
+) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
+    check_renderable(state, &request).await?;
+    let nonce = generate_nonce().map_err(|e| ApiError::Internal(e.into()))?;
+    let new = NewVerification {
+        id: VerificationId::generate(),
+        delivery_id: DeliveryId::generate(),
+        to: request.to,
+        template_id: request.template_id,
+        locale: request.locale,
+        sender: request.sender,
+        variables: request.variables,
+        code_length: request.code_length.unwrap_or(state.otp.code_length),
+        code_nonce: nonce,
+        max_checks: state.otp.max_checks,
+        ttl: request.ttl.unwrap_or(state.otp.ttl),
+    };
+    match verifications::insert_verification(&state.pool, &new, state.send_limit).await? {
+        CreateOutcome::Created {
+            verification,
+            delivery,
+        } => {
+            enqueue(state, &delivery).await?;
+            tracing::info!(verification = %verification.id, to = %verification.to, "verification started");
+            Ok((verification, vec![delivery]))
+        }
+        CreateOutcome::RateLimited { retry_after } => Err(rate_limited(retry_after)),
+    }
+}
+
+fn rate_limited(retry_after: Duration) -> ApiError {
+    ApiError::TooManyRequests {
+        code: "rate_limited",
+        message: "too many codes were sent to this number recently".to_owned(),
+        retry_after,
+    }
+}
+
+/// A verification and its sends.
+///
+/// # Errors
+/// 404 for an unknown id.
+pub async fn find_verification(
+    state: &AppState,
+    id: VerificationId,
+) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
+    let verification = verifications::find_verification(&state.pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let sends = deliveries::list_deliveries(&state.pool, id).await?;
+    Ok((verification, sends))
+}
+
+/// Which verification a check applies to.
+#[derive(Debug)]
+pub enum CheckTarget {
+    Id(VerificationId),
+    /// The newest open verification of this number.
+    Number(PhoneNumber),
+}
+
+/// Parses a typed code: 4–10 digits.
+///
+/// # Errors
+/// 400 `invalid_code`.
+pub fn parse_code(code: &str) -> Result<&str, ApiError> {
+    let trimmed = code.trim();
+    if (4..=10).contains(&trimmed.len()) && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(trimmed)
+    } else {
+        Err(ApiError::invalid(
+            "invalid_code",
+            "code",
+            "the code must be 4 to 10 digits",
+        ))
+    }
+}
+
+/// Checks a typed code. Wrong, expired, used and closed verifications all answer with
+/// `valid: false` and their status, the same shape, so nothing else can be learnt.
+///
+/// # Errors
+/// 400 for a malformed code, 404 when the target does not exist.
+pub async fn check_code(state: &AppState, target: CheckTarget, code: &str) -> Result<CheckView, ApiError> {
+    let code = parse_code(code)?;
+    let verification = match target {
+        CheckTarget::Id(id) => verifications::find_verification(&state.pool, id).await?,
+        CheckTarget::Number(number) => {
+            verifications::find_verification_to_check(&state.pool, &number).await?
+        }
+    }
+    .ok_or_else(not_found)?;
+    let closed = |v: &VerificationRecord| CheckView {
+        id: v.id.to_string(),
+        status: v.status_at(Utc::now()),
+        valid: false,
+        attempts_remaining: 0,
+    };
+    if verification.status_at(Utc::now()) != VerificationStatus::Pending {
+        return Ok(closed(&verification));
+    }
+    let expected = OtpCode::derive(
+        &state.secret,
+        verification.id.as_uuid(),
+        &verification.code_nonce,
+        verification.code_length,
+    )
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let matched = expected.matches(code);
+    match verifications::record_check(&state.pool, verification.id, matched).await? {
+        Some(record) => {
+            let valid = matched && record.status == VerificationStatus::Approved;
+            let remaining = if record.status == VerificationStatus::Pending {
+                u32::try_from(record.max_checks - record.checks_made).unwrap_or(0)
+            } else {
+                0
+            };
+            tracing::info!(verification = %verification.id, valid, "code checked");
+            Ok(CheckView {
+                id: verification.id.to_string(),
+                status: record.status,
+                valid,
+                attempts_remaining: remaining,
+            })
+        }
+        // Closed between our read and our update (a concurrent check won the race).
+        None => {
+            let current = verifications::find_verification(&state.pool, verification.id)
+                .await?
+                .ok_or_else(not_found)?;
+            Ok(closed(&current))
+        }
+    }
+}
+
+/// Sends the same code again.
+///
+/// # Errors
+/// 404 unknown, 409 closed, 429 too soon or over the per-number limit, 503 when a
+/// dependency is down.
+pub async fn resend(
+    state: &AppState,
+    id: VerificationId,
+) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
+    let outcome = verifications::insert_resend(
+        &state.pool,
+        id,
+        DeliveryId::generate(),
+        state.api.resend_interval(),
+        state.send_limit,
+    )
+    .await?;
+    match outcome {
+        ResendOutcome::Created(delivery) => {
+            enqueue(state, &delivery).await?;
+            find_verification(state, id).await
+        }
+        ResendOutcome::NotFound => Err(not_found()),
+        ResendOutcome::NotPending(status) => Err(ApiError::Conflict {
+            code: "verification_not_pending",
+            message: format!("the verification is {}; start a new one", status.as_str()),
+        }),
+        ResendOutcome::TooSoon { retry_after } => Err(ApiError::TooManyRequests {
+            code: "resend_too_soon",
+            message: "the code was sent moments ago; wait before resending".to_owned(),
+            retry_after,
+        }),
+        ResendOutcome::RateLimited { retry_after } => Err(rate_limited(retry_after)),
+    }
+}
+
+/// Cancels an open verification; no code is accepted afterwards.
+///
+/// # Errors
+/// 404 unknown, 409 already closed.
+pub async fn cancel(
+    state: &AppState,
+    id: VerificationId,
+) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
+    match verifications::cancel_verification(&state.pool, id).await? {
+        Some(verification) => {
+            let sends = deliveries::list_deliveries(&state.pool, id).await?;
+            Ok((verification, sends))
+        }
+        None => {
+            let (verification, _) = find_verification(state, id).await?;
+            Err(ApiError::Conflict {
+                code: "verification_not_pending",
+                message: format!(
+                    "the verification is already {}",
+                    verification.status_at(Utc::now()).as_str()
+                ),
+            })
+        }
+    }
+}

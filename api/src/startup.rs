@@ -1,0 +1,127 @@
+//! Building and running the API: connect, migrate, bind, serve until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use verify_common::config::{ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings};
+use verify_common::db;
+use verify_common::db::verifications::SendLimit;
+use verify_common::domain::new_template_engine;
+use verify_common::queue::SmsPublisher;
+
+use crate::auth::ApiKeys;
+use crate::routes::routes;
+use crate::state::AppState;
+
+/// Everything the API process is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub rabbit: RabbitSettings,
+    #[command(flatten)]
+    pub secret: SecretSettings,
+    #[command(flatten)]
+    pub otp: OtpSettings,
+    #[command(flatten)]
+    pub api: ApiSettings,
+}
+
+/// A bound, ready-to-run API.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    grace: std::time::Duration,
+}
+
+impl Application {
+    /// Connects to Postgres (creating the database and applying migrations) and RabbitMQ,
+    /// and binds the listening socket.
+    ///
+    /// # Errors
+    /// When a dependency cannot be reached or the address cannot be bound; the message
+    /// names which.
+    pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
+        let secret = config.secret.code_secret().context("VERIFY_SECRET is invalid")?;
+        let otp = config.otp.policy().context("VERIFY_OTP_LENGTH is invalid")?;
+        let pool = db::connect_pool(&config.database)
+            .await
+            .with_context(|| format!("connecting to Postgres at {}", redact_url(&config.database.url)))?;
+        db::migrate(&pool).await.context("applying database migrations")?;
+        let publisher = SmsPublisher::connect(&config.rabbit, "verify-api")
+            .await
+            .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(&config.rabbit.url)))?;
+        let listener = TcpListener::bind(config.api.addr)
+            .await
+            .with_context(|| format!("binding {}", config.api.addr))?;
+        if config.api.api_key.is_none() {
+            tracing::warn!("VERIFY_API_KEY is not set: only keys created with `verify-api keys create` are accepted");
+        }
+        let state = AppState {
+            api_keys: Arc::new(ApiKeys::new(config.api.api_key.as_ref(), pool.clone())),
+            pool,
+            publisher: Arc::new(publisher),
+            secret,
+            otp,
+            send_limit: SendLimit {
+                max_sends: config.api.send_limit,
+                window: config.api.send_limit_window(),
+            },
+            api: Arc::new(config.api.clone()),
+            templates: Arc::new(new_template_engine()),
+        };
+        Ok(Self {
+            listener,
+            state,
+            grace: config.api.shutdown_grace(),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Errors
+    /// When the socket has no local address (it always has once bound).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight
+    /// requests finish (bounded by the configured grace period).
+    ///
+    /// # Errors
+    /// Never in practice; kept for symmetry with other start-up steps.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let server = warp::serve(routes(self.state))
+            .incoming(self.listener)
+            .graceful(shutdown.clone().cancelled_owned())
+            .run();
+        tokio::pin!(server);
+        tokio::select! {
+            () = &mut server => {}
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(self.grace).await;
+            } => tracing::warn!("in-flight requests did not finish within the grace period"),
+        }
+        Ok(())
+    }
+}
+
+/// A URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,32 @@
+//! Shared state handed to every handler, and the filter that injects it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use upon::Engine;
+use verify_common::config::ApiSettings;
+use verify_common::db::Pool;
+use verify_common::db::verifications::SendLimit;
+use verify_common::domain::{CodeSecret, OtpPolicy};
+use verify_common::queue::SmsPublisher;
+use warp::Filter;
+
+use crate::auth::ApiKeys;
+
+/// Everything handlers need. Cheap to clone (all shared parts are behind `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub publisher: Arc<SmsPublisher>,
+    pub secret: CodeSecret,
+    pub otp: OtpPolicy,
+    pub send_limit: SendLimit,
+    pub api: Arc<ApiSettings>,
+    pub templates: Arc<Engine<'static>>,
+    pub api_keys: Arc<ApiKeys>,
+}
+
+/// A filter that hands a clone of the state to the handler.
+pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}

@@ -1,0 +1,146 @@
+//! JSON representations of stored records, shared by the native and PortaText routes.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use verify_common::db::deliveries::DeliveryRecord;
+use verify_common::db::templates::TemplateRecord;
+use verify_common::db::verifications::VerificationRecord;
+use verify_common::domain::{
+    DeliveryStatus, SmsEncoding, TemplateBody, VerificationStatus, new_template_engine,
+};
+
+/// A verification with its sends.
+#[derive(Debug, Serialize)]
+pub struct VerificationView {
+    pub id: String,
+    pub to: String,
+    pub status: VerificationStatus,
+    /// Status of the newest send.
+    pub delivery_status: Option<DeliveryStatus>,
+    pub template_id: Option<i64>,
+    pub locale: Option<String>,
+    pub from: Option<String>,
+    pub code_length: u8,
+    pub attempts_remaining: u32,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub sends: Vec<SendView>,
+}
+
+/// One send of the code, with its attempt history.
+#[derive(Debug, Serialize)]
+pub struct SendView {
+    pub id: String,
+    pub send_number: i32,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub provider_message_id: Option<String>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    /// One entry per provider attempt: outcome, error and, for retries, when the next
+    /// attempt was scheduled.
+    pub attempt_log: serde_json::Value,
+}
+
+impl VerificationView {
+    pub fn new(verification: &VerificationRecord, sends: &[DeliveryRecord], now: DateTime<Utc>) -> Self {
+        let status = verification.status_at(now);
+        Self {
+            id: verification.id.to_string(),
+            to: verification.to.as_str().to_owned(),
+            status,
+            delivery_status: sends.last().map(|send| send.status),
+            template_id: verification.template_id,
+            locale: verification.locale.clone(),
+            from: verification.sender.clone(),
+            code_length: verification.code_length.get(),
+            attempts_remaining: if status == VerificationStatus::Pending {
+                verification.attempts_remaining()
+            } else {
+                0
+            },
+            expires_at: verification.expires_at,
+            created_at: verification.created_at,
+            updated_at: verification.updated_at,
+            approved_at: verification.approved_at,
+            sends: sends.iter().map(SendView::new).collect(),
+        }
+    }
+}
+
+impl SendView {
+    pub fn new(send: &DeliveryRecord) -> Self {
+        Self {
+            id: send.id.to_string(),
+            send_number: send.send_number,
+            status: send.status,
+            attempts: send.attempts,
+            provider_message_id: send.provider_message_id.clone(),
+            last_error: send.last_error.clone(),
+            next_attempt_at: (send.status == DeliveryStatus::Retrying)
+                .then_some(send.next_attempt_at)
+                .flatten(),
+            created_at: send.created_at,
+            updated_at: send.updated_at,
+            sent_at: send.sent_at,
+            attempt_log: send.attempt_log.clone(),
+        }
+    }
+}
+
+/// The answer to a check.
+#[derive(Debug, Serialize)]
+pub struct CheckView {
+    pub id: String,
+    pub status: VerificationStatus,
+    pub valid: bool,
+    pub attempts_remaining: u32,
+}
+
+/// A stored template.
+#[derive(Debug, Serialize)]
+pub struct TemplateView {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub locale: Option<String>,
+    pub text: String,
+    /// Variables the text needs besides `code` and `ttl_minutes`.
+    pub variables: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TemplateView {
+    pub fn new(record: &TemplateRecord) -> Self {
+        // Stored bodies were validated on save; re-parsing only lists their variables.
+        let variables = TemplateBody::parse(&new_template_engine(), &record.body)
+            .map(|body| body.variables().to_vec())
+            .unwrap_or_default();
+        Self {
+            id: record.id,
+            name: record.name.clone(),
+            description: record.description.clone(),
+            locale: record.locale.clone(),
+            text: record.body.clone(),
+            variables,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+/// A rendered preview of a template text.
+#[derive(Debug, Serialize)]
+pub struct PreviewView {
+    pub text: String,
+    pub encoding: SmsEncoding,
+    pub characters: usize,
+    pub segments: usize,
+    pub variables: Vec<String>,
+}
