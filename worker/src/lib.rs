@@ -1,1 +1,23 @@
-//! placeholder
+//! Verify's send workers.
+//!
+//! A worker consumes send jobs from RabbitMQ, renders the message from the verification's
+//! template, sends it through the configured provider, records the outcome in Postgres and
+//! only then acknowledges the job. Any number of worker processes can share the queue.
+//!
+//! - [`startup`]: builds a worker from settings and runs it until shutdown.
+//! - [`consumer`]: the consume loop, concurrency bound and acknowledgement policy (the
+//!   only module that touches AMQP).
+//! - [`deliver`]: one job start to finish, returning an `Outcome`; knows nothing of AMQP.
+//! - [`render`]: template rendering with the derived code.
+//! - [`retry`]: the backoff policy.
+//! - [`providers`]: Twilio, generic HTTP/JSON and log-only providers.
+#![forbid(unsafe_code)]
+
+pub mod consumer;
+pub mod deliver;
+pub mod providers;
+pub mod render;
+pub mod retry;
+pub mod startup;
+
+pub use startup::{Worker, WorkerConfig};

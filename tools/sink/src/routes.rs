@@ -1,0 +1,191 @@
+//! The HTTP surface: which path and method reach which handler, plus the small
+//! inspection and control endpoints that need no module of their own.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::body::{self, BodyError};
+use crate::faults::{ControlUpdate, FaultSettings};
+use crate::number;
+use crate::provider::Provider;
+use crate::reply;
+use crate::twilio::{self, Credentials};
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) provider: Arc<Provider>,
+    pub(crate) twilio: Arc<Credentials>,
+}
+
+/// The whole service. Every answer with a body is JSON: unmatched paths and methods are
+/// turned into JSON errors too, so clients never have to parse warp's plain-text ones.
+pub(crate) fn all(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let provider = {
+        let provider = Arc::clone(&state.provider);
+        warp::any().map(move || Arc::clone(&provider))
+    };
+    let credentials = {
+        let credentials = Arc::clone(&state.twilio);
+        warp::any().map(move || Arc::clone(&credentials))
+    };
+
+    let twilio_send = warp::path!("2010-04-01" / "Accounts" / String / "Messages.json")
+        .and(warp::post())
+        .and(provider.clone())
+        .and(credentials)
+        .and(warp::header::optional::<String>("authorization"))
+        .and(body::limited(body::LIMIT))
+        .then(twilio::send);
+
+    let generic_send = warp::path!("send")
+        .and(warp::post())
+        .and(provider.clone())
+        .and(body::limited(body::LIMIT))
+        .then(crate::generic::send);
+
+    let list_messages = warp::path!("messages")
+        .and(warp::get())
+        .and(provider.clone())
+        .and(raw_query())
+        .then(list_messages);
+
+    let clear_messages = warp::path!("messages")
+        .and(warp::delete())
+        .and(provider.clone())
+        .then(clear_messages);
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .then(|| async { reply::json(StatusCode::OK, &json!({ "status": "ok" })) });
+
+    let get_control = warp::path!("control")
+        .and(warp::get())
+        .and(provider.clone())
+        .then(get_control);
+
+    let put_control = warp::path!("control")
+        .and(warp::put())
+        .and(provider.clone())
+        .and(body::limited(body::LIMIT))
+        .then(put_control);
+
+    let stats = warp::path!("stats")
+        .and(warp::get())
+        .and(provider)
+        .then(stats);
+
+    twilio_send
+        .or(generic_send)
+        .unify()
+        .or(list_messages)
+        .unify()
+        .or(clear_messages)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(get_control)
+        .unify()
+        .or(put_control)
+        .unify()
+        .or(stats)
+        .unify()
+        .recover(rejection_to_json)
+        .unify()
+}
+
+/// The query string, or an empty one: warp rejects a missing query string, but
+/// "no filter" is a perfectly good request here.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+}
+
+async fn list_messages(provider: Arc<Provider>, query: String) -> Response {
+    let Ok(params) = serde_urlencoded::from_str::<Vec<(String, String)>>(&query) else {
+        return reply::error(StatusCode::BAD_REQUEST, "malformed query string");
+    };
+    // A `to` that is empty once normalised (`?to=` or `?to=+`) filters nothing, rather than
+    // matching nothing, which would look like "no messages yet" to a polling test.
+    let to = params
+        .iter()
+        .find(|(key, value)| key == "to" && !number::normalise(value).is_empty())
+        .map(|(_, value)| value.as_str());
+    let messages = match to {
+        Some(number) => provider.log.to(number),
+        None => provider.log.all(),
+    };
+    reply::json(StatusCode::OK, &messages)
+}
+
+async fn clear_messages(provider: Arc<Provider>) -> Response {
+    provider.log.clear();
+    warp::Reply::into_response(StatusCode::NO_CONTENT)
+}
+
+/// `GET /control` and `PUT /control` answer the same document.
+#[derive(Serialize)]
+struct ControlView {
+    #[serde(flatten)]
+    settings: FaultSettings,
+    fail_first_remaining: u64,
+}
+
+fn control_view(provider: &Provider, settings: FaultSettings) -> Response {
+    reply::json(
+        StatusCode::OK,
+        &ControlView {
+            settings,
+            fail_first_remaining: provider.faults.fail_first_remaining(),
+        },
+    )
+}
+
+async fn get_control(provider: Arc<Provider>) -> Response {
+    control_view(&provider, provider.faults.current())
+}
+
+async fn put_control(provider: Arc<Provider>, body: Result<Bytes, BodyError>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return reply::error(e.status(), e.to_string()),
+    };
+    let update = match ControlUpdate::parse(&body) {
+        Ok(update) => update,
+        Err(e) => return reply::error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let settings = provider.faults.apply(&update);
+    // At info because a chaos run's log should show when each outage window opened.
+    tracing::info!(?settings, "failure injection changed");
+    control_view(&provider, settings)
+}
+
+async fn stats(provider: Arc<Provider>) -> Response {
+    reply::json(StatusCode::OK, &provider.stats.snapshot())
+}
+
+async fn rejection_to_json(rejection: Rejection) -> Result<Response, Infallible> {
+    let (status, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "no such endpoint")
+    } else if rejection
+        .find::<warp::reject::MethodNotAllowed>()
+        .is_some()
+    {
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if rejection.find::<warp::reject::InvalidHeader>().is_some() {
+        (StatusCode::BAD_REQUEST, "malformed header")
+    } else {
+        (StatusCode::BAD_REQUEST, "bad request")
+    };
+    Ok(reply::error(status, message))
+}

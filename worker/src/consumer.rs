@@ -1,0 +1,210 @@
+//! The consume loop: the only place in the worker that touches lapin.
+//!
+//! Jobs arrive with a prefetch equal to the concurrency limit: the broker never hands a
+//! worker more than it can work on, so unstarted jobs stay in the queue where other
+//! workers can take them (and a crash strands at most `concurrency` messages). Each job
+//! runs in its own task, bounded by a semaphore with as many permits. Outcomes map to
+//! acknowledgements in exactly one place ([`settle`]):
+//!
+//! - `Done` → ack;
+//! - `RetryLater` → publish to a delay queue, wait for the confirm, then ack (so a crash
+//!   in between duplicates the job, which the guarded claim makes harmless, rather than
+//!   losing it);
+//! - `DeadLetter` → nack without requeue, which routes to the dead-letter queue;
+//! - a database error → nack with requeue after a pause: nothing was recorded.
+//!
+//! A lost connection ends the session; the worker reconnects with backoff. Messages
+//! in flight on the old channel are redelivered by the broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use verify_common::config::RabbitSettings;
+use verify_common::queue::topology::declare;
+use verify_common::queue::{QueueNames, SendSms, SmsPublisher, connect};
+
+use crate::deliver::{Deps, Outcome, deliver_sms};
+
+/// Pause before requeueing a job whose outcome could not be recorded, so a database
+/// outage does not turn into a hot redelivery loop.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+/// Longest pause between reconnection attempts.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
+
+/// Consumes until `shutdown` is cancelled, reconnecting after connection losses.
+pub struct Consumer {
+    pub rabbit: RabbitSettings,
+    pub concurrency: u16,
+    pub grace: Duration,
+    pub deps: Arc<Deps>,
+    pub publisher: Arc<SmsPublisher>,
+}
+
+/// Why a consume session ended.
+enum SessionEnd {
+    ShutdownRequested,
+    ConnectionLost(String),
+}
+
+impl Consumer {
+    /// Runs consume sessions until shut down, then waits (up to the grace period) for
+    /// in-flight jobs to finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(usize::from(self.concurrency)));
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.session(&shutdown, &tracker, &permits).await {
+                SessionEnd::ShutdownRequested => break,
+                SessionEnd::ConnectionLost(reason) => {
+                    tracing::warn!(%reason, retry_in_ms = pause.as_millis() as u64, "consumer lost its connection; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
+                }
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
+            tracing::warn!("in-flight sends did not finish within the grace period; their jobs will be redelivered");
+        }
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+        permits: &Arc<Semaphore>,
+    ) -> SessionEnd {
+        let names = QueueNames::new(&self.rabbit.queue_prefix);
+        let connection = match connect(&self.rabbit.url, "verify-worker").await {
+            Ok(connection) => connection,
+            Err(e) => return SessionEnd::ConnectionLost(e.to_string()),
+        };
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(self.concurrency, BasicQosOptions::default())
+                .await?;
+            declare(&channel, &names, self.rabbit.queue_expires_secs.map(Duration::from_secs))
+                .await
+                .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
+            let consumer = channel
+                .basic_consume(
+                    names.send_queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, consumer))
+        };
+        let (channel, mut consumer) = match setup.await {
+            Ok(pair) => pair,
+            Err(e) => return SessionEnd::ConnectionLost(e.to_string()),
+        };
+        tracing::info!(queue = %names.send_queue, concurrency = self.concurrency, "consuming");
+        let end = loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break SessionEnd::ShutdownRequested,
+                permit = Arc::clone(permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break SessionEnd::ShutdownRequested,
+                },
+            };
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break SessionEnd::ShutdownRequested,
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => break SessionEnd::ConnectionLost(e.to_string()),
+                None => break SessionEnd::ConnectionLost("the consumer was canceled".to_owned()),
+            };
+            let deps = Arc::clone(&self.deps);
+            let publisher = Arc::clone(&self.publisher);
+            tracker.spawn(async move {
+                settle(delivery, &deps, &publisher).await;
+                drop(permit);
+            });
+        };
+        if matches!(end, SessionEnd::ShutdownRequested) {
+            // Stop deliveries first so nothing new arrives while in-flight jobs finish;
+            // the channel stays open so their acks can still be sent.
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            if tokio::time::timeout(self.grace, async {
+                tracker.close();
+                tracker.wait().await;
+            })
+            .await
+            .is_err()
+            {
+                tracing::warn!("in-flight sends did not finish within the grace period");
+            }
+            let _ = channel.close(200, "worker stopping".into()).await;
+            let _ = connection.close(200, "worker stopping".into()).await;
+        }
+        end
+    }
+}
+
+/// Runs one job and acknowledges its message according to the outcome.
+async fn settle(delivery: Delivery, deps: &Arc<Deps>, publisher: &SmsPublisher) {
+    let job = match SendSms::decode(&delivery.data) {
+        Ok(job) => job,
+        Err(error) => {
+            tracing::error!(%error, "dead-lettering an unreadable job");
+            nack(&delivery, false).await;
+            return;
+        }
+    };
+    match deliver_sms(&job, deps).await {
+        Ok(Outcome::Done) => ack(&delivery).await,
+        Ok(Outcome::RetryLater(delay)) => match publisher.publish_delayed(&job, delay).await {
+            Ok(()) => ack(&delivery).await,
+            Err(error) => {
+                tracing::warn!(delivery = %job.delivery_id, %error, "could not schedule a retry; requeueing");
+                tokio::time::sleep(REQUEUE_PAUSE).await;
+                nack(&delivery, true).await;
+            }
+        },
+        Ok(Outcome::DeadLetter(reason)) => {
+            tracing::error!(delivery = %job.delivery_id, %reason, "dead-lettering a job");
+            nack(&delivery, false).await;
+        }
+        Err(error) => {
+            tracing::warn!(delivery = %job.delivery_id, %error, "could not record the outcome; requeueing");
+            tokio::time::sleep(REQUEUE_PAUSE).await;
+            nack(&delivery, true).await;
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel is gone; the broker will redeliver and the guarded claim will
+        // recognise the finished send.
+        tracing::warn!(%error, "ack failed");
+    }
+}
+
+async fn nack(delivery: &Delivery, requeue: bool) {
+    let options = BasicNackOptions {
+        requeue,
+        ..BasicNackOptions::default()
+    };
+    if let Err(error) = delivery.acker.nack(options).await {
+        tracing::warn!(%error, "nack failed");
+    }
+}

@@ -1,0 +1,177 @@
+//! One send job, start to finish, without any knowledge of AMQP.
+//!
+//! Claim the delivery (guarded, so duplicates and redeliveries do nothing), render the
+//! text, call the provider, record the result, and tell the consumer what to do with the
+//! message through an [`Outcome`]. The result is always recorded in Postgres before the
+//! outcome is returned, so the consumer acks only what is durable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::json;
+use verify_common::db::deliveries::{self, AttemptRecord, ClaimOutcome, ClaimedSend};
+use verify_common::db::{DbError, Pool};
+use verify_common::domain::{CodeSecret, DeliveryStatus, VerificationStatus};
+use verify_common::queue::SendSms;
+
+use crate::providers::{OutgoingSms, ProviderError, SmsProvider};
+use crate::render::{RenderError, SmsRenderer};
+use crate::retry::RetryPolicy;
+
+/// What the consumer must do with the job's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished (sent, failed for good, or nothing to do): ack.
+    Done,
+    /// Try again after this delay: republish to a delay queue, then ack.
+    RetryLater(Duration),
+    /// The job cannot be processed: dead-letter it with this reason.
+    DeadLetter(String),
+}
+
+/// What delivering needs, shared by all tasks of a worker.
+pub struct Deps {
+    pub pool: Pool,
+    pub provider: SmsProvider,
+    pub renderer: SmsRenderer,
+    pub secret: CodeSecret,
+    pub retry: RetryPolicy,
+    pub lease: Duration,
+    pub expiry_margin: Duration,
+    pub default_from: String,
+}
+
+/// Processes one job.
+///
+/// # Errors
+/// [`DbError`] when Postgres fails: nothing was recorded, so the job must be retried.
+pub async fn deliver_sms(job: &SendSms, deps: &Arc<Deps>) -> Result<Outcome, DbError> {
+    let send = match deliveries::claim_delivery(&deps.pool, job.delivery_id, deps.lease).await? {
+        ClaimOutcome::Claimed(send) => send,
+        ClaimOutcome::AlreadyFinished(status) => {
+            tracing::debug!(delivery = %job.delivery_id, ?status, "duplicate job for a finished send");
+            return Ok(Outcome::Done);
+        }
+        ClaimOutcome::HeldElsewhere { lease_remaining } => {
+            // Its worker may have died mid-send; look again once the lease runs out.
+            return Ok(Outcome::RetryLater(lease_remaining + Duration::from_secs(1)));
+        }
+        ClaimOutcome::Missing => {
+            return Ok(Outcome::DeadLetter(format!(
+                "delivery {} does not exist",
+                job.delivery_id
+            )));
+        }
+    };
+    attempt(&send, deps).await
+}
+
+async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
+    let now = Utc::now();
+    let status = send.verification_status.at(send.expires_at, now);
+    if status != VerificationStatus::Pending {
+        let reason = format!("not sent: the verification is {}", status.as_str());
+        return fail(send, deps, reason, "skipped").await;
+    }
+    let margin = chrono::Duration::from_std(deps.expiry_margin).unwrap_or_default();
+    if now + margin >= send.expires_at {
+        return fail(send, deps, "not sent: the code expires too soon".to_owned(), "skipped").await;
+    }
+    let text = match deps.renderer.render(send, &deps.secret, now) {
+        Ok(text) => text,
+        Err(RenderError::TemplateDeleted(id)) => {
+            let reason = format!("template {id} no longer exists");
+            fail(send, deps, reason.clone(), "render_error").await?;
+            return Ok(Outcome::DeadLetter(reason));
+        }
+        Err(error) => return fail(send, deps, error.to_string(), "render_error").await,
+    };
+    let from = send.sender.as_deref().unwrap_or(&deps.default_from);
+    let started = Instant::now();
+    let result = deps
+        .provider
+        .send(&OutgoingSms {
+            to: send.to.as_str(),
+            from,
+            body: &text,
+        })
+        .await;
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match result {
+        Ok(message_id) => {
+            let record = AttemptRecord {
+                next: DeliveryStatus::Sent,
+                provider_message_id: Some(message_id.clone()),
+                error: None,
+                retry_in: None,
+                log_entry: json!({
+                    "attempt": send.attempt, "at": now, "outcome": "sent",
+                    "provider_message_id": message_id, "duration_ms": elapsed_ms,
+                }),
+            };
+            finish(send, deps, &record).await?;
+            tracing::info!(delivery = %send.delivery_id, to = %send.to, attempt = send.attempt, "SMS sent");
+            Ok(Outcome::Done)
+        }
+        Err(ProviderError::Permanent { reason }) => {
+            fail(send, deps, reason, "permanent_error").await
+        }
+        Err(ProviderError::Transient { reason, retry_after }) => {
+            let attempt = u32::try_from(send.attempt).unwrap_or(u32::MAX);
+            if deps.retry.exhausted(attempt) {
+                let reason = format!("gave up after {attempt} attempts: {reason}");
+                return fail(send, deps, reason, "transient_error").await;
+            }
+            let delay = deps
+                .retry
+                .delay_for(attempt)
+                .max(retry_after.unwrap_or_default());
+            let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            if next_at + margin >= send.expires_at {
+                let reason = format!("gave up: the code expires before the next attempt ({reason})");
+                return fail(send, deps, reason, "transient_error").await;
+            }
+            let record = AttemptRecord {
+                next: DeliveryStatus::Retrying,
+                provider_message_id: None,
+                error: Some(reason.clone()),
+                retry_in: Some(delay),
+                log_entry: json!({
+                    "attempt": send.attempt, "at": now, "outcome": "transient_error",
+                    "error": reason, "retry_at": next_at, "duration_ms": elapsed_ms,
+                }),
+            };
+            finish(send, deps, &record).await?;
+            tracing::warn!(delivery = %send.delivery_id, attempt, delay_ms = delay.as_millis() as u64, %reason, "send failed; retrying");
+            Ok(Outcome::RetryLater(delay))
+        }
+    }
+}
+
+/// Records a permanent failure and finishes the job.
+async fn fail(send: &ClaimedSend, deps: &Deps, reason: String, outcome: &str) -> Result<Outcome, DbError> {
+    let record = AttemptRecord {
+        next: DeliveryStatus::Failed,
+        provider_message_id: None,
+        error: Some(reason.clone()),
+        retry_in: None,
+        log_entry: json!({
+            "attempt": send.attempt, "at": Utc::now(), "outcome": outcome, "error": reason,
+        }),
+    };
+    finish(send, deps, &record).await?;
+    tracing::warn!(delivery = %send.delivery_id, to = %send.to, %reason, "send failed permanently");
+    Ok(Outcome::Done)
+}
+
+async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<(), DbError> {
+    match deliveries::finish_attempt(&deps.pool, send.delivery_id, send.attempt, record).await {
+        // Our lease ran out and another worker took the send over: its result stands.
+        Err(DbError::TransitionRejected) => {
+            tracing::warn!(delivery = %send.delivery_id, "send was taken over by another worker; result dropped");
+            Ok(())
+        }
+        other => other,
+    }
+}

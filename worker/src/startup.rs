@@ -1,0 +1,85 @@
+//! Building and running a worker: connect, then consume until told to stop.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use verify_common::config::{
+    DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, WorkerSettings,
+};
+use verify_common::db;
+use verify_common::domain::Sender;
+use verify_common::queue::SmsPublisher;
+
+use crate::consumer::Consumer;
+use crate::deliver::Deps;
+use crate::providers::SmsProvider;
+use crate::render::SmsRenderer;
+use crate::retry::RetryPolicy;
+
+/// Everything a worker process is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub rabbit: RabbitSettings,
+    #[command(flatten)]
+    pub secret: SecretSettings,
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub provider: ProviderSettings,
+}
+
+/// A connected worker, ready to consume.
+pub struct Worker {
+    consumer: Consumer,
+}
+
+impl Worker {
+    /// Connects to Postgres and RabbitMQ and builds the provider client.
+    ///
+    /// # Errors
+    /// When settings are invalid or a dependency cannot be reached; the message says which.
+    pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
+        let secret = config.secret.code_secret().context("VERIFY_SECRET is invalid")?;
+        Sender::parse(&config.provider.from)
+            .map_err(|e| anyhow::anyhow!("VERIFY_SMS_FROM {:?} is invalid: {e}", config.provider.from))?;
+        anyhow::ensure!(config.worker.concurrency > 0, "VERIFY_WORKER_CONCURRENCY must be at least 1");
+        let mut database = config.database.clone();
+        // One connection per concurrent send is the most a worker can use at once.
+        database.pool_size = database.pool_size.max(usize::from(config.worker.concurrency).min(64));
+        let pool = db::connect_pool(&database)
+            .await
+            .context("connecting to Postgres")?;
+        let publisher = SmsPublisher::connect(&config.rabbit, "verify-worker-retries")
+            .await
+            .context("connecting to RabbitMQ")?;
+        let deps = Deps {
+            pool,
+            provider: SmsProvider::from_settings(&config.provider)?,
+            renderer: SmsRenderer::default(),
+            secret,
+            retry: RetryPolicy::from_settings(&config.worker),
+            lease: config.worker.send_lease(),
+            expiry_margin: config.worker.expiry_margin(),
+            default_from: config.provider.from.clone(),
+        };
+        Ok(Self {
+            consumer: Consumer {
+                rabbit: config.rabbit,
+                concurrency: config.worker.concurrency,
+                grace: config.worker.shutdown_grace(),
+                deps: Arc::new(deps),
+                publisher: Arc::new(publisher),
+            },
+        })
+    }
+
+    /// Consumes until `shutdown` is cancelled, then finishes in-flight sends.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        self.consumer.run(shutdown).await;
+    }
+}
