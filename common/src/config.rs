@@ -27,6 +27,7 @@ fn parse_secret(value: &str) -> Result<SecretString, String> {
 pub struct DatabaseSettings {
     /// Postgres connection URL; the database is created if it does not exist.
     #[arg(
+        id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/verify"
@@ -62,6 +63,7 @@ impl Default for DatabaseSettings {
 pub struct RabbitSettings {
     /// AMQP connection URL.
     #[arg(
+        id = "amqp_url",
         long = "amqp-url",
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"

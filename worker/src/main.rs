@@ -39,3 +39,13 @@ async fn cancel_on_signal(token: CancellationToken) {
     tracing::info!("shutdown requested");
     token.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -36,11 +36,19 @@ pub enum DbError {
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     /// Any other database error.
-    #[error("database query failed")]
+    #[error("database query failed: {}", describe(.0))]
     Query(#[source] tokio_postgres::Error),
     /// The database URL or a migration is wrong.
     #[error("database set-up failed: {0}")]
     Setup(String),
+}
+
+/// The server's own message when there is one (tokio-postgres' `Display` says only
+/// "db error" and keeps the detail in its source).
+fn describe(error: &tokio_postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map_or_else(|| error.to_string(), |db| format!("{}: {}", db.code().code(), db.message()))
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -99,8 +107,11 @@ pub async fn ensure_database_exists(settings: &DatabaseSettings) -> Result<(), D
             .await
         {
             Ok(()) => tracing::info!(database = %name, "created the database"),
-            // Another process created it between our check and our CREATE.
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+            // Another process created it between our check and our CREATE; concurrent
+            // creations can also collide on pg_database's unique index.
+            Err(e)
+                if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                    || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
             Err(e) => return Err(e.into()),
         }
     }
