@@ -317,7 +317,10 @@ mod tests {
             ..quiet()
         };
         assert!(matches!(decide(&settings, 9, 0.2), Outcome::Fail { .. }));
-        assert!(matches!(decide(&settings, 9, 0.25), Outcome::Deliver { .. }));
+        assert!(matches!(
+            decide(&settings, 9, 0.25),
+            Outcome::Deliver { .. }
+        ));
     }
 
     #[test]
@@ -418,7 +421,10 @@ mod tests {
                 ..ControlUpdate::default()
             }
         );
-        assert_eq!(ControlUpdate::parse(b"{}").unwrap(), ControlUpdate::default());
+        assert_eq!(
+            ControlUpdate::parse(b"{}").unwrap(),
+            ControlUpdate::default()
+        );
     }
 
     #[test]

@@ -38,17 +38,17 @@ pub(crate) async fn send(provider: Arc<Provider>, body: Result<Bytes, BodyError>
         } => {
             let status = reply::status(status);
             reply::with_retry_after(
-                reply::error(status, format!("injected failure: {}", reply::reason(status))),
+                reply::error(
+                    status,
+                    format!("injected failure: {}", reply::reason(status)),
+                ),
                 retry_after,
             )
         }
     }
 }
 
-fn parse(
-    body: &[u8],
-    received_at: DateTime<Utc>,
-) -> Result<RecordedMessage, (StatusCode, String)> {
+fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<RecordedMessage, (StatusCode, String)> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, message);
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;

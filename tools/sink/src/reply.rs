@@ -3,8 +3,8 @@
 use serde::Serialize;
 use serde_json::json;
 use warp::Reply;
-use warp::http::header::{HeaderValue, RETRY_AFTER};
 use warp::http::StatusCode;
+use warp::http::header::{HeaderValue, RETRY_AFTER};
 use warp::reply::Response;
 
 /// `value` as a JSON response with `status`.

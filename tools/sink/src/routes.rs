@@ -106,9 +106,7 @@ pub(crate) fn all(
 /// The query string, or an empty one: warp rejects a missing query string, but
 /// "no filter" is a perfectly good request here.
 fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
-    warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify()
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
 async fn list_messages(provider: Arc<Provider>, query: String) -> Response {
@@ -177,10 +175,7 @@ async fn stats(provider: Arc<Provider>) -> Response {
 async fn rejection_to_json(rejection: Rejection) -> Result<Response, Infallible> {
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint")
-    } else if rejection
-        .find::<warp::reject::MethodNotAllowed>()
-        .is_some()
-    {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
     } else if rejection.find::<warp::reject::InvalidHeader>().is_some() {
         (StatusCode::BAD_REQUEST, "malformed header")

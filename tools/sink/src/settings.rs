@@ -7,15 +7,15 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 /// Address the binary listens on unless told otherwise.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:9090";
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:9090";
 /// Status a failing send answers with unless told otherwise.
-pub const DEFAULT_FAILURE_STATUS: u16 = 503;
+pub(crate) const DEFAULT_FAILURE_STATUS: u16 = 503;
 /// `Retry-After` seconds sent with injected 429s unless told otherwise.
-pub const DEFAULT_RETRY_AFTER_SECS: u64 = 1;
+pub(crate) const DEFAULT_RETRY_AFTER_SECS: u64 = 1;
 /// How long a hanging send is held unless told otherwise; longer than any sane client timeout.
-pub const DEFAULT_HANG_MS: u64 = 30_000;
+pub(crate) const DEFAULT_HANG_MS: u64 = 30_000;
 /// Messages kept before the oldest are dropped unless told otherwise.
-pub const DEFAULT_MAX_MESSAGES: usize = 1_000_000;
+pub(crate) const DEFAULT_MAX_MESSAGES: usize = 1_000_000;
 
 /// How an injected failure shows itself to the client.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -54,7 +54,8 @@ impl fmt::Display for FailureMode {
 #[command(
     name = "verify-sink",
     version,
-    about = "Fake SMS provider: accepts Twilio-style and JSON sends, records them, injects failures on request"
+    about = "Fake SMS provider: accepts Twilio-style and JSON sends, records them, injects failures on request",
+    long_about = None
 )]
 pub struct SinkSettings {
     /// Address to listen on (port 0 picks a free port).
@@ -239,7 +240,16 @@ mod tests {
         let parsed = SinkSettings::try_parse_from(["verify-sink"]).unwrap();
         let default = SinkSettings::default();
         assert_eq!(default.addr.port(), 0);
-        assert_eq!(format!("{:?}", SinkSettings { addr: default.addr, ..parsed }), format!("{default:?}"));
+        assert_eq!(
+            format!(
+                "{:?}",
+                SinkSettings {
+                    addr: default.addr,
+                    ..parsed
+                }
+            ),
+            format!("{default:?}")
+        );
     }
 
     #[test]
@@ -271,7 +281,10 @@ mod tests {
             failure_rate: f64::NAN,
             ..SinkSettings::default()
         };
-        assert!(matches!(settings.validate(), Err(SettingsError::FailureRate(_))));
+        assert!(matches!(
+            settings.validate(),
+            Err(SettingsError::FailureRate(_))
+        ));
         let settings = SinkSettings {
             failure_status: 302,
             ..SinkSettings::default()

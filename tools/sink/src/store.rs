@@ -241,7 +241,8 @@ mod tests {
     }
 
     fn at(micros: i64) -> DateTime<Utc> {
-        Utc.timestamp_micros(1_700_000_000_000_000 + micros).unwrap()
+        Utc.timestamp_micros(1_700_000_000_000_000 + micros)
+            .unwrap()
     }
 
     fn ids(messages: &[RecordedMessage]) -> Vec<&str> {
@@ -316,6 +317,10 @@ mod tests {
     #[tokio::test]
     async fn waiting_gives_up_after_the_timeout() {
         let log = MessageLog::new(10);
-        assert!(log.wait_for("+1", Duration::from_millis(10)).await.is_none());
+        assert!(
+            log.wait_for("+1", Duration::from_millis(10))
+                .await
+                .is_none()
+        );
     }
 }

@@ -45,7 +45,10 @@ impl Credentials {
         };
         user == path_sid
             && self.account_sid.as_deref().is_none_or(|sid| sid == user)
-            && self.auth_token.as_deref().is_none_or(|token| token == password)
+            && self
+                .auth_token
+                .as_deref()
+                .is_none_or(|token| token == password)
     }
 }
 
@@ -54,7 +57,10 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("account_sid", &self.account_sid)
-            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -111,11 +117,7 @@ pub(crate) async fn send(
         } => {
             let status = reply::status(status);
             reply::with_retry_after(
-                error_with_code(
-                    status,
-                    generic_code(status),
-                    reply::reason(status),
-                ),
+                error_with_code(status, generic_code(status), reply::reason(status)),
                 retry_after,
             )
         }
@@ -350,7 +352,10 @@ mod tests {
         assert!(creds.admit("AC1", Some(&basic("AC1", "secret"))));
         assert!(!creds.admit("AC1", Some(&basic("AC1", "wrong"))));
         assert!(!creds.admit("AC2", Some(&basic("AC2", "secret"))));
-        assert!(creds.admit("AC1", Some(&format!("basic  {}", BASE64.encode("AC1:secret")))));
+        assert!(creds.admit(
+            "AC1",
+            Some(&format!("basic  {}", BASE64.encode("AC1:secret")))
+        ));
     }
 
     #[test]

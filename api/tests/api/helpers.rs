@@ -1,0 +1,290 @@
+//! `TestApp`: the whole system in one test process, against the real Postgres and
+//! RabbitMQ, with a database and queue names of its own.
+//!
+//! `spawn_app()` starts the fake SMS provider (`verify-sink`) on port 0, the API on port
+//! 0 and a worker whose Twilio provider points at the sink, all sharing one
+//! cancellation token. Methods speak in the test's terms: post a verification, read the
+//! SMS, check the code.
+
+use std::time::Duration;
+
+use reqwest::{Client, Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use verify_api::{ApiConfig, Application};
+use verify_common::config::{
+    ApiSettings, OtpSettings, ProviderKind, ProviderSettings, RabbitSettings, SecretSettings,
+    WorkerSettings,
+};
+use verify_common::db::Pool;
+use verify_common::telemetry::init_test_tracing;
+use verify_common::testing::{TestDatabase, test_rabbit_settings};
+use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
+use verify_worker::{Worker, WorkerConfig};
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+const SECRET: &str = "test-secret-for-code-derivation";
+const TWILIO_SID: &str = "ACtest0000000000000000000000000000";
+const TWILIO_TOKEN: &str = "test-auth-token";
+/// How long helpers wait for asynchronous effects (an SMS arriving, a status changing).
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// What a test may change before the system starts.
+pub struct TestOptions {
+    pub sink: SinkSettings,
+    pub api: ApiSettings,
+    pub otp: OtpSettings,
+    pub worker: WorkerSettings,
+    /// Start the worker at once; otherwise call [`TestApp::start_worker`] later.
+    pub start_worker: bool,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            sink: SinkSettings {
+                twilio_account_sid: Some(TWILIO_SID.to_owned()),
+                twilio_auth_token: Some(TWILIO_TOKEN.to_owned()),
+                ..SinkSettings::default()
+            },
+            api: ApiSettings {
+                addr: "127.0.0.1:0".parse().expect("a literal socket address"),
+                api_key: Some(SecretString::from(API_KEY)),
+                ..ApiSettings::default()
+            },
+            otp: OtpSettings::default(),
+            // Millisecond retry delays keep retry tests fast; the schedule's shape is the
+            // same as in production.
+            worker: WorkerSettings {
+                concurrency: 8,
+                retry_max_attempts: 4,
+                retry_base_ms: 50,
+                retry_cap_ms: 400,
+                shutdown_grace_secs: 2,
+                ..WorkerSettings::default()
+            },
+            start_worker: true,
+        }
+    }
+}
+
+/// The running system under test.
+pub struct TestApp {
+    pub address: String,
+    pub client: Client,
+    pub pool: Pool,
+    pub sink: MessageLog,
+    pub sink_url: String,
+    pub rabbit: RabbitSettings,
+    pub database: TestDatabase,
+    worker_config: WorkerConfig,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the whole system with default options.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+/// Starts the whole system with the given options.
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    init_test_tracing();
+    let shutdown = CancellationToken::new();
+    let database = TestDatabase::create().await;
+    let rabbit = test_rabbit_settings().await;
+
+    let sink = Sink::bind(options.sink).await.expect("binding the fake SMS provider");
+    let sink_url = sink.base_url();
+    let sink_log = sink.messages();
+    tokio::spawn(sink.run_until_stopped(shutdown.clone()));
+
+    let secret = SecretSettings {
+        secret: Some(SecretString::from(SECRET)),
+    };
+    let app = Application::build(ApiConfig {
+        database: database.settings.clone(),
+        rabbit: rabbit.clone(),
+        secret: secret.clone(),
+        otp: options.otp,
+        api: options.api,
+    })
+    .await
+    .expect("building the API");
+    let address = format!("http://{}", app.local_addr().expect("a bound address"));
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let worker_config = WorkerConfig {
+        database: database.settings.clone(),
+        rabbit: rabbit.clone(),
+        secret,
+        worker: options.worker,
+        provider: ProviderSettings {
+            kind: ProviderKind::Twilio,
+            from: "+15005550006".to_owned(),
+            twilio_base_url: sink_url.clone(),
+            twilio_account_sid: TWILIO_SID.to_owned(),
+            twilio_auth_token: Some(SecretString::from(TWILIO_TOKEN)),
+            timeout_ms: 2_000,
+            ..ProviderSettings::default()
+        },
+    };
+    let pool = verify_common::db::connect_pool(&database.settings)
+        .await
+        .expect("connecting to the test database");
+    let test_app = TestApp {
+        address,
+        client: Client::new(),
+        pool,
+        sink: sink_log,
+        sink_url,
+        rabbit,
+        database,
+        worker_config,
+        shutdown,
+    };
+    if options.start_worker {
+        test_app.start_worker().await;
+    }
+    test_app
+}
+
+impl TestApp {
+    /// Starts a worker process-equivalent (several may run at once).
+    pub async fn start_worker(&self) {
+        let worker = Worker::build(self.worker_config.clone())
+            .await
+            .expect("building a worker");
+        tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A request with the test API key.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("x-api-key", API_KEY)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("sending a request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("sending a request")
+    }
+
+    pub async fn post_verification(&self, body: &Value) -> Response {
+        self.post_json("/v1/verifications", body).await
+    }
+
+    /// Posts a verification that must be accepted; returns its JSON.
+    pub async fn start_verification(&self, body: &Value) -> Value {
+        let response = self.post_verification(body).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap_or_default());
+        response.json().await.expect("a JSON verification")
+    }
+
+    pub async fn get_verification(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/verifications/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("a JSON verification")
+    }
+
+    pub async fn check_code(&self, id: &str, code: &str) -> Response {
+        self.post_json(&format!("/v1/verifications/{id}/check"), &json!({ "code": code }))
+            .await
+    }
+
+    pub async fn create_template(&self, body: &Value) -> Value {
+        let response = self.post_json("/v1/templates", body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap_or_default());
+        response.json().await.expect("a JSON template")
+    }
+
+    /// Every SMS the provider received for `to`, oldest first.
+    pub fn sent_sms(&self, to: &str) -> Vec<RecordedMessage> {
+        self.sink.to(to)
+    }
+
+    /// Waits until `count` SMS reached `to`; fails the test after [`WAIT`].
+    pub async fn wait_for_sms(&self, to: &str, count: usize) -> Vec<RecordedMessage> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let messages = self.sink.to(to);
+            if messages.len() >= count {
+                return messages;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {count} SMS to {to}, got {}",
+                messages.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the code SMS of a new verification and returns the code in it.
+    pub async fn wait_for_code(&self, to: &str) -> String {
+        let messages = self.wait_for_sms(to, 1).await;
+        code_in(&messages.last().expect("at least one message").body)
+    }
+
+    /// Waits until the newest send of a verification has `status`; returns the verification.
+    pub async fn wait_for_delivery_status(&self, id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let verification = self.get_verification(id).await;
+            if verification["delivery_status"] == status {
+                return verification;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "delivery of {id} never reached {status}: {verification:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Runs SQL against the test's own database (to move a clock or count rows).
+    pub async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
+        let client = self.pool.get().await.expect("a database connection");
+        client.query(statement, &[]).await.expect("test SQL runs")
+    }
+}
+
+/// The first run of 4–10 digits in an SMS body: the code.
+pub fn code_in(body: &str) -> String {
+    body.split(|c: char| !c.is_ascii_digit())
+        .find(|run| (4..=10).contains(&run.len()))
+        .unwrap_or_else(|| panic!("no code in {body:?}"))
+        .to_owned()
+}
+
+/// A code that differs from `code` in every digit.
+pub fn wrong_code(code: &str) -> String {
+    code.bytes()
+        .map(|b| char::from(b'0' + (b - b'0' + 1) % 10))
+        .collect()
+}
+
+/// A distinct valid US number per call within a test.
+pub fn phone_number(n: u32) -> String {
+    format!("+1415555{:04}", n % 10_000)
+}

@@ -1,0 +1,13 @@
+//! Integration tests of the whole system: API, worker and fake provider in one process,
+//! real Postgres and RabbitMQ.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod bad_inputs;
+mod checks;
+mod delivery;
+mod health;
+mod helpers;
+mod portatext;
+mod templates;
+mod verifications;
