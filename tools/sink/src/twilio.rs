@@ -90,13 +90,13 @@ pub(crate) async fn send(
         return unauthorised();
     }
     let message = match body
-        .map_err(|e| (e.status(), e.to_string()))
+        .map_err(|e| Refusal::new(e.status(), e.to_string()))
         .and_then(|body| parse(&body, received_at))
     {
         Ok(message) => message,
-        Err((status, error)) => {
+        Err(refusal) => {
             provider.refused();
-            return error_with_code(status, error_code_for(status, &error), &error);
+            return error_with_code(refusal.status, refusal.code, &refusal.message);
         }
     };
     let from_given = message.from_given;
@@ -131,19 +131,46 @@ struct ParsedSend {
     messaging_service_sid: Option<String>,
 }
 
-type Refusal = (StatusCode, String);
+/// A send refused before failure injection, in Twilio's terms.
+#[derive(Debug, PartialEq)]
+struct Refusal {
+    status: StatusCode,
+    code: u32,
+    message: String,
+}
 
-const MISSING_TO: &str = "A 'To' phone number is required.";
-const MISSING_BODY: &str = "Message body is required.";
-const MISSING_FROM: &str = "A 'From' phone number is required.";
+impl Refusal {
+    /// A refusal with the generic code for its status.
+    fn new(status: StatusCode, message: String) -> Refusal {
+        Refusal {
+            status,
+            code: generic_code(status),
+            message,
+        }
+    }
+
+    /// A missing required field, which Twilio reports with a code of its own.
+    fn missing(code: u32, message: &str) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.to_owned(),
+        }
+    }
+}
+
+const MISSING_TO: (u32, &str) = (21604, "A 'To' phone number is required.");
+const MISSING_BODY: (u32, &str) = (21602, "Message body is required.");
+const MISSING_FROM: (u32, &str) = (21603, "A 'From' phone number is required.");
 
 fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ParsedSend, Refusal> {
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|e| {
-        (
+        Refusal::new(
             StatusCode::BAD_REQUEST,
             format!("The request body is not form-encoded: {e}"),
         )
     })?;
+    let missing = |(code, message): (u32, &str)| Refusal::missing(code, message);
     let field = |name: &str| {
         fields
             .iter()
@@ -151,14 +178,14 @@ fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ParsedSend, Refusal>
             .map(|(_, value)| value.clone())
     };
     // Checked in the order Twilio reports them.
-    let to = field("To").ok_or((StatusCode::BAD_REQUEST, MISSING_TO.to_owned()))?;
-    let text = field("Body").ok_or((StatusCode::BAD_REQUEST, MISSING_BODY.to_owned()))?;
+    let to = field("To").ok_or_else(|| missing(MISSING_TO))?;
+    let text = field("Body").ok_or_else(|| missing(MISSING_BODY))?;
     let from = field("From");
     let messaging_service_sid = field("MessagingServiceSid");
     let sender = from
         .clone()
         .or_else(|| messaging_service_sid.clone())
-        .ok_or((StatusCode::BAD_REQUEST, MISSING_FROM.to_owned()))?;
+        .ok_or_else(|| missing(MISSING_FROM))?;
     Ok(ParsedSend {
         recorded: RecordedMessage {
             id: new_sid(),
@@ -220,15 +247,6 @@ fn unauthorised() -> Response {
         HeaderValue::from_static("Basic realm=\"Twilio API\""),
     );
     response
-}
-
-fn error_code_for(status: StatusCode, message: &str) -> u32 {
-    match message {
-        MISSING_TO => 21604,
-        MISSING_BODY => 21602,
-        MISSING_FROM => 21603,
-        _ => generic_code(status),
-    }
 }
 
 /// Twilio's REST-level error codes mirror the HTTP status (20003 aside): 20404, 20429,
@@ -362,10 +380,13 @@ mod tests {
     fn missing_fields_are_reported_in_twilio_order() {
         let now = Utc::now();
         let err = |body: &str| parse(body.as_bytes(), now).err().unwrap();
-        assert_eq!(err("Body=hi&From=%2B1").1, super::MISSING_TO);
-        assert_eq!(err("To=%2B1&From=%2B1").1, super::MISSING_BODY);
-        assert_eq!(err("To=%2B1&Body=hi").1, super::MISSING_FROM);
-        assert_eq!(err("To=&Body=hi&From=%2B1").0, StatusCode::BAD_REQUEST);
+        assert_eq!(err("Body=hi&From=%2B1").code, 21604);
+        assert_eq!(err("To=%2B1&From=%2B1").code, 21602);
+        assert_eq!(err("To=%2B1&Body=hi").code, 21603);
+        assert_eq!(err("Body=hi").code, 21604);
+        let empty_to = err("To=&Body=hi&From=%2B1");
+        assert_eq!(empty_to.status, StatusCode::BAD_REQUEST);
+        assert_eq!(empty_to.message, "A 'To' phone number is required.");
     }
 
     #[test]
