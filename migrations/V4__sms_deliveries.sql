@@ -18,7 +18,12 @@ CREATE TABLE sms_deliveries (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     sent_at              timestamptz,
+    -- Set once the broker confirmed the job; rows left NULL are re-published (outbox).
+    published_at         timestamptz,
     UNIQUE (verification_id, send_number)
 );
 
 CREATE INDEX sms_deliveries_to_number_created_at ON sms_deliveries (to_number, created_at);
+
+-- The outbox relay's scan: only sends whose job was never confirmed.
+CREATE INDEX sms_deliveries_unpublished ON sms_deliveries (created_at) WHERE published_at IS NULL;

@@ -148,8 +148,14 @@ mod tests {
     fn json_errors_name_the_field() {
         assert_eq!(field_of("{}"), Some("to".to_owned()));
         assert_eq!(field_of(r#"{"to": 5}"#), Some("to".to_owned()));
-        assert_eq!(field_of(r#"{"to": "x", "code_length": "6"}"#), Some("code_length".to_owned()));
-        assert_eq!(field_of(r#"{"to": "x", "tempalte_id": 1}"#), Some("tempalte_id".to_owned()));
+        assert_eq!(
+            field_of(r#"{"to": "x", "code_length": "6"}"#),
+            Some("code_length".to_owned())
+        );
+        assert_eq!(
+            field_of(r#"{"to": "x", "tempalte_id": 1}"#),
+            Some("tempalte_id".to_owned())
+        );
         assert_eq!(field_of("not json"), None);
         assert_eq!(field_of(""), None);
     }

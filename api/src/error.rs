@@ -35,7 +35,10 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{what} not found")]
-    NotFound { code: &'static str, what: &'static str },
+    NotFound {
+        code: &'static str,
+        what: &'static str,
+    },
     #[error("no route matches this path")]
     RouteNotFound,
     #[error("this path does not accept that method")]
@@ -208,7 +211,10 @@ pub async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, In
         ApiError::PayloadTooLarge {
             limit: crate::routes::MAX_BODY_BYTES,
         }
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
         ApiError::UnsupportedMediaType
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::InvalidJson {

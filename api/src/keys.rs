@@ -35,7 +35,10 @@ pub async fn list_keys(database: &DatabaseSettings) -> anyhow::Result<Vec<String
             let state = key
                 .revoked_at
                 .map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
-            format!("{}  {:<30}  created {}  {state}", key.id, key.name, key.created_at)
+            format!(
+                "{}  {:<30}  created {}  {state}",
+                key.id, key.name, key.created_at
+            )
         })
         .collect())
 }
@@ -54,7 +57,9 @@ pub async fn revoke_key(database: &DatabaseSettings, id: Uuid) -> anyhow::Result
 }
 
 async fn connect(database: &DatabaseSettings) -> anyhow::Result<db::Pool> {
-    let pool = db::connect_pool(database).await.context("connecting to Postgres")?;
+    let pool = db::connect_pool(database)
+        .await
+        .context("connecting to Postgres")?;
     db::migrate(&pool).await.context("applying migrations")?;
     Ok(pool)
 }

@@ -7,6 +7,8 @@
 //! - [`startup`]: builds the application from settings and serves until shutdown.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes.
 //! - `operations`: what each request does, shared by both route shapes.
+//! - `outbox`: publishing jobs after commit, and re-publishing any the broker never
+//!   confirmed.
 //! - `error`: `ApiError`, the one error type handlers return, and its JSON form.
 //! - `auth`, `body`, `state`, `views`: API keys, bounded JSON bodies, shared state and
 //!   response representations.
@@ -16,6 +18,7 @@ mod auth;
 mod body;
 mod error;
 mod operations;
+mod outbox;
 mod routes;
 mod state;
 mod views;

@@ -7,13 +7,16 @@ use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use verify_common::config::{ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings};
+use verify_common::config::{
+    ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings,
+};
 use verify_common::db;
 use verify_common::db::verifications::SendLimit;
 use verify_common::domain::new_template_engine;
 use verify_common::queue::SmsPublisher;
 
 use crate::auth::ApiKeys;
+use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
 use crate::routes::routes;
 use crate::state::AppState;
 
@@ -36,6 +39,7 @@ pub struct ApiConfig {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    outbox_tasks: OutboxTasks,
     grace: std::time::Duration,
 }
 
@@ -47,25 +51,51 @@ impl Application {
     /// When a dependency cannot be reached or the address cannot be bound; the message
     /// names which.
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
-        let secret = config.secret.code_secret().context("VERIFY_SECRET is invalid")?;
-        let otp = config.otp.policy().context("VERIFY_OTP_LENGTH is invalid")?;
-        let pool = db::connect_pool(&config.database)
+        let secret = config
+            .secret
+            .code_secret()
+            .context("VERIFY_SECRET is invalid")?;
+        let otp = config
+            .otp
+            .policy()
+            .context("VERIFY_OTP_LENGTH is invalid")?;
+        let pool = db::connect_pool(&config.database).await.with_context(|| {
+            format!(
+                "connecting to Postgres at {}",
+                redact_url(&config.database.url)
+            )
+        })?;
+        db::migrate(&pool)
             .await
-            .with_context(|| format!("connecting to Postgres at {}", redact_url(&config.database.url)))?;
-        db::migrate(&pool).await.context("applying database migrations")?;
+            .context("applying database migrations")?;
         let publisher = SmsPublisher::connect(&config.rabbit, "verify-api")
             .await
-            .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(&config.rabbit.url)))?;
+            .with_context(|| {
+                format!(
+                    "connecting to RabbitMQ at {}",
+                    redact_url(&config.rabbit.url)
+                )
+            })?;
         let listener = TcpListener::bind(config.api.addr)
             .await
             .with_context(|| format!("binding {}", config.api.addr))?;
         if config.api.api_key.is_none() {
-            tracing::warn!("VERIFY_API_KEY is not set: only keys created with `verify-api keys create` are accepted");
+            tracing::warn!(
+                "VERIFY_API_KEY is not set: only keys created with `verify-api keys create` are accepted"
+            );
         }
+        let (outbox, outbox_tasks) = Outbox::new(
+            pool.clone(),
+            Arc::new(publisher),
+            RelaySchedule {
+                interval: config.api.outbox_interval(),
+                min_age: config.api.outbox_min_age(),
+            },
+        );
         let state = AppState {
             api_keys: Arc::new(ApiKeys::new(config.api.api_key.as_ref(), pool.clone())),
             pool,
-            publisher: Arc::new(publisher),
+            outbox: Arc::new(outbox),
             secret,
             otp,
             send_limit: SendLimit {
@@ -78,6 +108,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
+            outbox_tasks,
             grace: config.api.shutdown_grace(),
         })
     }
@@ -96,6 +127,9 @@ impl Application {
     /// # Errors
     /// Never in practice; kept for symmetry with other start-up steps.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // The outbox outlives the server by the time it takes to write the last marks.
+        let outbox_stop = CancellationToken::new();
+        let outbox = tokio::spawn(self.outbox_tasks.run(outbox_stop.clone()));
         let server = warp::serve(routes(self.state))
             .incoming(self.listener)
             .graceful(shutdown.clone().cancelled_owned())
@@ -108,6 +142,8 @@ impl Application {
                 tokio::time::sleep(self.grace).await;
             } => tracing::warn!("in-flight requests did not finish within the grace period"),
         }
+        outbox_stop.cancel();
+        let _ = outbox.await;
         Ok(())
     }
 }

@@ -8,16 +8,16 @@ use verify_common::config::ApiSettings;
 use verify_common::db::Pool;
 use verify_common::db::verifications::SendLimit;
 use verify_common::domain::{CodeSecret, OtpPolicy};
-use verify_common::queue::SmsPublisher;
 use warp::Filter;
 
 use crate::auth::ApiKeys;
+use crate::outbox::Outbox;
 
 /// Everything handlers need. Cheap to clone (all shared parts are behind `Arc`s).
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
-    pub publisher: Arc<SmsPublisher>,
+    pub outbox: Arc<Outbox>,
     pub secret: CodeSecret,
     pub otp: OtpPolicy,
     pub send_limit: SendLimit,
@@ -27,6 +27,8 @@ pub struct AppState {
 }
 
 /// A filter that hands a clone of the state to the handler.
-pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
 }

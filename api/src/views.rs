@@ -48,7 +48,11 @@ pub struct SendView {
 }
 
 impl VerificationView {
-    pub fn new(verification: &VerificationRecord, sends: &[DeliveryRecord], now: DateTime<Utc>) -> Self {
+    pub fn new(
+        verification: &VerificationRecord,
+        sends: &[DeliveryRecord],
+        now: DateTime<Utc>,
+    ) -> Self {
         let status = verification.status_at(now);
         Self {
             id: verification.id.to_string(),

@@ -34,10 +34,18 @@ pub struct DatabaseSettings {
     )]
     pub url: String,
     /// Connections in the pool.
-    #[arg(long = "db-pool-size", env = "VERIFY_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long = "db-pool-size",
+        env = "VERIFY_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
     pub pool_size: usize,
     /// Longest wait for a pooled connection (or a new one) before answering 503.
-    #[arg(long = "db-pool-timeout-ms", env = "VERIFY_DB_POOL_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(
+        long = "db-pool-timeout-ms",
+        env = "VERIFY_DB_POOL_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
     pub pool_timeout_ms: u64,
 }
 
@@ -71,7 +79,11 @@ pub struct RabbitSettings {
     pub url: String,
     /// Prefix of every exchange and queue name, so several deployments (or test runs) can
     /// share one broker.
-    #[arg(long = "queue-prefix", env = "VERIFY_QUEUE_PREFIX", default_value = "verify")]
+    #[arg(
+        long = "queue-prefix",
+        env = "VERIFY_QUEUE_PREFIX",
+        default_value = "verify"
+    )]
     pub queue_prefix: String,
     /// Delete queues after this long unused. Only for throwaway deployments such as tests:
     /// retry queues never have consumers, so in production they must not expire.
@@ -133,10 +145,18 @@ pub struct OtpSettings {
     #[arg(long = "otp-length", env = "VERIFY_OTP_LENGTH", default_value_t = 6)]
     pub code_length: i64,
     /// Lifetime of a code when the request does not say.
-    #[arg(long = "otp-ttl-secs", env = "VERIFY_OTP_TTL_SECS", default_value_t = 600)]
+    #[arg(
+        long = "otp-ttl-secs",
+        env = "VERIFY_OTP_TTL_SECS",
+        default_value_t = 600
+    )]
     pub ttl_secs: u64,
     /// Wrong checks after which a verification is closed.
-    #[arg(long = "otp-max-checks", env = "VERIFY_OTP_MAX_CHECKS", default_value_t = 5)]
+    #[arg(
+        long = "otp-max-checks",
+        env = "VERIFY_OTP_MAX_CHECKS",
+        default_value_t = 5
+    )]
     pub max_checks: u32,
 }
 
@@ -166,7 +186,11 @@ impl OtpSettings {
 #[derive(Clone, Args)]
 pub struct ApiSettings {
     /// Address to listen on.
-    #[arg(long = "addr", env = "VERIFY_API_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "addr",
+        env = "VERIFY_API_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub addr: SocketAddr,
     /// An API key accepted in addition to the keys stored in the database (for local runs,
     /// compose and tests). Keys created with `verify-api keys create` need no restart.
@@ -176,14 +200,41 @@ pub struct ApiSettings {
     #[arg(long = "send-limit", env = "VERIFY_SEND_LIMIT", default_value_t = 5)]
     pub send_limit: u32,
     /// The window of the per-number send limit.
-    #[arg(long = "send-limit-window-secs", env = "VERIFY_SEND_LIMIT_WINDOW_SECS", default_value_t = 600)]
+    #[arg(
+        long = "send-limit-window-secs",
+        env = "VERIFY_SEND_LIMIT_WINDOW_SECS",
+        default_value_t = 600
+    )]
     pub send_limit_window_secs: u64,
     /// Shortest time between two sends of one verification (resend).
-    #[arg(long = "resend-interval-secs", env = "VERIFY_RESEND_INTERVAL_SECS", default_value_t = 30)]
+    #[arg(
+        long = "resend-interval-secs",
+        env = "VERIFY_RESEND_INTERVAL_SECS",
+        default_value_t = 30
+    )]
     pub resend_interval_secs: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
-    #[arg(long = "shutdown-grace-secs", env = "VERIFY_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    #[arg(
+        long = "shutdown-grace-secs",
+        env = "VERIFY_SHUTDOWN_GRACE_SECS",
+        default_value_t = 20
+    )]
     pub shutdown_grace_secs: u64,
+    /// How often the outbox relay looks for send jobs the broker never confirmed.
+    #[arg(
+        long = "outbox-interval-ms",
+        env = "VERIFY_OUTBOX_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub outbox_interval_ms: u64,
+    /// How old an unconfirmed send must be before the relay publishes it (younger ones are
+    /// probably being published right now).
+    #[arg(
+        long = "outbox-min-age-ms",
+        env = "VERIFY_OUTBOX_MIN_AGE_MS",
+        default_value_t = 10_000
+    )]
+    pub outbox_min_age_ms: u64,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -194,7 +245,9 @@ impl std::fmt::Debug for ApiSettings {
             .field("send_limit", &self.send_limit)
             .field("send_limit_window_secs", &self.send_limit_window_secs)
             .field("resend_interval_secs", &self.resend_interval_secs)
-            .finish()
+            .field("outbox_interval_ms", &self.outbox_interval_ms)
+            .field("outbox_min_age_ms", &self.outbox_min_age_ms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -207,6 +260,8 @@ impl Default for ApiSettings {
             send_limit_window_secs: 600,
             resend_interval_secs: 30,
             shutdown_grace_secs: 20,
+            outbox_interval_ms: 5_000,
+            outbox_min_age_ms: 10_000,
         }
     }
 }
@@ -223,34 +278,74 @@ impl ApiSettings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+
+    pub fn outbox_interval(&self) -> Duration {
+        Duration::from_millis(self.outbox_interval_ms.max(1))
+    }
+
+    pub fn outbox_min_age(&self) -> Duration {
+        Duration::from_millis(self.outbox_min_age_ms)
+    }
 }
 
 /// How a worker consumes and retries.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
     /// Sends in flight at once in one worker process (also the AMQP prefetch).
-    #[arg(long = "concurrency", env = "VERIFY_WORKER_CONCURRENCY", default_value_t = 64)]
+    #[arg(
+        long = "concurrency",
+        env = "VERIFY_WORKER_CONCURRENCY",
+        default_value_t = 64
+    )]
     pub concurrency: u16,
     /// Provider attempts per send before it is marked failed.
-    #[arg(long = "retry-max-attempts", env = "VERIFY_RETRY_MAX_ATTEMPTS", default_value_t = 6)]
+    #[arg(
+        long = "retry-max-attempts",
+        env = "VERIFY_RETRY_MAX_ATTEMPTS",
+        default_value_t = 6
+    )]
     pub retry_max_attempts: u32,
     /// Delay before the first retry; each later one doubles.
-    #[arg(long = "retry-base-ms", env = "VERIFY_RETRY_BASE_MS", default_value_t = 1_000)]
+    #[arg(
+        long = "retry-base-ms",
+        env = "VERIFY_RETRY_BASE_MS",
+        default_value_t = 1_000
+    )]
     pub retry_base_ms: u64,
     /// Longest delay between two attempts.
-    #[arg(long = "retry-cap-ms", env = "VERIFY_RETRY_CAP_MS", default_value_t = 60_000)]
+    #[arg(
+        long = "retry-cap-ms",
+        env = "VERIFY_RETRY_CAP_MS",
+        default_value_t = 60_000
+    )]
     pub retry_cap_ms: u64,
     /// Random spread of each delay, as a fraction (0.2 = ±20 %).
-    #[arg(long = "retry-jitter", env = "VERIFY_RETRY_JITTER", default_value_t = 0.2)]
+    #[arg(
+        long = "retry-jitter",
+        env = "VERIFY_RETRY_JITTER",
+        default_value_t = 0.2
+    )]
     pub retry_jitter: f64,
     /// How long a claimed send belongs to its worker before another may take it over.
-    #[arg(long = "send-lease-secs", env = "VERIFY_SEND_LEASE_SECS", default_value_t = 60)]
+    #[arg(
+        long = "send-lease-secs",
+        env = "VERIFY_SEND_LEASE_SECS",
+        default_value_t = 60
+    )]
     pub send_lease_secs: u64,
     /// Never hand a code to the provider with less than this much lifetime left.
-    #[arg(long = "expiry-margin-secs", env = "VERIFY_EXPIRY_MARGIN_SECS", default_value_t = 15)]
+    #[arg(
+        long = "expiry-margin-secs",
+        env = "VERIFY_EXPIRY_MARGIN_SECS",
+        default_value_t = 15
+    )]
     pub expiry_margin_secs: u64,
     /// How long in-flight sends may take to finish after SIGTERM.
-    #[arg(long = "shutdown-grace-secs", env = "VERIFY_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    #[arg(
+        long = "shutdown-grace-secs",
+        env = "VERIFY_SHUTDOWN_GRACE_SECS",
+        default_value_t = 20
+    )]
     pub shutdown_grace_secs: u64,
 }
 
@@ -298,28 +393,49 @@ pub enum ProviderKind {
 #[derive(Clone, Args)]
 pub struct ProviderSettings {
     /// Provider wire format.
-    #[arg(long = "sms-provider", env = "VERIFY_SMS_PROVIDER", value_enum, default_value = "log")]
+    #[arg(
+        long = "sms-provider",
+        env = "VERIFY_SMS_PROVIDER",
+        value_enum,
+        default_value = "log"
+    )]
     pub kind: ProviderKind,
     /// Sender used when a verification names none (E.164 number or alphanumeric ID).
     #[arg(long = "sms-from", env = "VERIFY_SMS_FROM", default_value = "Verify")]
     pub from: String,
     /// Base URL of the Twilio API.
-    #[arg(long = "twilio-base-url", env = "VERIFY_TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
+    #[arg(
+        long = "twilio-base-url",
+        env = "VERIFY_TWILIO_BASE_URL",
+        default_value = "https://api.twilio.com"
+    )]
     pub twilio_base_url: String,
     /// Twilio account SID (`AC…`).
-    #[arg(long = "twilio-account-sid", env = "VERIFY_TWILIO_ACCOUNT_SID", default_value = "")]
+    #[arg(
+        long = "twilio-account-sid",
+        env = "VERIFY_TWILIO_ACCOUNT_SID",
+        default_value = ""
+    )]
     pub twilio_account_sid: String,
     /// Twilio auth token.
     #[arg(long = "twilio-auth-token", env = "VERIFY_TWILIO_AUTH_TOKEN", value_parser = parse_secret, hide_env_values = true)]
     pub twilio_auth_token: Option<SecretString>,
     /// URL the generic JSON provider posts to.
-    #[arg(long = "http-provider-url", env = "VERIFY_HTTP_PROVIDER_URL", default_value = "http://127.0.0.1:9090/send")]
+    #[arg(
+        long = "http-provider-url",
+        env = "VERIFY_HTTP_PROVIDER_URL",
+        default_value = "http://127.0.0.1:9090/send"
+    )]
     pub http_url: String,
     /// Bearer token for the generic JSON provider.
     #[arg(long = "http-provider-token", env = "VERIFY_HTTP_PROVIDER_TOKEN", value_parser = parse_secret, hide_env_values = true)]
     pub http_token: Option<SecretString>,
     /// Timeout of one provider request; a timeout is a transient error and is retried.
-    #[arg(long = "provider-timeout-ms", env = "VERIFY_PROVIDER_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long = "provider-timeout-ms",
+        env = "VERIFY_PROVIDER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub timeout_ms: u64,
 }
 
@@ -370,6 +486,11 @@ pub enum LogFormat {
 /// Logging settings; the level filter comes from `RUST_LOG`.
 #[derive(Debug, Clone, Args, Default)]
 pub struct LogSettings {
-    #[arg(long = "log-format", env = "VERIFY_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "VERIFY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub format: LogFormat,
 }

@@ -95,7 +95,9 @@ async fn create_from_template(admin: &tokio_postgres::Client, name: &str, templa
     // refuses to copy a database in use, so retry briefly.
     for _ in 0..50 {
         match admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""))
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
             .await
         {
             Ok(()) => return,
@@ -121,7 +123,9 @@ async fn ensure_template(admin: &tokio_postgres::Client, base: &DatabaseSettings
     if !exists {
         let building = format!("{template}_building");
         admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+            ))
             .await
             .expect("dropping a half-built template");
         admin
@@ -130,14 +134,18 @@ async fn ensure_template(admin: &tokio_postgres::Client, base: &DatabaseSettings
             .expect("creating the template database");
         let settings = with_dbname(base, &building);
         let pool = db::build_pool(&settings).expect("building the template pool");
-        db::migrate(&pool).await.expect("migrating the template database");
+        db::migrate(&pool)
+            .await
+            .expect("migrating the template database");
         pool.close();
         drop(pool);
         // Renaming only once migrated means a crash mid-way never leaves a template that
         // looks complete.
         for attempt in 0..50 {
             match admin
-                .batch_execute(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{template}\""))
+                .batch_execute(&format!(
+                    "ALTER DATABASE \"{building}\" RENAME TO \"{template}\""
+                ))
                 .await
             {
                 Ok(()) => break,
@@ -160,7 +168,10 @@ async fn sweep_stale_databases(admin: &tokio_postgres::Client) {
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let Ok(rows) = admin
-        .query("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'", &[])
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'",
+            &[],
+        )
         .await
     else {
         return;

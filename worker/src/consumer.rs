@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -74,8 +76,13 @@ impl Consumer {
             }
         }
         tracker.close();
-        if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
-            tracing::warn!("in-flight sends did not finish within the grace period; their jobs will be redelivered");
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight sends did not finish within the grace period; their jobs will be redelivered"
+            );
         }
     }
 
@@ -95,9 +102,13 @@ impl Consumer {
             channel
                 .basic_qos(self.concurrency, BasicQosOptions::default())
                 .await?;
-            declare(&channel, &names, self.rabbit.queue_expires_secs.map(Duration::from_secs))
-                .await
-                .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
+            declare(
+                &channel,
+                &names,
+                self.rabbit.queue_expires_secs.map(Duration::from_secs),
+            )
+            .await
+            .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
             let consumer = channel
                 .basic_consume(
                     names.send_queue.as_str().into(),

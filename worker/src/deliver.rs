@@ -55,7 +55,9 @@ pub async fn deliver_sms(job: &SendSms, deps: &Arc<Deps>) -> Result<Outcome, DbE
         }
         ClaimOutcome::HeldElsewhere { lease_remaining } => {
             // Its worker may have died mid-send; look again once the lease runs out.
-            return Ok(Outcome::RetryLater(lease_remaining + Duration::from_secs(1)));
+            return Ok(Outcome::RetryLater(
+                lease_remaining + Duration::from_secs(1),
+            ));
         }
         ClaimOutcome::Missing => {
             return Ok(Outcome::DeadLetter(format!(
@@ -76,7 +78,13 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
     }
     let margin = chrono::Duration::from_std(deps.expiry_margin).unwrap_or_default();
     if now + margin >= send.expires_at {
-        return fail(send, deps, "not sent: the code expires too soon".to_owned(), "skipped").await;
+        return fail(
+            send,
+            deps,
+            "not sent: the code expires too soon".to_owned(),
+            "skipped",
+        )
+        .await;
     }
     let text = match deps.renderer.render(send, &deps.secret, now) {
         Ok(text) => text,
@@ -117,7 +125,10 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
         Err(ProviderError::Permanent { reason }) => {
             fail(send, deps, reason, "permanent_error").await
         }
-        Err(ProviderError::Transient { reason, retry_after }) => {
+        Err(ProviderError::Transient {
+            reason,
+            retry_after,
+        }) => {
             let attempt = u32::try_from(send.attempt).unwrap_or(u32::MAX);
             if deps.retry.exhausted(attempt) {
                 let reason = format!("gave up after {attempt} attempts: {reason}");
@@ -129,7 +140,8 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
                 .max(retry_after.unwrap_or_default());
             let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
             if next_at + margin >= send.expires_at {
-                let reason = format!("gave up: the code expires before the next attempt ({reason})");
+                let reason =
+                    format!("gave up: the code expires before the next attempt ({reason})");
                 return fail(send, deps, reason, "transient_error").await;
             }
             let record = AttemptRecord {
@@ -150,7 +162,12 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
 }
 
 /// Records a permanent failure and finishes the job.
-async fn fail(send: &ClaimedSend, deps: &Deps, reason: String, outcome: &str) -> Result<Outcome, DbError> {
+async fn fail(
+    send: &ClaimedSend,
+    deps: &Deps,
+    reason: String,
+    outcome: &str,
+) -> Result<Outcome, DbError> {
     let record = AttemptRecord {
         next: DeliveryStatus::Failed,
         provider_message_id: None,

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use backoff::SystemClock;
 use backoff::backoff::Backoff;
 use backoff::exponential::ExponentialBackoff;
-use backoff::SystemClock;
 use verify_common::config::WorkerSettings;
 
 /// Exponential backoff from `base`, doubling, capped at `cap`, each delay spread by
@@ -79,7 +79,10 @@ mod tests {
             let nominal = 1_000.0 * 2f64.powi(attempt as i32 - 1);
             for _ in 0..200 {
                 let ms = p.delay_for(attempt).as_millis() as f64;
-                assert!(ms >= nominal * 0.8 - 1.0 && ms <= nominal * 1.2 + 1.0, "{attempt}: {ms}");
+                assert!(
+                    ms >= nominal * 0.8 - 1.0 && ms <= nominal * 1.2 + 1.0,
+                    "{attempt}: {ms}"
+                );
             }
         }
     }

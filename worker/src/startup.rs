@@ -44,13 +44,22 @@ impl Worker {
     /// # Errors
     /// When settings are invalid or a dependency cannot be reached; the message says which.
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
-        let secret = config.secret.code_secret().context("VERIFY_SECRET is invalid")?;
-        Sender::parse(&config.provider.from)
-            .map_err(|e| anyhow::anyhow!("VERIFY_SMS_FROM {:?} is invalid: {e}", config.provider.from))?;
-        anyhow::ensure!(config.worker.concurrency > 0, "VERIFY_WORKER_CONCURRENCY must be at least 1");
+        let secret = config
+            .secret
+            .code_secret()
+            .context("VERIFY_SECRET is invalid")?;
+        Sender::parse(&config.provider.from).map_err(|e| {
+            anyhow::anyhow!("VERIFY_SMS_FROM {:?} is invalid: {e}", config.provider.from)
+        })?;
+        anyhow::ensure!(
+            config.worker.concurrency > 0,
+            "VERIFY_WORKER_CONCURRENCY must be at least 1"
+        );
         let mut database = config.database.clone();
         // One connection per concurrent send is the most a worker can use at once.
-        database.pool_size = database.pool_size.max(usize::from(config.worker.concurrency).min(64));
+        database.pool_size = database
+            .pool_size
+            .max(usize::from(config.worker.concurrency).min(64));
         let pool = db::connect_pool(&database)
             .await
             .context("connecting to Postgres")?;

@@ -45,7 +45,11 @@ pub fn template_error(error: TemplateError) -> ApiError {
     ApiError::invalid(code, field, &error)
 }
 
-fn validate(state: &AppState, input: TemplateInput, base: Option<&TemplateRecord>) -> Result<TemplateFields, ApiError> {
+fn validate(
+    state: &AppState,
+    input: TemplateInput,
+    base: Option<&TemplateRecord>,
+) -> Result<TemplateFields, ApiError> {
     let name = input
         .name
         .or_else(|| base.map(|b| b.name.clone()))
@@ -85,7 +89,10 @@ fn not_found() -> ApiError {
 ///
 /// # Errors
 /// 400s naming the field; 503 when Postgres is down.
-pub async fn create_template(state: &AppState, input: TemplateInput) -> Result<TemplateRecord, ApiError> {
+pub async fn create_template(
+    state: &AppState,
+    input: TemplateInput,
+) -> Result<TemplateRecord, ApiError> {
     let fields = validate(state, input, None)?;
     Ok(templates::insert_template(&state.pool, &fields).await?)
 }
@@ -132,7 +139,11 @@ pub async fn delete_template(state: &AppState, id: i64) -> Result<(), ApiError> 
 ///
 /// # Errors
 /// 503 when Postgres is down.
-pub async fn list_templates(state: &AppState, after: i64, limit: i64) -> Result<Vec<TemplateRecord>, ApiError> {
+pub async fn list_templates(
+    state: &AppState,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<TemplateRecord>, ApiError> {
     Ok(templates::list_templates(&state.pool, after, limit).await?)
 }
 
@@ -140,7 +151,11 @@ pub async fn list_templates(state: &AppState, after: i64, limit: i64) -> Result<
 ///
 /// # Errors
 /// 400 naming the problem with the text or a missing variable.
-pub fn preview(state: &AppState, text: &str, variables: &Variables) -> Result<PreviewView, ApiError> {
+pub fn preview(
+    state: &AppState,
+    text: &str,
+    variables: &Variables,
+) -> Result<PreviewView, ApiError> {
     let body = TemplateBody::parse(&state.templates, text).map_err(template_error)?;
     let rendered = body
         .render_sample(&state.templates, default_ttl_minutes(state), variables)

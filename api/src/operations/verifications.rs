@@ -10,9 +10,8 @@ use verify_common::db::verifications::{
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, TemplateBody, TemplateLocale,
-    VerificationId, VerificationStatus, Variables, default_template_text,
+    Variables, VerificationId, VerificationStatus, default_template_text,
 };
-use verify_common::queue::SendSms;
 
 use crate::error::ApiError;
 use crate::operations::templates::template_error;
@@ -76,7 +75,10 @@ async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<()
             TemplateBody::parse(&state.templates, &record.body).map_err(template_error)?
         }
         None => {
-            let language = request.locale.as_ref().map_or("en", TemplateLocale::language);
+            let language = request
+                .locale
+                .as_ref()
+                .map_or("en", TemplateLocale::language);
             let text = default_template_text(language).ok_or_else(|| {
                 ApiError::invalid(
                     "unsupported_locale",
@@ -99,12 +101,12 @@ async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<()
     Ok(())
 }
 
-/// Publishes the job for a recorded send.
-async fn enqueue(state: &AppState, delivery: &DeliveryRecord) -> Result<(), ApiError> {
-    state.publisher.publish(&SendSms::new(delivery.id)).await.map_err(|error| {
-        tracing::error!(delivery = %delivery.id, %error, "could not enqueue a send");
-        ApiError::from(error)
-    })
+/// Publishes the job of a committed send. A failure is not the caller's problem: the
+/// send is durable and the outbox relay publishes it once the broker is back.
+async fn enqueue(state: &AppState, delivery: &DeliveryRecord) {
+    if let Err(error) = state.outbox.publish(delivery.id).await {
+        tracing::warn!(delivery = %delivery.id, %error, "job not confirmed; left to the outbox relay");
+    }
 }
 
 /// Records a verification and its first send, then enqueues the send.
@@ -132,11 +134,9 @@ pub async fn start_verification(
         ttl: request.ttl.unwrap_or(state.otp.ttl),
     };
     match verifications::insert_verification(&state.pool, &new, state.send_limit).await? {
-        CreateOutcome::Created {
-            verification,
-            delivery,
-        } => {
-            enqueue(state, &delivery).await?;
+        CreateOutcome::Created(created) => {
+            let (verification, delivery) = *created;
+            enqueue(state, &delivery).await;
             tracing::info!(verification = %verification.id, to = %verification.to, "verification started");
             Ok((verification, vec![delivery]))
         }
@@ -197,7 +197,11 @@ pub fn parse_code(code: &str) -> Result<&str, ApiError> {
 ///
 /// # Errors
 /// 400 for a malformed code, 404 when the target does not exist.
-pub async fn check_code(state: &AppState, target: CheckTarget, code: &str) -> Result<CheckView, ApiError> {
+pub async fn check_code(
+    state: &AppState,
+    target: CheckTarget,
+    code: &str,
+) -> Result<CheckView, ApiError> {
     let code = parse_code(code)?;
     let verification = match target {
         CheckTarget::Id(id) => verifications::find_verification(&state.pool, id).await?,
@@ -268,7 +272,7 @@ pub async fn resend(
     .await?;
     match outcome {
         ResendOutcome::Created(delivery) => {
-            enqueue(state, &delivery).await?;
+            enqueue(state, &delivery).await;
             find_verification(state, id).await
         }
         ResendOutcome::NotFound => Err(not_found()),

@@ -12,7 +12,9 @@ use crate::state::{AppState, with_state};
 /// Longest a readiness probe waits on each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
@@ -28,7 +30,7 @@ async fn readiness(state: AppState) -> Response {
         .await
         .map_err(|_| "timed out".to_owned())
         .and_then(|r| r.map_err(|e| e.to_string()));
-    let rabbitmq = tokio::time::timeout(PROBE_TIMEOUT, state.publisher.ping())
+    let rabbitmq = tokio::time::timeout(PROBE_TIMEOUT, state.outbox.publisher().ping())
         .await
         .map_err(|_| "timed out".to_owned())
         .and_then(|r| r.map_err(|e| e.to_string()));

@@ -80,7 +80,10 @@ mod tests {
 
     #[test]
     fn phone_numbers_in_paths_are_masked_for_logs() {
-        assert_eq!(mask_digits("/number_verify/14155550100"), "/number_verify/1415*****00");
+        assert_eq!(
+            mask_digits("/number_verify/14155550100"),
+            "/number_verify/1415*****00"
+        );
         assert_eq!(mask_digits("/templates/42"), "/templates/42");
     }
 }

@@ -48,7 +48,9 @@ struct TemplateBodyJson {
 type Auth = Option<String>;
 type Body = Result<Bytes, ApiError>;
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let base = warp::any().and(with_state(state)).and(presented_key());
     let body = limited_body(MAX_BODY_BYTES);
     let start = warp::path!("number_verify" / String)
@@ -59,11 +61,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = war
     let check = warp::path!("number_verify" / String)
         .and(warp::get())
         .and(base.clone())
-        .and(
-            warp::query::raw()
-                .or(warp::any().map(String::new))
-                .unify(),
-        )
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .then(check);
     let list = warp::path!("templates")
         .and(warp::get())
@@ -124,8 +122,7 @@ fn reply(status: StatusCode, mut body: Value) -> Response {
     if let Some(object) = body.as_object_mut() {
         object.insert("success".to_owned(), Value::Bool(status.is_success()));
     }
-    let mut response =
-        warp::reply::with_status(ascii_json(&body), status).into_response();
+    let mut response = warp::reply::with_status(ascii_json(&body), status).into_response();
     response.headers_mut().insert(
         "content-type",
         warp::http::HeaderValue::from_static("application/json"),
@@ -219,7 +216,10 @@ async fn start(number: String, state: AppState, key: Auth, body: Body) -> Respon
             )
             .await?;
             let view = VerificationView::new(&verification, &sends, Utc::now());
-            Ok(reply(StatusCode::OK, json!({ "verification": view, "id": view.id })))
+            Ok(reply(
+                StatusCode::OK,
+                json!({ "verification": view, "id": view.id }),
+            ))
         }
         .await,
     )
@@ -235,7 +235,13 @@ async fn check(number: String, state: AppState, key: Auth, query: String) -> Res
                 .filter_map(|pair| pair.split_once('='))
                 .find(|(name, _)| *name == "code")
                 .map(|(_, value)| value.to_owned())
-                .ok_or_else(|| ApiError::invalid("missing_field", "code", "the code query parameter is required"))?;
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "missing_field",
+                        "code",
+                        "the code query parameter is required",
+                    )
+                })?;
             let view = ops::check_code(&state, CheckTarget::Number(to), &code).await?;
             let status = if view.valid {
                 StatusCode::OK
@@ -295,7 +301,10 @@ async fn create_template(state: AppState, key: Auth, body: Body) -> Response {
         async {
             state.api_keys.authenticate(key).await?;
             let record = template_ops::create_template(&state, template_input(&body?)?).await?;
-            Ok(reply(StatusCode::CREATED, json!({ "template": template_json(&record) })))
+            Ok(reply(
+                StatusCode::CREATED,
+                json!({ "template": template_json(&record) }),
+            ))
         }
         .await,
     )
@@ -306,7 +315,10 @@ async fn get_template(id: String, state: AppState, key: Auth) -> Response {
         async {
             state.api_keys.authenticate(key).await?;
             let record = template_ops::find_template(&state, parse_template_id(&id)?).await?;
-            Ok(reply(StatusCode::OK, json!({ "template": template_json(&record) })))
+            Ok(reply(
+                StatusCode::OK,
+                json!({ "template": template_json(&record) }),
+            ))
         }
         .await,
     )
@@ -318,7 +330,10 @@ async fn update_template(id: String, state: AppState, key: Auth, body: Body) -> 
             state.api_keys.authenticate(key).await?;
             let id = parse_template_id(&id)?;
             let record = template_ops::update_template(&state, id, template_input(&body?)?).await?;
-            Ok(reply(StatusCode::OK, json!({ "template": template_json(&record) })))
+            Ok(reply(
+                StatusCode::OK,
+                json!({ "template": template_json(&record) }),
+            ))
         }
         .await,
     )
@@ -342,6 +357,9 @@ mod tests {
 
     #[test]
     fn non_ascii_text_is_escaped_for_ascii_only_readers() {
-        assert_eq!(ascii_json(&json!({"t": "Código 😀"})), r#"{"t":"C\u00f3digo \ud83d\ude00"}"#);
+        assert_eq!(
+            ascii_json(&json!({"t": "Código 😀"})),
+            r#"{"t":"C\u00f3digo \ud83d\ude00"}"#
+        );
     }
 }

@@ -65,26 +65,27 @@ impl From<TemplateBodyJson> for TemplateInput {
 /// # Errors
 /// 400 `invalid_id`.
 pub fn parse_template_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::invalid("invalid_id", "id", "the template id must be a positive integer"))
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::invalid(
+            "invalid_id",
+            "id",
+            "the template id must be a positive integer",
+        )
+    })
 }
 
 type Auth = Option<String>;
 type Body = Result<Bytes, ApiError>;
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let base = warp::any().and(with_state(state)).and(presented_key());
     let with_body = content_type().and(limited_body(MAX_BODY_BYTES));
     let list = warp::path!("v1" / "templates")
         .and(warp::get())
         .and(base.clone())
-        .and(
-            warp::query::raw()
-                .or(warp::any().map(String::new))
-                .unify(),
-        )
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .then(list);
     let create = warp::path!("v1" / "templates")
         .and(warp::post())
@@ -121,7 +122,10 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = war
         .unify()
 }
 
-fn template_reply(status: StatusCode, record: &verify_common::db::templates::TemplateRecord) -> Response {
+fn template_reply(
+    status: StatusCode,
+    record: &verify_common::db::templates::TemplateRecord,
+) -> Response {
     warp::reply::with_status(warp::reply::json(&TemplateView::new(record)), status).into_response()
 }
 
@@ -155,7 +159,11 @@ fn serde_urlencoded_query(raw: &str) -> Result<ListQuery, ApiError> {
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let number = value.parse::<i64>().map_err(|_| {
-            ApiError::invalid("invalid_query", name.to_owned(), format!("{name} must be an integer"))
+            ApiError::invalid(
+                "invalid_query",
+                name.to_owned(),
+                format!("{name} must be an integer"),
+            )
         });
         match name {
             "after" => query.after = Some(number?),

@@ -5,7 +5,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
 use verify_common::domain::{
-    OtpCodeLength, PhoneNumber, Sender, TemplateLocale, VerificationId, Variables,
+    OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
 };
 use warp::Filter;
 use warp::http::StatusCode;
@@ -61,7 +61,9 @@ fn parse_id(raw: &str) -> Result<VerificationId, ApiError> {
 type Auth = Option<String>;
 type Body = Result<Bytes, ApiError>;
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let base = warp::any().and(with_state(state)).and(presented_key());
     let with_body = content_type().and(limited_body(MAX_BODY_BYTES));
 

@@ -100,7 +100,9 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let database = TestDatabase::create().await;
     let rabbit = test_rabbit_settings().await;
 
-    let sink = Sink::bind(options.sink).await.expect("binding the fake SMS provider");
+    let sink = Sink::bind(options.sink)
+        .await
+        .expect("binding the fake SMS provider");
     let sink_url = sink.base_url();
     let sink_log = sink.messages();
     tokio::spawn(sink.run_until_stopped(shutdown.clone()));
@@ -197,7 +199,12 @@ impl TestApp {
     /// Posts a verification that must be accepted; returns its JSON.
     pub async fn start_verification(&self, body: &Value) -> Value {
         let response = self.post_verification(body).await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
         response.json().await.expect("a JSON verification")
     }
 
@@ -208,13 +215,21 @@ impl TestApp {
     }
 
     pub async fn check_code(&self, id: &str, code: &str) -> Response {
-        self.post_json(&format!("/v1/verifications/{id}/check"), &json!({ "code": code }))
-            .await
+        self.post_json(
+            &format!("/v1/verifications/{id}/check"),
+            &json!({ "code": code }),
+        )
+        .await
     }
 
     pub async fn create_template(&self, body: &Value) -> Value {
         let response = self.post_json("/v1/templates", body).await;
-        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
         response.json().await.expect("a JSON template")
     }
 

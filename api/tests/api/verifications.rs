@@ -15,7 +15,10 @@ async fn posting_a_verification_answers_202_at_once_and_the_code_arrives_by_sms(
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(location, format!("/v1/verifications/{}", body["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/v1/verifications/{}", body["id"].as_str().unwrap())
+    );
     assert_eq!(body["to"], to);
     assert_eq!(body["status"], "pending");
     assert_eq!(body["attempts_remaining"], 5);
@@ -23,14 +26,20 @@ async fn posting_a_verification_answers_202_at_once_and_the_code_arrives_by_sms(
     let sms = app.wait_for_sms(&to, 1).await;
     assert_eq!(sms.len(), 1);
     assert_eq!(sms[0].from, "+15005550006");
-    assert!(sms[0].body.contains("It expires in 10 minutes"), "{}", sms[0].body);
+    assert!(
+        sms[0].body.contains("It expires in 10 minutes"),
+        "{}",
+        sms[0].body
+    );
     assert_eq!(code_in(&sms[0].body).len(), 6);
 }
 
 #[tokio::test]
 async fn the_verification_shows_its_send_with_status_attempts_and_provider_message_id() {
     let app = spawn_app().await;
-    let created = app.start_verification(&json!({ "to": phone_number(2) })).await;
+    let created = app
+        .start_verification(&json!({ "to": phone_number(2) }))
+        .await;
     let id = created["id"].as_str().unwrap();
 
     let verification = app.wait_for_delivery_status(id, "sent").await;
@@ -39,7 +48,12 @@ async fn the_verification_shows_its_send_with_status_attempts_and_provider_messa
     assert_eq!(send["status"], "sent");
     assert_eq!(send["attempts"], 1);
     assert_eq!(send["send_number"], 1);
-    assert!(send["provider_message_id"].as_str().unwrap().starts_with("SM"));
+    assert!(
+        send["provider_message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("SM")
+    );
     assert!(send["sent_at"].is_string());
     assert_eq!(send["attempt_log"][0]["outcome"], "sent");
     assert!(send["last_error"].is_null());
@@ -105,7 +119,11 @@ async fn the_locale_chooses_the_built_in_text_and_from_sets_the_sender() {
         .await;
 
     let sms = app.wait_for_sms(&to, 1).await;
-    assert!(sms[0].body.starts_with("Tu código de verificación es"), "{}", sms[0].body);
+    assert!(
+        sms[0].body.starts_with("Tu código de verificación es"),
+        "{}",
+        sms[0].body
+    );
     assert_eq!(sms[0].from, "Acme");
 }
 
@@ -125,7 +143,9 @@ async fn resend_sends_the_same_code_again_and_keeps_the_failed_checks() {
     let wrong = crate::helpers::wrong_code(&code);
     app.check_code(id, &wrong).await;
 
-    let response = app.post_json(&format!("/v1/verifications/{id}/resend"), &json!({})).await;
+    let response = app
+        .post_json(&format!("/v1/verifications/{id}/resend"), &json!({}))
+        .await;
 
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.unwrap();
@@ -138,13 +158,21 @@ async fn resend_sends_the_same_code_again_and_keeps_the_failed_checks() {
 #[tokio::test]
 async fn resending_too_soon_answers_429_with_retry_after() {
     let app = spawn_app().await;
-    let created = app.start_verification(&json!({ "to": phone_number(7) })).await;
+    let created = app
+        .start_verification(&json!({ "to": phone_number(7) }))
+        .await;
     let id = created["id"].as_str().unwrap();
 
-    let response = app.post_json(&format!("/v1/verifications/{id}/resend"), &json!({})).await;
+    let response = app
+        .post_json(&format!("/v1/verifications/{id}/resend"), &json!({}))
+        .await;
 
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=30).contains(&retry_after), "{retry_after}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "resend_too_soon");
@@ -161,12 +189,22 @@ async fn the_sixth_send_to_one_number_within_the_window_answers_429_with_retry_a
     let response = app.post_verification(&json!({ "to": to })).await;
 
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((590..=600).contains(&retry_after), "{retry_after}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
-    let other = app.post_verification(&json!({ "to": phone_number(9) })).await;
-    assert_eq!(other.status(), StatusCode::ACCEPTED, "the limit is per number");
+    let other = app
+        .post_verification(&json!({ "to": phone_number(9) }))
+        .await;
+    assert_eq!(
+        other.status(),
+        StatusCode::ACCEPTED,
+        "the limit is per number"
+    );
     let count: i64 = app.sql("SELECT count(*) FROM verifications").await[0].get(0);
     assert_eq!(count, 6, "the refused request recorded nothing");
 }
@@ -179,7 +217,9 @@ async fn cancel_closes_the_verification_and_a_second_cancel_answers_409() {
     let id = created["id"].as_str().unwrap();
     let code = app.wait_for_code(&to).await;
 
-    let response = app.post_json(&format!("/v1/verifications/{id}/cancel"), &json!({})).await;
+    let response = app
+        .post_json(&format!("/v1/verifications/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "canceled");
@@ -187,9 +227,13 @@ async fn cancel_closes_the_verification_and_a_second_cancel_answers_409() {
     let check: Value = app.check_code(id, &code).await.json().await.unwrap();
     assert_eq!(check["valid"], false);
     assert_eq!(check["status"], "canceled");
-    let again = app.post_json(&format!("/v1/verifications/{id}/cancel"), &json!({})).await;
+    let again = app
+        .post_json(&format!("/v1/verifications/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
-    let resend = app.post_json(&format!("/v1/verifications/{id}/resend"), &json!({})).await;
+    let resend = app
+        .post_json(&format!("/v1/verifications/{id}/resend"), &json!({}))
+        .await;
     assert_eq!(resend.status(), StatusCode::CONFLICT);
 }
 

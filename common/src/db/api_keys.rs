@@ -19,7 +19,12 @@ pub struct ApiKeyRecord {
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn insert_api_key(pool: &Pool, id: Uuid, name: &str, key_hash: &[u8]) -> Result<(), DbError> {
+pub async fn insert_api_key(
+    pool: &Pool,
+    id: Uuid,
+    name: &str,
+    key_hash: &[u8],
+) -> Result<(), DbError> {
     let client = pool.get().await?;
     client
         .execute(

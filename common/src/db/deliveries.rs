@@ -8,8 +8,8 @@ use tokio_postgres::Row;
 
 use super::{DbError, seconds};
 use crate::domain::{
-    DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, VerificationId, VerificationStatus,
-    Variables,
+    DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, Variables, VerificationId,
+    VerificationStatus,
 };
 
 /// A delivery row.
@@ -102,7 +102,9 @@ pub enum ClaimOutcome {
     /// Already sent or failed: a duplicate or redelivered job; nothing to do.
     AlreadyFinished(DeliveryStatus),
     /// Another worker holds a live claim; it may be retried once the lease runs out.
-    HeldElsewhere { lease_remaining: Duration },
+    HeldElsewhere {
+        lease_remaining: Duration,
+    },
     /// No such delivery (its verification was deleted).
     Missing,
 }
@@ -239,4 +241,72 @@ pub async fn finish_attempt(
         return Err(DbError::TransitionRejected);
     }
     Ok(())
+}
+
+/// Records that the jobs of these deliveries were confirmed by the broker, so the outbox
+/// relay leaves them alone.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn mark_published(pool: &Pool, ids: &[DeliveryId]) -> Result<(), DbError> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(DeliveryId::as_uuid).collect();
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE sms_deliveries SET published_at = now()
+             WHERE id = ANY($1) AND published_at IS NULL",
+        )
+        .await?;
+    client.execute(&statement, &[&ids]).await?;
+    Ok(())
+}
+
+/// The outbox relay's step: takes up to `limit` queued deliveries older than `older_than`
+/// whose job was never confirmed, calls `publish` for each and marks those it confirmed.
+/// The rows stay locked (`FOR UPDATE SKIP LOCKED`) while publishing, so several API
+/// replicas relaying at once never publish the same job twice. Returns how many were
+/// published.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn relay_unpublished<F, Fut>(
+    pool: &Pool,
+    older_than: Duration,
+    limit: i64,
+    mut publish: F,
+) -> Result<usize, DbError>
+where
+    F: FnMut(DeliveryId) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let rows = transaction
+        .query(
+            "SELECT id FROM sms_deliveries
+             WHERE published_at IS NULL AND status = 'queued'
+               AND created_at < now() - make_interval(secs => $1)
+             ORDER BY created_at LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+            &[&seconds(older_than), &limit],
+        )
+        .await?;
+    let mut published = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: uuid::Uuid = row.get(0);
+        if publish(DeliveryId::from_uuid(id)).await {
+            published.push(id);
+        } else {
+            // The broker is still unhappy; the rest can wait for the next round.
+            break;
+        }
+    }
+    transaction
+        .execute(
+            "UPDATE sms_deliveries SET published_at = now() WHERE id = ANY($1)",
+            &[&published],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(published.len())
 }

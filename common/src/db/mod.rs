@@ -13,9 +13,7 @@ pub mod verifications;
 
 use std::time::Duration;
 
-use deadpool_postgres::{
-    Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts,
-};
+use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -46,9 +44,10 @@ pub enum DbError {
 /// The server's own message when there is one (tokio-postgres' `Display` says only
 /// "db error" and keeps the detail in its source).
 fn describe(error: &tokio_postgres::Error) -> String {
-    error
-        .as_db_error()
-        .map_or_else(|| error.to_string(), |db| format!("{}: {}", db.code().code(), db.message()))
+    error.as_db_error().map_or_else(
+        || error.to_string(),
+        |db| format!("{}: {}", db.code().code(), db.message()),
+    )
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -168,10 +167,26 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
 
 /// The schema, in order. Embedded so binaries need no files at run time.
 const MIGRATIONS: [(i32, &str, &str); 4] = [
-    (1, "api_keys", include_str!("../../../migrations/V1__api_keys.sql")),
-    (2, "templates", include_str!("../../../migrations/V2__templates.sql")),
-    (3, "verifications", include_str!("../../../migrations/V3__verifications.sql")),
-    (4, "sms_deliveries", include_str!("../../../migrations/V4__sms_deliveries.sql")),
+    (
+        1,
+        "api_keys",
+        include_str!("../../../migrations/V1__api_keys.sql"),
+    ),
+    (
+        2,
+        "templates",
+        include_str!("../../../migrations/V2__templates.sql"),
+    ),
+    (
+        3,
+        "verifications",
+        include_str!("../../../migrations/V3__verifications.sql"),
+    ),
+    (
+        4,
+        "sms_deliveries",
+        include_str!("../../../migrations/V4__sms_deliveries.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.
@@ -219,9 +234,10 @@ async fn apply_pending_migrations(
             continue;
         }
         let transaction = client.transaction().await?;
-        transaction.batch_execute(sql).await.map_err(|e| {
-            DbError::Setup(format!("migration V{version}__{name} failed: {e}"))
-        })?;
+        transaction
+            .batch_execute(sql)
+            .await
+            .map_err(|e| DbError::Setup(format!("migration V{version}__{name} failed: {e}")))?;
         transaction
             .execute(
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",

@@ -46,7 +46,10 @@ fn from_row(row: &Row) -> TemplateRecord {
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn insert_template(pool: &Pool, fields: &TemplateFields) -> Result<TemplateRecord, DbError> {
+pub async fn insert_template(
+    pool: &Pool,
+    fields: &TemplateFields,
+) -> Result<TemplateRecord, DbError> {
     let client = pool.get().await?;
     let row = client
         .query_one(
@@ -74,14 +77,22 @@ pub async fn find_template(pool: &Pool, id: i64) -> Result<Option<TemplateRecord
     let statement = client
         .prepare_cached(&format!("SELECT {COLUMNS} FROM templates WHERE id = $1"))
         .await?;
-    Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(from_row))
+    Ok(client
+        .query_opt(&statement, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row))
 }
 
 /// Templates in id order, `limit` at most, after the id `after` (for paging).
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn list_templates(pool: &Pool, after: i64, limit: i64) -> Result<Vec<TemplateRecord>, DbError> {
+pub async fn list_templates(
+    pool: &Pool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<TemplateRecord>, DbError> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -127,5 +138,8 @@ pub async fn update_template(
 /// [`DbError`] on database failure.
 pub async fn delete_template(pool: &Pool, id: i64) -> Result<bool, DbError> {
     let client = pool.get().await?;
-    Ok(client.execute("DELETE FROM templates WHERE id = $1", &[&id]).await? == 1)
+    Ok(client
+        .execute("DELETE FROM templates WHERE id = $1", &[&id])
+        .await?
+        == 1)
 }

@@ -10,8 +10,8 @@ use super::deliveries::{DELIVERY_COLUMNS, DeliveryRecord};
 use super::{DbError, seconds};
 use crate::domain::otp::NONCE_LEN;
 use crate::domain::{
-    DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateLocale, VerificationId,
-    VerificationStatus, Variables,
+    DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
+    VerificationStatus,
 };
 
 /// A verification row, read back into domain types.
@@ -105,10 +105,7 @@ pub struct SendLimit {
 /// Result of trying to create a verification.
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
-    Created {
-        verification: VerificationRecord,
-        delivery: DeliveryRecord,
-    },
+    Created(Box<(VerificationRecord, DeliveryRecord)>),
     /// The number already had `max_sends` sends in the window; try again after this long.
     RateLimited { retry_after: Duration },
 }
@@ -198,10 +195,7 @@ pub async fn insert_verification(
     let verification = verification_from_row(&row, 1)?;
     let delivery = super::deliveries::delivery_from_row(&row, 16)?;
     transaction.commit().await?;
-    Ok(CreateOutcome::Created {
-        verification,
-        delivery,
-    })
+    Ok(CreateOutcome::Created(Box::new((verification, delivery))))
 }
 
 /// One verification by id.
@@ -329,9 +323,13 @@ pub enum ResendOutcome {
     /// The verification is closed; resending makes no sense.
     NotPending(VerificationStatus),
     /// The previous send was too recent.
-    TooSoon { retry_after: Duration },
+    TooSoon {
+        retry_after: Duration,
+    },
     /// The number is over its send limit.
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+    },
 }
 
 /// Records another send of the same code, subject to the minimum interval between sends

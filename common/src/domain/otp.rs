@@ -214,7 +214,8 @@ mod tests {
         let nonce = generate_nonce().unwrap();
         let len = OtpCodeLength::parse(10).unwrap();
         let base = OtpCode::derive(&secret(), id, &nonce, len).unwrap();
-        let other_secret = CodeSecret::parse(SecretString::from("another-secret-value-xyz")).unwrap();
+        let other_secret =
+            CodeSecret::parse(SecretString::from("another-secret-value-xyz")).unwrap();
         let other = OtpCode::derive(&other_secret, id, &nonce, len).unwrap();
         let other_nonce = OtpCode::derive(&secret(), id, &generate_nonce().unwrap(), len).unwrap();
         assert_ne!(base.expose(), other.expose());
@@ -253,7 +254,10 @@ mod tests {
         }
         // 20,000 digits: each expected 2,000; a biased generator drifts far beyond ±10 %.
         for (digit, count) in counts.iter().enumerate() {
-            assert!((1_800..=2_200).contains(count), "digit {digit} seen {count} times");
+            assert!(
+                (1_800..=2_200).contains(count),
+                "digit {digit} seen {count} times"
+            );
         }
     }
 
@@ -272,7 +276,12 @@ mod tests {
 
     #[test]
     fn a_nonce_of_the_wrong_size_is_reported_not_used() {
-        let result = OtpCode::derive(&secret(), Uuid::new_v4(), &[1, 2, 3], OtpCodeLength::DEFAULT);
+        let result = OtpCode::derive(
+            &secret(),
+            Uuid::new_v4(),
+            &[1, 2, 3],
+            OtpCodeLength::DEFAULT,
+        );
         assert!(matches!(result, Err(OtpError::CorruptNonce(3))));
     }
 }

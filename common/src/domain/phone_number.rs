@@ -8,7 +8,9 @@ use std::fmt;
 pub enum PhoneNumberError {
     #[error("the phone number is empty")]
     Empty,
-    #[error("the phone number must be in international form, starting with '+' and the country code")]
+    #[error(
+        "the phone number must be in international form, starting with '+' and the country code"
+    )]
     MissingPlus,
     #[error("the phone number contains an invalid character {0:?}")]
     InvalidCharacter(char),
@@ -165,7 +167,10 @@ mod tests {
             ("   ", PhoneNumberError::Empty),
             ("4155550100", PhoneNumberError::MissingPlus),
             ("+1415555010a", PhoneNumberError::InvalidCharacter('a')),
-            ("+1 415 555 0100 ext 2", PhoneNumberError::InvalidCharacter('e')),
+            (
+                "+1 415 555 0100 ext 2",
+                PhoneNumberError::InvalidCharacter('e'),
+            ),
             ("+1234", PhoneNumberError::WrongLength(4)),
             ("+1234567890123456", PhoneNumberError::WrongLength(16)),
             ("+0123456789", PhoneNumberError::UnknownCountryCode),
@@ -182,7 +187,9 @@ mod tests {
         let parsed = PhoneNumber::parse_international("14155550100").unwrap();
         assert_eq!(parsed.as_str(), "+14155550100");
         assert_eq!(
-            PhoneNumber::parse_international("+14155550100").unwrap().as_str(),
+            PhoneNumber::parse_international("+14155550100")
+                .unwrap()
+                .as_str(),
             "+14155550100"
         );
     }

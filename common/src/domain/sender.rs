@@ -32,7 +32,9 @@ impl Sender {
                 .map_err(|_| SenderError::Invalid);
         }
         let alphanumeric = trimmed.len() <= 11
-            && trimmed.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
+            && trimmed
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ' ')
             && trimmed.chars().any(|c| c.is_ascii_alphabetic());
         if alphanumeric {
             Ok(Self(trimmed.to_owned()))

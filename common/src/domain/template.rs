@@ -331,12 +331,25 @@ mod tests {
             ("   ", TemplateError::EmptyBody),
             ("Hello {{name}}", TemplateError::MissingCode),
             (&long, TemplateError::BodyTooLong),
-            ("{% if code %}{{code}}{% endif %}", TemplateError::BlocksNotAllowed),
-            ("{{user.name}} {{code}}", TemplateError::InvalidVariable("user.name".into())),
-            ("{{code}} {{x.0}}", TemplateError::InvalidVariable("x.0".into())),
+            (
+                "{% if code %}{{code}}{% endif %}",
+                TemplateError::BlocksNotAllowed,
+            ),
+            (
+                "{{user.name}} {{code}}",
+                TemplateError::InvalidVariable("user.name".into()),
+            ),
+            (
+                "{{code}} {{x.0}}",
+                TemplateError::InvalidVariable("x.0".into()),
+            ),
         ];
         for (text, expected) in cases {
-            assert_eq!(TemplateBody::parse(&engine, text), Err(expected), "text {text:?}");
+            assert_eq!(
+                TemplateBody::parse(&engine, text),
+                Err(expected),
+                "text {text:?}"
+            );
         }
         assert!(matches!(
             TemplateBody::parse(&engine, "{{code"),
@@ -371,13 +384,20 @@ mod tests {
 
     #[test]
     fn names_and_locales_are_normalised_or_refused() {
-        assert_eq!(TemplateName::parse("  Welcome ").unwrap().as_str(), "Welcome");
+        assert_eq!(
+            TemplateName::parse("  Welcome ").unwrap().as_str(),
+            "Welcome"
+        );
         assert_eq!(TemplateName::parse(""), Err(TemplateError::InvalidName));
         assert_eq!(TemplateName::parse("a\nb"), Err(TemplateError::InvalidName));
         assert_eq!(TemplateLocale::parse("pt_br").unwrap().as_str(), "pt-BR");
         assert_eq!(TemplateLocale::parse("es-419").unwrap().language(), "es");
         for bad in ["", "e", "english", "en-", "en-US-x", "12"] {
-            assert_eq!(TemplateLocale::parse(bad), Err(TemplateError::InvalidLocale), "{bad}");
+            assert_eq!(
+                TemplateLocale::parse(bad),
+                Err(TemplateError::InvalidLocale),
+                "{bad}"
+            );
         }
     }
 }

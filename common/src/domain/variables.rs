@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(vars.get("brand"), Some("Acme"));
         assert_eq!(vars.get("n"), Some("3"));
         assert_eq!(vars.get("vip"), Some("true"));
-        assert_eq!(Variables::parse(&json!(null)).unwrap(), Variables::default());
+        assert_eq!(
+            Variables::parse(&json!(null)).unwrap(),
+            Variables::default()
+        );
     }
 
     #[test]
@@ -144,11 +147,31 @@ mod tests {
         let cases = [
             (json!([1]), VariableError::NotAnObject, "variables"),
             (json!(many), VariableError::TooMany(21), "variables"),
-            (json!({"1abc": "x"}), VariableError::InvalidName("1abc".into()), "variables.1abc"),
-            (json!({"a.b": "x"}), VariableError::InvalidName("a.b".into()), "variables.a.b"),
-            (json!({"code": "1"}), VariableError::Reserved("code".into()), "variables.code"),
-            (json!({"o": {"x": 1}}), VariableError::NotText("o".into()), "variables.o"),
-            (json!({"t": long}), VariableError::TooLong("t".into()), "variables.t"),
+            (
+                json!({"1abc": "x"}),
+                VariableError::InvalidName("1abc".into()),
+                "variables.1abc",
+            ),
+            (
+                json!({"a.b": "x"}),
+                VariableError::InvalidName("a.b".into()),
+                "variables.a.b",
+            ),
+            (
+                json!({"code": "1"}),
+                VariableError::Reserved("code".into()),
+                "variables.code",
+            ),
+            (
+                json!({"o": {"x": 1}}),
+                VariableError::NotText("o".into()),
+                "variables.o",
+            ),
+            (
+                json!({"t": long}),
+                VariableError::TooLong("t".into()),
+                "variables.t",
+            ),
         ];
         for (input, error, field) in cases {
             let got = Variables::parse(&input).unwrap_err();

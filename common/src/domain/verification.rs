@@ -120,8 +120,17 @@ mod tests {
         let now = Utc::now();
         let past = now - Duration::seconds(1);
         let future = now + Duration::seconds(60);
-        assert_eq!(VerificationStatus::Pending.at(past, now), VerificationStatus::Expired);
-        assert_eq!(VerificationStatus::Pending.at(future, now), VerificationStatus::Pending);
-        assert_eq!(VerificationStatus::Approved.at(past, now), VerificationStatus::Approved);
+        assert_eq!(
+            VerificationStatus::Pending.at(past, now),
+            VerificationStatus::Expired
+        );
+        assert_eq!(
+            VerificationStatus::Pending.at(future, now),
+            VerificationStatus::Pending
+        );
+        assert_eq!(
+            VerificationStatus::Approved.at(past, now),
+            VerificationStatus::Approved
+        );
     }
 }

@@ -64,7 +64,10 @@ mod tests {
 
     #[test]
     fn malformed_or_future_jobs_are_refused() {
-        assert!(matches!(SendSms::decode(b"nope"), Err(MessageError::Malformed(_))));
+        assert!(matches!(
+            SendSms::decode(b"nope"),
+            Err(MessageError::Malformed(_))
+        ));
         let future = br#"{"v":2,"delivery_id":"0190c0de-0000-7000-8000-000000000000"}"#;
         assert!(matches!(
             SendSms::decode(future),

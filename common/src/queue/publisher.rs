@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{Mutex, RwLock};
 
@@ -42,7 +42,10 @@ impl SmsPublisher {
     ///
     /// # Errors
     /// [`QueueError`] when the broker cannot be reached.
-    pub async fn connect(settings: &RabbitSettings, connection_name: &str) -> Result<Self, QueueError> {
+    pub async fn connect(
+        settings: &RabbitSettings,
+        connection_name: &str,
+    ) -> Result<Self, QueueError> {
         let publisher = Self {
             url: settings.url.clone(),
             connection_name: connection_name.to_owned(),
@@ -84,7 +87,9 @@ impl SmsPublisher {
     async fn open_link(&self) -> Result<Link, QueueError> {
         let connection = connect(&self.url, &self.connection_name).await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         declare(&channel, &self.names, self.expires).await?;
         Ok(Link {
             _connection: connection,

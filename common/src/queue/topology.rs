@@ -198,7 +198,11 @@ mod tests {
             (3_600_000, "p.sms.retry.512000ms"),
         ];
         for (ms, queue) in cases {
-            assert_eq!(names.retry_queue_for(Duration::from_millis(ms)), queue, "{ms} ms");
+            assert_eq!(
+                names.retry_queue_for(Duration::from_millis(ms)),
+                queue,
+                "{ms} ms"
+            );
         }
     }
 }

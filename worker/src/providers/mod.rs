@@ -127,13 +127,19 @@ mod tests {
     fn server_errors_and_throttling_are_transient_other_client_errors_permanent() {
         for status in [408, 429, 500, 502, 503, 504] {
             assert!(
-                matches!(ProviderError::from_status(status, "", None), ProviderError::Transient { .. }),
+                matches!(
+                    ProviderError::from_status(status, "", None),
+                    ProviderError::Transient { .. }
+                ),
                 "{status}"
             );
         }
         for status in [400, 401, 403, 404, 422] {
             assert!(
-                matches!(ProviderError::from_status(status, "", None), ProviderError::Permanent { .. }),
+                matches!(
+                    ProviderError::from_status(status, "", None),
+                    ProviderError::Permanent { .. }
+                ),
                 "{status}"
             );
         }

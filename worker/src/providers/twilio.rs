@@ -35,10 +35,9 @@ impl TwilioProvider {
             !settings.twilio_account_sid.is_empty(),
             "VERIFY_TWILIO_ACCOUNT_SID is required for the twilio provider"
         );
-        let auth_token = settings
-            .twilio_auth_token
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("VERIFY_TWILIO_AUTH_TOKEN is required for the twilio provider"))?;
+        let auth_token = settings.twilio_auth_token.clone().ok_or_else(|| {
+            anyhow::anyhow!("VERIFY_TWILIO_AUTH_TOKEN is required for the twilio provider")
+        })?;
         let base = settings.twilio_base_url.trim_end_matches('/');
         Ok(Self {
             client,

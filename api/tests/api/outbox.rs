@@ -1,0 +1,52 @@
+//! The outbox: a committed send whose job the broker never confirmed is still sent, once.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, TestOptions, WAIT, phone_number, spawn_app_with};
+
+async fn wait_until_published(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows = app
+            .sql("SELECT count(*) FROM sms_deliveries WHERE published_at IS NULL")
+            .await;
+        if rows[0].get::<_, i64>(0) == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the send was never marked published"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_send_whose_publish_was_never_confirmed_is_relayed_and_sent_exactly_once() {
+    let mut options = TestOptions {
+        start_worker: false,
+        ..TestOptions::default()
+    };
+    options.api.outbox_interval_ms = 100;
+    options.api.outbox_min_age_ms = 300;
+    let app = spawn_app_with(options).await;
+    let to = phone_number(1);
+    let created = app.start_verification(&json!({ "to": to })).await;
+    wait_until_published(&app).await;
+
+    // As if the API had died between the commit and the broker's confirm.
+    app.sql("UPDATE sms_deliveries SET published_at = NULL")
+        .await;
+    wait_until_published(&app).await;
+    app.start_worker().await;
+
+    let id = created["id"].as_str().unwrap();
+    let verification = app.wait_for_delivery_status(id, "sent").await;
+    // The relayed copy and the original job are both consumed; give the second one time
+    // to be processed, then make sure it sent nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.sent_sms(&to).len(), 1);
+    assert_eq!(verification["sends"][0]["attempts"], 1);
+}
