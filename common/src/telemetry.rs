@@ -8,8 +8,10 @@ use crate::config::LogFormat;
 /// on stderr. Calling it twice is harmless (the second call is ignored), which tests rely on.
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: piped into files or log collectors they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _already_set = match format {
         LogFormat::Text => builder.try_init(),
