@@ -35,6 +35,7 @@ pub fn template_error(error: TemplateError) -> ApiError {
         TemplateError::EmptyBody
         | TemplateError::BodyTooLong
         | TemplateError::MissingCode
+        | TemplateError::ControlCharacter
         | TemplateError::BlocksNotAllowed
         | TemplateError::Syntax(_)
         | TemplateError::InvalidVariable(_) => ("invalid_template", "text"),

@@ -1,1 +1,239 @@
-//! placeholder
+//! API-key authentication: the configured key and stored keys, in `X-Api-Key` or as a
+//! bearer token; requests without a valid key are refused with a JSON 401.
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use verify_api::keys::{create_key, list_keys, revoke_key};
+
+use crate::helpers::{API_KEY, TestApp, spawn_app};
+
+/// `GET /v1/templates` with the given headers and no others.
+async fn list_templates_with(app: &TestApp, headers: &[(&str, &str)]) -> Response {
+    let mut request = app.client.get(app.url("/v1/templates"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// Asserts a 401 with the JSON error shape, and returns the error's message.
+async fn assert_unauthorized(response: Response) -> String {
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+/// The id of the stored key called `name`, read from `list_keys`.
+async fn key_id(app: &TestApp, name: &str) -> Uuid {
+    let lines = list_keys(&app.database.settings).await.unwrap();
+    let line = lines
+        .iter()
+        .find(|line| line.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no key named {name} in {lines:?}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_missing_api_key_answers_401_unauthorized_in_json() {
+    let app = spawn_app().await;
+
+    let response = list_templates_with(&app, &[]).await;
+
+    let message = assert_unauthorized(response).await;
+    assert!(message.contains("X-Api-Key"), "{message}");
+}
+
+#[tokio::test]
+async fn a_wrong_api_key_answers_401() {
+    let app = spawn_app().await;
+
+    let response = list_templates_with(&app, &[("x-api-key", "not-the-key")]).await;
+
+    let message = assert_unauthorized(response).await;
+    assert_eq!(message, "invalid API key");
+}
+
+#[tokio::test]
+async fn the_configured_key_is_accepted_in_x_api_key() {
+    let app = spawn_app().await;
+
+    let response = list_templates_with(&app, &[("x-api-key", API_KEY)]).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"templates": []})
+    );
+}
+
+#[tokio::test]
+async fn the_configured_key_is_accepted_as_a_bearer_token() {
+    let app = spawn_app().await;
+    let bearer = format!("Bearer {API_KEY}");
+
+    let response = list_templates_with(&app, &[("authorization", &bearer)]).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"templates": []})
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_without_regard_to_case() {
+    let app = spawn_app().await;
+    let bearer = format!("bearer {API_KEY}");
+
+    let response = list_templates_with(&app, &[("authorization", &bearer)]).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_wrong_bearer_token_answers_401() {
+    let app = spawn_app().await;
+
+    let response = list_templates_with(&app, &[("authorization", "Bearer not-the-key")]).await;
+
+    assert_unauthorized(response).await;
+}
+
+#[tokio::test]
+async fn the_key_in_another_authorization_scheme_answers_401() {
+    let app = spawn_app().await;
+    let basic = format!("Basic {API_KEY}");
+
+    let response = list_templates_with(&app, &[("authorization", &basic)]).await;
+
+    let message = assert_unauthorized(response).await;
+    assert!(message.contains("missing API key"), "{message}");
+}
+
+#[tokio::test]
+async fn a_request_without_a_key_answers_401_even_when_its_body_is_invalid() {
+    let app = spawn_app().await;
+
+    let response = app
+        .client
+        .post(app.url("/v1/verifications"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_unauthorized(response).await;
+    let count: i64 = app.sql("SELECT count(*) FROM verifications").await[0].get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn a_created_key_is_accepted_in_x_api_key() {
+    let app = spawn_app().await;
+    let key = create_key(&app.database.settings, "ci").await.unwrap();
+
+    let response = list_templates_with(&app, &[("x-api-key", &key)]).await;
+
+    assert!(key.starts_with("vk_"), "{key}");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"templates": []})
+    );
+}
+
+#[tokio::test]
+async fn a_created_key_is_accepted_as_a_bearer_token() {
+    let app = spawn_app().await;
+    let key = create_key(&app.database.settings, "ci").await.unwrap();
+    let bearer = format!("Bearer {key}");
+
+    let response = list_templates_with(&app, &[("authorization", &bearer)]).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"templates": []})
+    );
+}
+
+#[tokio::test]
+async fn a_created_key_is_listed_as_active_and_never_shown_again() {
+    let app = spawn_app().await;
+    let key = create_key(&app.database.settings, "ci").await.unwrap();
+
+    let lines = list_keys(&app.database.settings).await.unwrap();
+
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].split_whitespace().nth(1), Some("ci"));
+    assert!(lines[0].ends_with("active"), "{}", lines[0]);
+    assert!(
+        !lines[0].contains(&key),
+        "the key itself is listed: {}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_listed_as_revoked() {
+    let app = spawn_app().await;
+    create_key(&app.database.settings, "ci").await.unwrap();
+    let id = key_id(&app, "ci").await;
+
+    revoke_key(&app.database.settings, id).await.unwrap();
+
+    let lines = list_keys(&app.database.settings).await.unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with(&id.to_string()), "{}", lines[0]);
+    assert!(lines[0].contains("  revoked "), "{}", lines[0]);
+}
+
+#[tokio::test]
+async fn a_key_revoked_before_its_first_use_is_refused_at_once() {
+    let app = spawn_app().await;
+    let key = create_key(&app.database.settings, "ci").await.unwrap();
+    let id = key_id(&app, "ci").await;
+    revoke_key(&app.database.settings, id).await.unwrap();
+
+    let response = list_templates_with(&app, &[("x-api-key", &key)]).await;
+
+    let message = assert_unauthorized(response).await;
+    assert_eq!(message, "invalid API key");
+}
+
+#[tokio::test]
+async fn revoking_a_key_twice_fails_the_second_time() {
+    let app = spawn_app().await;
+    create_key(&app.database.settings, "ci").await.unwrap();
+    let id = key_id(&app, "ci").await;
+    revoke_key(&app.database.settings, id).await.unwrap();
+
+    let again = revoke_key(&app.database.settings, id).await;
+
+    let error = again.unwrap_err().to_string();
+    assert!(error.contains("no active key"), "{error}");
+}
+
+#[tokio::test]
+async fn a_key_name_must_not_be_blank() {
+    let app = spawn_app().await;
+
+    let created = create_key(&app.database.settings, "   ").await;
+
+    assert!(created.is_err());
+    assert!(list_keys(&app.database.settings).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_health_probes_need_no_key() {
+    let app = spawn_app().await;
+
+    let healthz = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let readyz = app.client.get(app.url("/readyz")).send().await.unwrap();
+
+    assert_eq!(healthz.status(), StatusCode::OK);
+    assert_eq!(readyz.status(), StatusCode::OK);
+}

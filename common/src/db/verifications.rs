@@ -107,7 +107,9 @@ pub struct SendLimit {
 pub enum CreateOutcome {
     Created(Box<(VerificationRecord, DeliveryRecord)>),
     /// The number already had `max_sends` sends in the window; try again after this long.
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+    },
 }
 
 fn retry_after_from(seconds: Option<f64>) -> Duration {

@@ -1,7 +1,5 @@
 //! The "from" of an SMS: a phone number or an alphanumeric sender ID.
 
-use super::phone_number::PhoneNumber;
-
 /// Why a sender is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SenderError {
@@ -26,10 +24,19 @@ impl Sender {
         if trimmed.is_empty() {
             return Err(SenderError::Empty);
         }
-        if trimmed.starts_with('+') {
-            return PhoneNumber::parse(trimmed)
-                .map(|n| Self(n.as_str().to_owned()))
-                .map_err(|_| SenderError::Invalid);
+        if let Some(digits) = trimmed.strip_prefix('+') {
+            // A sender number only needs E.164's shape: whether the number is the caller's
+            // to send from is for the provider to judge, and numbering-plan checks would
+            // refuse numbers providers accept.
+            let digits: String = digits.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+            let shaped = (8..=15).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !digits.starts_with('0');
+            return if shaped {
+                Ok(Self(format!("+{digits}")))
+            } else {
+                Err(SenderError::Invalid)
+            };
         }
         let alphanumeric = trimmed.len() <= 11
             && trimmed
@@ -60,7 +67,14 @@ mod tests {
 
     #[test]
     fn numbers_and_short_alphanumeric_ids_are_senders() {
-        for ok in ["+14155550100", "Acme", "ACME Bank", "Shop24"] {
+        for ok in [
+            "+14155550100",
+            "+13334445555",
+            "+44 7911 123456",
+            "Acme",
+            "ACME Bank",
+            "Shop24",
+        ] {
             assert!(Sender::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -68,7 +82,15 @@ mod tests {
     #[test]
     fn other_texts_are_not() {
         assert_eq!(Sender::parse(" "), Err(SenderError::Empty));
-        for bad in ["+1", "123456", "A very long sender", "Acme!", "Ünïcode"] {
+        for bad in [
+            "+1",
+            "+0123456789",
+            "+1415abc0100",
+            "123456",
+            "A very long sender",
+            "Acme!",
+            "Ünïcode",
+        ] {
             assert_eq!(Sender::parse(bad), Err(SenderError::Invalid), "{bad}");
         }
     }

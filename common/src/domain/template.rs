@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use upon::{Engine, Value, ValueAccess, ValueMember};
 
-use super::variables::{Variables, is_identifier};
+use super::variables::{Variables, is_forbidden_control, is_identifier};
 
 /// Longest template body, in characters (enough for several concatenated SMS).
 pub const MAX_BODY_LEN: usize = 1_000;
@@ -28,6 +28,8 @@ pub enum TemplateError {
     BodyTooLong,
     #[error("the template text must contain {{{{code}}}}")]
     MissingCode,
+    #[error("the template text contains a control character")]
+    ControlCharacter,
     #[error("blocks ({{% … %}}) are not supported in SMS templates; use {{{{variable}}}} only")]
     BlocksNotAllowed,
     #[error("the template text does not compile: {0}")]
@@ -38,7 +40,9 @@ pub enum TemplateError {
     MissingVariable(String),
     #[error("the template name must be 1-{MAX_NAME_LEN} characters")]
     InvalidName,
-    #[error("the description must be at most {MAX_DESCRIPTION_LEN} characters")]
+    #[error(
+        "the description must be at most {MAX_DESCRIPTION_LEN} characters without control characters"
+    )]
     DescriptionTooLong,
     #[error("the locale must look like \"en\" or \"pt-BR\"")]
     InvalidLocale,
@@ -95,7 +99,7 @@ impl TemplateDescription {
     /// # Errors
     /// [`TemplateError::DescriptionTooLong`].
     pub fn parse(input: &str) -> Result<Self, TemplateError> {
-        if input.chars().count() > MAX_DESCRIPTION_LEN {
+        if input.chars().count() > MAX_DESCRIPTION_LEN || input.chars().any(is_forbidden_control) {
             return Err(TemplateError::DescriptionTooLong);
         }
         Ok(Self(input.trim().to_owned()))
@@ -170,6 +174,9 @@ impl TemplateBody {
         }
         if text.contains("{%") {
             return Err(TemplateError::BlocksNotAllowed);
+        }
+        if text.chars().any(is_forbidden_control) {
+            return Err(TemplateError::ControlCharacter);
         }
         let template = engine
             .compile(text)
@@ -326,7 +333,7 @@ mod tests {
     fn bodies_that_cannot_deliver_a_code_are_refused() {
         let engine = new_template_engine();
         let long = format!("{{{{code}}}}{}", "x".repeat(1_000));
-        let cases: [(&str, TemplateError); 7] = [
+        let cases: [(&str, TemplateError); 8] = [
             ("", TemplateError::EmptyBody),
             ("   ", TemplateError::EmptyBody),
             ("Hello {{name}}", TemplateError::MissingCode),
@@ -343,6 +350,7 @@ mod tests {
                 "{{code}} {{x.0}}",
                 TemplateError::InvalidVariable("x.0".into()),
             ),
+            ("{{code}}\u{0}", TemplateError::ControlCharacter),
         ];
         for (text, expected) in cases {
             assert_eq!(

@@ -31,6 +31,8 @@ pub enum VariableError {
     NotText(String),
     #[error("variable {0:?} is longer than {MAX_VALUE_LEN} characters")]
     TooLong(String),
+    #[error("variable {0:?} contains a control character")]
+    ControlCharacter(String),
 }
 
 impl VariableError {
@@ -41,7 +43,8 @@ impl VariableError {
             Self::InvalidName(name)
             | Self::Reserved(name)
             | Self::NotText(name)
-            | Self::TooLong(name) => format!("variables.{name}"),
+            | Self::TooLong(name)
+            | Self::ControlCharacter(name) => format!("variables.{name}"),
         }
     }
 }
@@ -50,6 +53,12 @@ impl VariableError {
 /// reserved, each with a text value of at most [`MAX_VALUE_LEN`] characters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Variables(BTreeMap<String, String>);
+
+/// Control characters refused in any stored text: they have no place in an SMS, and
+/// Postgres cannot store U+0000 at all. Line breaks and tabs are ordinary SMS text.
+pub fn is_forbidden_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\n' | '\r' | '\t')
+}
 
 /// True when `name` is a template identifier Verify accepts.
 pub fn is_identifier(name: &str) -> bool {
@@ -89,6 +98,9 @@ impl Variables {
             };
             if text.chars().count() > MAX_VALUE_LEN {
                 return Err(VariableError::TooLong(name.clone()));
+            }
+            if text.chars().any(is_forbidden_control) {
+                return Err(VariableError::ControlCharacter(name.clone()));
             }
             map.insert(name.clone(), text);
         }

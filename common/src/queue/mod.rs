@@ -45,3 +45,25 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
         .map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))?
         .map_err(QueueError::Connect)
 }
+
+/// Messages ready in one queue (a passive declare: the queue must exist). Used to inspect
+/// the dead-letter queue.
+///
+/// # Errors
+/// [`QueueError`] when the broker is unreachable or the queue does not exist.
+pub async fn queue_depth(url: &str, queue: &str) -> Result<u32, QueueError> {
+    let connection = connect(url, "verify-inspect").await?;
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(declared.message_count())
+}
