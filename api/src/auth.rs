@@ -22,6 +22,12 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Bound on cached keys, so random keys cannot grow memory.
 const CACHE_CAPACITY: usize = 10_000;
 
+/// An authenticated client, identified by the hash of its API key.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub key_hash: [u8; 32],
+}
+
 /// Checks presented API keys.
 pub struct ApiKeys {
     configured: Option<[u8; 32]>,
@@ -38,12 +44,12 @@ impl ApiKeys {
         }
     }
 
-    /// Accepts or refuses a presented key.
+    /// Accepts or refuses a presented key; an accepted key identifies the caller.
     ///
     /// # Errors
     /// [`ApiError::Unauthorized`] for a missing or unknown key; [`ApiError::Unavailable`]
     /// when the key store cannot be read.
-    pub async fn authenticate(&self, presented: Option<String>) -> Result<(), ApiError> {
+    pub async fn authenticate(&self, presented: Option<String>) -> Result<Caller, ApiError> {
         let key = presented.ok_or(ApiError::Unauthorized(
             "missing API key: send X-Api-Key or Authorization: Bearer",
         ))?;
@@ -51,14 +57,14 @@ impl ApiKeys {
         if let Some(configured) = &self.configured
             && bool::from(configured.ct_eq(&hash))
         {
-            return Ok(());
+            return Ok(Caller { key_hash: hash });
         }
         if self.recently_verified(&hash) {
-            return Ok(());
+            return Ok(Caller { key_hash: hash });
         }
         if api_keys::is_active_api_key(&self.pool, &hash).await? {
             self.remember(hash);
-            return Ok(());
+            return Ok(Caller { key_hash: hash });
         }
         Err(ApiError::Unauthorized("invalid API key"))
     }

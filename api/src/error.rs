@@ -47,6 +47,13 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("send JSON with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// The request is well-formed but contradicts an earlier one.
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        field: &'static str,
+        message: String,
+    },
     /// The request is valid but the resource's state does not allow it.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -83,6 +90,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,6 +104,7 @@ impl ApiError {
             Self::InvalidField { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
+            | Self::Unprocessable { code, .. }
             | Self::TooManyRequests { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::RouteNotFound => "route_not_found",
@@ -112,6 +121,7 @@ impl ApiError {
         match self {
             Self::InvalidJson { field, .. } => field.as_deref(),
             Self::InvalidField { field, .. } => Some(field),
+            Self::Unprocessable { field, .. } => Some(field),
             _ => None,
         }
     }

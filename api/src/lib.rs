@@ -10,6 +10,7 @@
 //! - `outbox`: publishing jobs after commit, and re-publishing any the broker never
 //!   confirmed.
 //! - `error`: `ApiError`, the one error type handlers return, and its JSON form.
+//! - `idempotency`: `Idempotency-Key` handling for start requests.
 //! - `auth`, `body`, `state`, `views`: API keys, bounded JSON bodies, shared state and
 //!   response representations.
 #![forbid(unsafe_code)]
@@ -17,6 +18,8 @@
 mod auth;
 mod body;
 mod error;
+mod housekeeping;
+mod idempotency;
 mod operations;
 mod outbox;
 mod routes;

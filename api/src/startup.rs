@@ -130,6 +130,10 @@ impl Application {
         // The outbox outlives the server by the time it takes to write the last marks.
         let outbox_stop = CancellationToken::new();
         let outbox = tokio::spawn(self.outbox_tasks.run(outbox_stop.clone()));
+        tokio::spawn(crate::housekeeping::run(
+            self.state.pool.clone(),
+            shutdown.clone(),
+        ));
         let server = warp::serve(routes(self.state))
             .incoming(self.listener)
             .graceful(shutdown.clone().cancelled_owned())

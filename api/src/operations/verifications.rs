@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use verify_common::db::deliveries::{self, DeliveryRecord};
 use verify_common::db::verifications::{
-    self, CreateOutcome, NewVerification, ResendOutcome, VerificationRecord,
+    self, CreateOutcome, IdempotencyClaim, NewVerification, ResendOutcome, VerificationRecord,
 };
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
@@ -109,15 +109,31 @@ async fn enqueue(state: &AppState, delivery: &DeliveryRecord) {
     }
 }
 
-/// Records a verification and its first send, then enqueues the send.
+/// The result of a start request.
+#[derive(Debug)]
+pub enum Started {
+    /// A new verification, its first send enqueued.
+    New(VerificationRecord, Vec<DeliveryRecord>),
+    /// A repeat of an earlier request with the same idempotency key: nothing was created.
+    /// `response` is the first answer, if it was stored.
+    Replayed {
+        verification: VerificationRecord,
+        sends: Vec<DeliveryRecord>,
+        response: Option<serde_json::Value>,
+    },
+}
+
+/// Records a verification and its first send, then enqueues the send. With an
+/// idempotency claim, a repeated request returns the first one's verification instead.
 ///
 /// # Errors
-/// 400s for unusable templates or variables, 429 over the per-number limit, 503 when
-/// Postgres or RabbitMQ is down.
+/// 400s for unusable templates or variables, 422 for an idempotency key reused with
+/// another body, 429 over the per-number limit, 503 when Postgres is down.
 pub async fn start_verification(
     state: &AppState,
     request: StartRequest,
-) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
+    idempotency: Option<&IdempotencyClaim>,
+) -> Result<Started, ApiError> {
     check_renderable(state, &request).await?;
     let nonce = generate_nonce().map_err(|e| ApiError::Internal(e.into()))?;
     let new = NewVerification {
@@ -133,14 +149,41 @@ pub async fn start_verification(
         max_checks: state.otp.max_checks,
         ttl: request.ttl.unwrap_or(state.otp.ttl),
     };
-    match verifications::insert_verification(&state.pool, &new, state.send_limit).await? {
+    match verifications::insert_verification(&state.pool, &new, state.send_limit, idempotency)
+        .await?
+    {
         CreateOutcome::Created(created) => {
             let (verification, delivery) = *created;
             enqueue(state, &delivery).await;
             tracing::info!(verification = %verification.id, to = %verification.to, "verification started");
-            Ok((verification, vec![delivery]))
+            Ok(Started::New(verification, vec![delivery]))
         }
         CreateOutcome::RateLimited { retry_after } => Err(rate_limited(retry_after)),
+        CreateOutcome::Replayed {
+            verification_id,
+            response,
+        } => {
+            let (verification, sends) = find_verification(state, verification_id).await?;
+            Ok(Started::Replayed {
+                verification,
+                sends,
+                response,
+            })
+        }
+        CreateOutcome::KeyReused => Err(crate::idempotency::key_reused()),
+    }
+}
+
+/// Stores the first answer to an idempotent request. Failing to store it only means a
+/// duplicate is answered from the current state instead, so errors are logged, not raised.
+pub async fn remember_response(
+    state: &AppState,
+    claim: &IdempotencyClaim,
+    response: &serde_json::Value,
+) {
+    if let Err(error) = verifications::store_idempotent_response(&state.pool, claim, response).await
+    {
+        tracing::warn!(%error, "could not store an idempotent response");
     }
 }
 

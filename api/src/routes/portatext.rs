@@ -21,12 +21,14 @@ use warp::reply::{Reply, Response};
 
 use super::MAX_BODY_BYTES;
 use super::templates::parse_template_id;
+use super::verifications::idempotency_key;
 use super::verifications::phone_error;
 use crate::auth::presented_key;
 use crate::body::{limited_body, parse_json};
 use crate::error::{ApiError, with_retry_after};
+use crate::idempotency;
 use crate::operations::templates::{self as template_ops, TemplateInput};
-use crate::operations::verifications::{self as ops, CheckTarget, StartRequest};
+use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, Started};
 use crate::state::{AppState, with_state};
 use crate::views::{TemplateView, VerificationView};
 
@@ -56,6 +58,7 @@ pub fn routes(
     let start = warp::path!("number_verify" / String)
         .and(warp::post())
         .and(base.clone())
+        .and(idempotency_key())
         .and(body.clone())
         .then(start);
     let check = warp::path!("number_verify" / String)
@@ -168,13 +171,28 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], empty: T) -> Result<T
     }
 }
 
-async fn start(number: String, state: AppState, key: Auth, body: Body) -> Response {
+async fn start(
+    number: String,
+    state: AppState,
+    key: Auth,
+    idempotency_key: Option<String>,
+    body: Body,
+) -> Response {
     respond(
         async {
-            state.api_keys.authenticate(key).await?;
+            let caller = state.api_keys.authenticate(key).await?;
             let to = parse_number(&number)?;
+            let body = body?;
+            let claim = match idempotency_key {
+                Some(header) => {
+                    let canonical: Value = parse_body(&body, Value::Null)?;
+                    let route = format!("portatext/number_verify/{}", to.as_str());
+                    idempotency::claim(caller, Some(header), &route, &canonical)?
+                }
+                None => None,
+            };
             let request: StartBody = parse_body(
-                &body?,
+                &body,
                 StartBody {
                     from: None,
                     template_id: None,
@@ -202,7 +220,7 @@ async fn start(number: String, state: AppState, key: Auth, body: Body) -> Respon
                 })
                 .transpose()
                 .map_err(|e| ApiError::invalid("invalid_sender", "from", e))?;
-            let (verification, sends) = ops::start_verification(
+            let started = ops::start_verification(
                 &state,
                 StartRequest {
                     to,
@@ -213,16 +231,39 @@ async fn start(number: String, state: AppState, key: Auth, body: Body) -> Respon
                     code_length: None,
                     ttl: None,
                 },
+                claim.as_ref(),
             )
             .await?;
-            let view = VerificationView::new(&verification, &sends, Utc::now());
-            Ok(reply(
-                StatusCode::OK,
-                json!({ "verification": view, "id": view.id }),
-            ))
+            let body = match started {
+                Started::New(verification, sends) => {
+                    let body = start_body(&verification, &sends);
+                    if let Some(claim) = &claim {
+                        ops::remember_response(&state, claim, &body).await;
+                    }
+                    body
+                }
+                Started::Replayed {
+                    response: Some(body),
+                    ..
+                } => body,
+                Started::Replayed {
+                    verification,
+                    sends,
+                    response: None,
+                } => start_body(&verification, &sends),
+            };
+            Ok(reply(StatusCode::OK, body))
         }
         .await,
     )
+}
+
+fn start_body(
+    verification: &verify_common::db::verifications::VerificationRecord,
+    sends: &[verify_common::db::deliveries::DeliveryRecord],
+) -> Value {
+    let view = VerificationView::new(verification, sends, Utc::now());
+    json!({ "verification": view, "id": view.id })
 }
 
 async fn check(number: String, state: AppState, key: Auth, query: String) -> Response {

@@ -15,8 +15,11 @@ use super::{MAX_BODY_BYTES, respond};
 use crate::auth::presented_key;
 use crate::body::{content_type, limited_body, parse_json, require_json};
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::operations::templates::template_error;
-use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, parse_ttl};
+use crate::operations::verifications::{
+    self as ops, CheckTarget, StartRequest, Started, parse_ttl,
+};
 use crate::state::{AppState, with_state};
 use crate::views::VerificationView;
 
@@ -70,6 +73,7 @@ pub fn routes(
     let create = warp::path!("v1" / "verifications")
         .and(warp::post())
         .and(base.clone())
+        .and(idempotency_key())
         .and(with_body.clone())
         .then(create);
     let check_by_number = warp::path!("v1" / "verifications" / "check")
@@ -140,6 +144,26 @@ fn start_request(body: CreateBody) -> Result<StartRequest, ApiError> {
     })
 }
 
+/// The `Idempotency-Key` header, if sent.
+pub fn idempotency_key()
+-> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
+    warp::header::optional::<String>("idempotency-key")
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// A 202 with a verification's JSON and its `Location`.
+fn accepted(json: &serde_json::Value) -> Response {
+    let mut response =
+        warp::reply::with_status(warp::reply::json(json), StatusCode::ACCEPTED).into_response();
+    if let Some(id) = json["id"].as_str()
+        && let Ok(location) = format!("/v1/verifications/{id}").parse()
+    {
+        response.headers_mut().insert("location", location);
+    }
+    response
+}
+
 fn verification_reply(
     status: StatusCode,
     (verification, sends): (
@@ -147,27 +171,63 @@ fn verification_reply(
         Vec<verify_common::db::deliveries::DeliveryRecord>,
     ),
 ) -> Response {
-    let view = VerificationView::new(&verification, &sends, Utc::now());
-    let mut response = warp::reply::with_status(warp::reply::json(&view), status).into_response();
-    if status == StatusCode::ACCEPTED
-        && let Ok(location) = format!("/v1/verifications/{}", view.id).parse()
-    {
-        response.headers_mut().insert("location", location);
+    let json = view_json(&verification, &sends);
+    if status == StatusCode::ACCEPTED {
+        return accepted(&json);
     }
-    response
+    warp::reply::with_status(warp::reply::json(&json), status).into_response()
 }
 
-async fn create(state: AppState, key: Auth, content_type: Option<String>, body: Body) -> Response {
+async fn create(
+    state: AppState,
+    key: Auth,
+    idempotency_key: Option<String>,
+    content_type: Option<String>,
+    body: Body,
+) -> Response {
     respond(
         async {
-            state.api_keys.authenticate(key).await?;
+            let caller = state.api_keys.authenticate(key).await?;
             require_json(content_type.as_deref())?;
-            let request = start_request(parse_json(&body?)?)?;
-            let created = ops::start_verification(&state, request).await?;
-            Ok(verification_reply(StatusCode::ACCEPTED, created))
+            let body = body?;
+            let request = start_request(parse_json(&body)?)?;
+            let claim = match idempotency_key {
+                Some(header) => {
+                    let canonical: serde_json::Value = parse_json(&body)?;
+                    idempotency::claim(caller, Some(header), "v1/verifications", &canonical)?
+                }
+                None => None,
+            };
+            let json = match ops::start_verification(&state, request, claim.as_ref()).await? {
+                Started::New(verification, sends) => {
+                    let json = view_json(&verification, &sends);
+                    if let Some(claim) = &claim {
+                        ops::remember_response(&state, claim, &json).await;
+                    }
+                    json
+                }
+                Started::Replayed {
+                    response: Some(json),
+                    ..
+                } => json,
+                Started::Replayed {
+                    verification,
+                    sends,
+                    response: None,
+                } => view_json(&verification, &sends),
+            };
+            Ok(accepted(&json))
         }
         .await,
     )
+}
+
+fn view_json(
+    verification: &verify_common::db::verifications::VerificationRecord,
+    sends: &[verify_common::db::deliveries::DeliveryRecord],
+) -> serde_json::Value {
+    serde_json::to_value(VerificationView::new(verification, sends, Utc::now()))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 async fn get(id: String, state: AppState, key: Auth) -> Response {

@@ -8,6 +8,7 @@ mod checks;
 mod delivery;
 mod health;
 mod helpers;
+mod idempotency;
 mod outbox;
 mod portatext;
 mod templates;

@@ -166,7 +166,7 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 4] = [
+const MIGRATIONS: [(i32, &str, &str); 5] = [
     (
         1,
         "api_keys",
@@ -186,6 +186,11 @@ const MIGRATIONS: [(i32, &str, &str); 4] = [
         4,
         "sms_deliveries",
         include_str!("../../../migrations/V4__sms_deliveries.sql"),
+    ),
+    (
+        5,
+        "idempotency_keys",
+        include_str!("../../../migrations/V5__idempotency_keys.sql"),
     ),
 ];
 

@@ -95,6 +95,16 @@ pub struct NewVerification {
     pub ttl: Duration,
 }
 
+/// An idempotency key presented with a request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// Hash of the API key: keys are scoped per client.
+    pub scope: [u8; 32],
+    pub key: String,
+    /// Hash of the route and canonical body; the same key with another body is refused.
+    pub request_hash: [u8; 32],
+}
+
 /// At most `max_sends` SMS to one number per `window`.
 #[derive(Debug, Clone, Copy)]
 pub struct SendLimit {
@@ -110,6 +120,13 @@ pub enum CreateOutcome {
     RateLimited {
         retry_after: Duration,
     },
+    /// The idempotency key was used before with the same body: nothing new was created.
+    Replayed {
+        verification_id: VerificationId,
+        response: Option<serde_json::Value>,
+    },
+    /// The idempotency key was used before with a different body.
+    KeyReused,
 }
 
 fn retry_after_from(seconds: Option<f64>) -> Duration {
@@ -138,9 +155,39 @@ pub async fn insert_verification(
     pool: &Pool,
     new: &NewVerification,
     limit: SendLimit,
+    idempotency: Option<&IdempotencyClaim>,
 ) -> Result<CreateOutcome, DbError> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
+    if let Some(claim) = idempotency {
+        // Writing the key first serialises duplicates: a concurrent request with the same
+        // key waits here until this transaction ends, then sees its row (or, after a
+        // rollback, takes the key itself). Keys older than 24 hours are taken over.
+        let taken = transaction
+            .query_opt(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, verification_id)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (scope, key) DO UPDATE
+                     SET request_hash = EXCLUDED.request_hash,
+                         verification_id = EXCLUDED.verification_id,
+                         response = NULL, created_at = now()
+                     WHERE idempotency_keys.created_at < now() - interval '24 hours'
+                 RETURNING 1",
+                &[
+                    &claim.scope.as_slice(),
+                    &claim.key,
+                    &claim.request_hash.as_slice(),
+                    &new.id.as_uuid(),
+                ],
+            )
+            .await?;
+        if taken.is_none() {
+            transaction.rollback().await?;
+            // Read the earlier request on this same connection: taking a second one
+            // while holding this one could exhaust the pool under a burst of duplicates.
+            return replay(&client, claim).await;
+        }
+    }
     lock_number(&transaction, new.to.as_str()).await?;
     // One statement after the lock: its snapshot is taken after the lock was granted, so
     // the count sees every send committed by earlier holders of the lock.
@@ -198,6 +245,60 @@ pub async fn insert_verification(
     let delivery = super::deliveries::delivery_from_row(&row, 16)?;
     transaction.commit().await?;
     Ok(CreateOutcome::Created(Box::new((verification, delivery))))
+}
+
+async fn replay(
+    client: &deadpool_postgres::Client,
+    claim: &IdempotencyClaim,
+) -> Result<CreateOutcome, DbError> {
+    let row = client
+        .query_one(
+            "SELECT request_hash, verification_id, response FROM idempotency_keys
+             WHERE scope = $1 AND key = $2",
+            &[&claim.scope.as_slice(), &claim.key],
+        )
+        .await?;
+    let request_hash: Vec<u8> = row.get(0);
+    if request_hash != claim.request_hash {
+        return Ok(CreateOutcome::KeyReused);
+    }
+    Ok(CreateOutcome::Replayed {
+        verification_id: VerificationId::from_uuid(row.get(1)),
+        response: row.get(2),
+    })
+}
+
+/// Stores the first answer to an idempotent request, for replay to its duplicates.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn store_idempotent_response(
+    pool: &Pool,
+    claim: &IdempotencyClaim,
+    response: &serde_json::Value,
+) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2",
+            &[&claim.scope.as_slice(), &claim.key, response],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes idempotency keys older than 24 hours; returns how many.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_expired_idempotency_keys(pool: &Pool) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+            &[],
+        )
+        .await?)
 }
 
 /// One verification by id.
