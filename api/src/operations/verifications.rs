@@ -111,7 +111,7 @@ async fn enqueue(state: &AppState, delivery: &DeliveryRecord) {
 
 /// The result of a start request.
 #[derive(Debug)]
-pub enum Started {
+enum Started {
     /// A new verification, its first send enqueued.
     New(VerificationRecord, Vec<DeliveryRecord>),
     /// A repeat of an earlier request with the same idempotency key: nothing was created.
@@ -129,7 +129,7 @@ pub enum Started {
 /// # Errors
 /// 400s for unusable templates or variables, 422 for an idempotency key reused with
 /// another body, 429 over the per-number limit, 503 when Postgres is down.
-pub async fn start_verification(
+async fn start_verification(
     state: &AppState,
     request: StartRequest,
     idempotency: Option<&IdempotencyClaim>,
@@ -174,9 +174,43 @@ pub async fn start_verification(
     }
 }
 
+/// Starts a verification and renders the answer with `render`, handling idempotent
+/// repeats in one place: a new verification's answer is stored under the key, a repeat
+/// gets the stored answer (or, if storing had failed, one rendered from the current state).
+///
+/// # Errors
+/// As [`start_verification`].
+pub async fn start_verification_answer(
+    state: &AppState,
+    request: StartRequest,
+    idempotency: Option<&IdempotencyClaim>,
+    render: impl Fn(&VerificationRecord, &[DeliveryRecord]) -> serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    Ok(
+        match start_verification(state, request, idempotency).await? {
+            Started::New(verification, sends) => {
+                let answer = render(&verification, &sends);
+                if let Some(claim) = idempotency {
+                    remember_response(state, claim, &answer).await;
+                }
+                answer
+            }
+            Started::Replayed {
+                response: Some(answer),
+                ..
+            } => answer,
+            Started::Replayed {
+                verification,
+                sends,
+                response: None,
+            } => render(&verification, &sends),
+        },
+    )
+}
+
 /// Stores the first answer to an idempotent request. Failing to store it only means a
 /// duplicate is answered from the current state instead, so errors are logged, not raised.
-pub async fn remember_response(
+async fn remember_response(
     state: &AppState,
     claim: &IdempotencyClaim,
     response: &serde_json::Value,

@@ -28,7 +28,7 @@ use crate::body::{limited_body, parse_json};
 use crate::error::{ApiError, with_retry_after};
 use crate::idempotency;
 use crate::operations::templates::{self as template_ops, TemplateInput};
-use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, Started};
+use crate::operations::verifications::{self as ops, CheckTarget, StartRequest};
 use crate::state::{AppState, with_state};
 use crate::views::{TemplateView, VerificationView};
 
@@ -220,7 +220,7 @@ async fn start(
                 })
                 .transpose()
                 .map_err(|e| ApiError::invalid("invalid_sender", "from", e))?;
-            let started = ops::start_verification(
+            let body = ops::start_verification_answer(
                 &state,
                 StartRequest {
                     to,
@@ -232,26 +232,9 @@ async fn start(
                     ttl: None,
                 },
                 claim.as_ref(),
+                start_body,
             )
             .await?;
-            let body = match started {
-                Started::New(verification, sends) => {
-                    let body = start_body(&verification, &sends);
-                    if let Some(claim) = &claim {
-                        ops::remember_response(&state, claim, &body).await;
-                    }
-                    body
-                }
-                Started::Replayed {
-                    response: Some(body),
-                    ..
-                } => body,
-                Started::Replayed {
-                    verification,
-                    sends,
-                    response: None,
-                } => start_body(&verification, &sends),
-            };
             Ok(reply(StatusCode::OK, body))
         }
         .await,

@@ -17,9 +17,7 @@ use crate::body::{content_type, limited_body, parse_json, require_json};
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::operations::templates::template_error;
-use crate::operations::verifications::{
-    self as ops, CheckTarget, StartRequest, Started, parse_ttl,
-};
+use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, parse_ttl};
 use crate::state::{AppState, with_state};
 use crate::views::VerificationView;
 
@@ -198,24 +196,8 @@ async fn create(
                 }
                 None => None,
             };
-            let json = match ops::start_verification(&state, request, claim.as_ref()).await? {
-                Started::New(verification, sends) => {
-                    let json = view_json(&verification, &sends);
-                    if let Some(claim) = &claim {
-                        ops::remember_response(&state, claim, &json).await;
-                    }
-                    json
-                }
-                Started::Replayed {
-                    response: Some(json),
-                    ..
-                } => json,
-                Started::Replayed {
-                    verification,
-                    sends,
-                    response: None,
-                } => view_json(&verification, &sends),
-            };
+            let json =
+                ops::start_verification_answer(&state, request, claim.as_ref(), view_json).await?;
             Ok(accepted(&json))
         }
         .await,
