@@ -298,11 +298,13 @@ pub struct WorkerSettings {
         default_value_t = 64
     )]
     pub concurrency: u16,
-    /// Provider attempts per send before it is marked failed.
+    /// Provider attempts per send before it is marked failed. Transient failures are
+    /// retried until the code is about to expire; this only bounds a pathological case
+    /// (with the default delays, 25 attempts span about ten minutes, the default lifetime).
     #[arg(
         long = "retry-max-attempts",
         env = "VERIFY_RETRY_MAX_ATTEMPTS",
-        default_value_t = 6
+        default_value_t = 25
     )]
     pub retry_max_attempts: u32,
     /// Delay before the first retry; each later one doubles.
@@ -316,7 +318,7 @@ pub struct WorkerSettings {
     #[arg(
         long = "retry-cap-ms",
         env = "VERIFY_RETRY_CAP_MS",
-        default_value_t = 60_000
+        default_value_t = 30_000
     )]
     pub retry_cap_ms: u64,
     /// Random spread of each delay, as a fraction (0.2 = ±20 %).
@@ -353,9 +355,9 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 64,
-            retry_max_attempts: 6,
+            retry_max_attempts: 25,
             retry_base_ms: 1_000,
-            retry_cap_ms: 60_000,
+            retry_cap_ms: 30_000,
             retry_jitter: 0.2,
             send_lease_secs: 60,
             expiry_margin_secs: 15,

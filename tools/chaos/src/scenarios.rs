@@ -1,0 +1,416 @@
+//! The scenarios: each runs traffic, injects one kind of fault on a fixed timeline, heals
+//! it, audits, and judges the figures against the reliability guarantees.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use serde_json::json;
+use tokio::time::sleep;
+
+use crate::audit::{Figures, audit};
+use crate::harness::{Harness, SEND_LEASE};
+use crate::settings::ScenarioName;
+use crate::traffic::{Answer, Submission};
+
+/// The longest a request may take while a dependency is down.
+const ANSWER_BOUND: Duration = Duration::from_secs(2);
+/// The longest the system may take to work again after a dependency comes back.
+const RECOVERY_BOUND: Duration = Duration::from_secs(15);
+/// How long sends may take to settle after the traffic stops, beyond any lease.
+const DRAIN: Duration = Duration::from_secs(60);
+/// Sends in flight per worker at most (`VERIFY_WORKER_CONCURRENCY`, left at its default).
+const WORKER_CONCURRENCY: usize = 64;
+/// How long a SIGTERMed process may take to drain and exit.
+const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One guarantee checked against the figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub guarantee: String,
+    pub passed: bool,
+    pub measured: String,
+}
+
+/// What one scenario did and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: &'static str,
+    pub figures: Figures,
+    pub checks: Vec<Check>,
+    /// What was injected, when, in order.
+    pub events: Vec<String>,
+    /// Set when the scenario could not run to its end.
+    pub error: Option<String>,
+}
+
+impl ScenarioReport {
+    /// True when it ran to the end and every check held.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.checks.iter().all(|c| c.passed)
+    }
+}
+
+/// A scenario's timeline as it happened, for the audit and the report.
+struct Run {
+    started: tokio::time::Instant,
+    events: Vec<String>,
+    checks: Vec<Check>,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            events: Vec::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// Records that something happened now, and returns when.
+    fn event(&mut self, what: impl Into<String>) -> DateTime<Utc> {
+        let what = what.into();
+        let at = self.started.elapsed().as_secs_f64();
+        println!("    {at:6.1}s  {what}");
+        self.events.push(format!("{at:.1}s {what}"));
+        Utc::now()
+    }
+
+    fn check(&mut self, guarantee: &str, passed: bool, measured: impl Into<String>) {
+        self.checks.push(Check {
+            guarantee: guarantee.to_owned(),
+            passed,
+            measured: measured.into(),
+        });
+    }
+}
+
+/// Runs `name` and reports; a scenario that fails to run is reported, not propagated.
+pub async fn run(name: ScenarioName, harness: &mut Harness) -> ScenarioReport {
+    let mut run = Run::new();
+    let result = match name {
+        ScenarioName::BrokerOutage => broker_outage(harness, &mut run).await,
+        ScenarioName::ApiCrash => api_crash(harness, &mut run).await,
+        ScenarioName::WorkerKill => worker_kill(harness, &mut run).await,
+        ScenarioName::ConnectionsCut => connections_cut(harness, &mut run).await,
+        ScenarioName::PostgresOutage => postgres_outage(harness, &mut run).await,
+        ScenarioName::ProviderOutage => provider_outage(harness, &mut run).await,
+        ScenarioName::GracefulShutdown => graceful_shutdown(harness, &mut run).await,
+    };
+    let (figures, error) = match result {
+        Ok(figures) => (figures, None),
+        Err(error) => (Figures::default(), Some(format!("{error:#}"))),
+    };
+    if error.is_none() {
+        standard_checks(&mut run, &figures);
+    }
+    ScenarioReport {
+        scenario: name.as_str(),
+        figures,
+        checks: run.checks,
+        events: run.events,
+        error,
+    }
+}
+
+/// The guarantees every scenario must keep.
+fn standard_checks(run: &mut Run, f: &Figures) {
+    run.check(
+        "some verifications were accepted",
+        f.accepted > 0,
+        format!("{} of {} requests", f.accepted, f.requests),
+    );
+    run.check(
+        "no accepted verification lost",
+        f.lost == 0,
+        format!("{} lost", f.lost),
+    );
+    run.check("no send stuck", f.stuck == 0, format!("{} stuck", f.stuck));
+    run.check(
+        "no SMS after its code expired",
+        f.sent_after_expiry == 0,
+        format!("{} late", f.sent_after_expiry),
+    );
+    run.check(
+        "duplicates within the bound",
+        f.duplicates <= f.duplicate_bound,
+        format!("{} duplicates, bound {}", f.duplicates, f.duplicate_bound),
+    );
+    run.check(
+        "no 5xx other than 503",
+        f.server_errors == 0,
+        format!("{} other 5xx", f.server_errors),
+    );
+    run.check(
+        "every 503 carries Retry-After",
+        f.answered_503_without_retry_after == 0,
+        format!("{} without", f.answered_503_without_retry_after),
+    );
+}
+
+fn recovery_check(run: &mut Run, f: &Figures) {
+    let measured = f
+        .recovery_secs
+        .map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s"));
+    run.check(
+        "working again within 15 s of the dependency returning",
+        f.recovery_secs
+            .is_some_and(|s| s <= RECOVERY_BOUND.as_secs_f64()),
+        measured,
+    );
+}
+
+fn answered_in_time_check(run: &mut Run, f: &Figures) {
+    run.check(
+        "answers within 2 s while a dependency is down",
+        f.slowest_answer_during_fault_ms <= millis(ANSWER_BOUND),
+        format!("slowest {} ms", f.slowest_answer_during_fault_ms),
+    );
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn in_window(s: &Submission, (from, to): (DateTime<Utc>, DateTime<Utc>)) -> bool {
+    s.sent_at >= from && s.sent_at <= to
+}
+
+/// RabbitMQ stops; requests keep being accepted; the outbox publishes once it is back.
+async fn broker_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let calm = h.settings.calm();
+    let traffic = h.traffic(0);
+    sleep(calm).await;
+    let down = run.event("RabbitMQ stopped");
+    h.stop_rabbit().await?;
+    sleep(h.settings.outage()).await;
+    h.start_rabbit().await?;
+    let back = run.event("RabbitMQ started again");
+    sleep(calm * 2).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let figures = audit(
+        &h.stack,
+        &submissions,
+        back,
+        Some((down, back)),
+        &[back],
+        DRAIN,
+    )
+    .await?;
+    let refused = submissions
+        .iter()
+        .filter(|s| in_window(s, (down, back)))
+        .filter(|s| !matches!(s.answer, Answer::Accepted { .. }))
+        .count();
+    run.check(
+        "every request accepted (202) while the broker is down",
+        refused == 0,
+        format!("{refused} not accepted"),
+    );
+    answered_in_time_check(run, &figures);
+    recovery_check(run, &figures);
+    Ok(figures)
+}
+
+/// The API is killed with -9 repeatedly: commits whose publish never happened are relayed.
+async fn api_crash(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let kills = if h.settings.quick { 3 } else { 8 };
+    let traffic = h.traffic(0);
+    let mut restarts = Vec::new();
+    for _ in 0..kills {
+        sleep(Duration::from_millis(
+            rand::rng().random_range(2_000..5_000),
+        ))
+        .await;
+        h.stack.kill_api().await?;
+        run.event("verify-api killed with -9");
+        h.stack.start_api().await?;
+        restarts.push(run.event("verify-api restarted"));
+    }
+    sleep(h.settings.calm()).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let last = restarts.last().copied().unwrap_or_else(Utc::now);
+    let figures = audit(&h.stack, &submissions, last, None, &restarts, DRAIN).await?;
+    Ok(figures)
+}
+
+/// Workers are killed with -9 mid-send and replaced; their jobs are redelivered and their
+/// claims recovered once the lease runs out.
+async fn worker_kill(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let kills = if h.settings.quick { 4 } else { 12 };
+    // A slow provider keeps sends in flight, so each kill interrupts some.
+    h.stack.control_sink(json!({ "latency_ms": 300 })).await?;
+    run.event("provider latency 300 ms");
+    let traffic = h.traffic(0);
+    for _ in 0..kills {
+        sleep(Duration::from_millis(
+            rand::rng().random_range(3_000..6_000),
+        ))
+        .await;
+        let victim = rand::rng().random_range(0..usize::from(h.settings.workers));
+        let name = h.stack.kill_worker(victim).await?;
+        run.event(format!("{name} killed with -9"));
+        h.stack.start_worker()?;
+    }
+    sleep(h.settings.calm()).await;
+    let submissions = traffic.finish().await;
+    let ended = run.event("traffic stopped; auditing");
+    let mut figures = audit(&h.stack, &submissions, ended, None, &[], DRAIN + SEND_LEASE).await?;
+    // A killed worker may have handed an SMS to the provider without recording it; only
+    // those, at most its whole prefetch, can be sent again.
+    figures.duplicate_bound = kills * WORKER_CONCURRENCY;
+    Ok(figures)
+}
+
+/// Sessions terminated and dependencies restarted while traffic runs; everything must
+/// reconnect by itself.
+async fn connections_cut(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let gap = if h.settings.quick {
+        Duration::from_secs(8)
+    } else {
+        Duration::from_secs(20)
+    };
+    let traffic = h.traffic(0);
+    let mut recoveries = Vec::new();
+    sleep(h.settings.calm()).await;
+    let terminated = h.postgres.terminate_connections().await?;
+    recoveries.push(run.event(format!("{terminated} Postgres sessions terminated")));
+    sleep(gap).await;
+    h.rabbit.close_all_connections().await?;
+    recoveries.push(run.event("every RabbitMQ connection closed by the broker"));
+    sleep(gap).await;
+    run.event("Postgres restarting");
+    h.stop_postgres().await?;
+    h.start_postgres().await?;
+    recoveries.push(run.event("Postgres restarted"));
+    sleep(gap).await;
+    run.event("RabbitMQ restarting");
+    h.stop_rabbit().await?;
+    h.start_rabbit().await?;
+    recoveries.push(run.event("RabbitMQ restarted"));
+    sleep(RECOVERY_BOUND + Duration::from_secs(5)).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let last = recoveries.last().copied().unwrap_or_else(Utc::now);
+    let figures = audit(&h.stack, &submissions, last, None, &recoveries, DRAIN).await?;
+    recovery_check(run, &figures);
+    Ok(figures)
+}
+
+/// Postgres stops: the API answers 503 with Retry-After at once, and recovers by itself.
+async fn postgres_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let calm = h.settings.calm();
+    let traffic = h.traffic(0);
+    sleep(calm).await;
+    let down = run.event("Postgres stopped");
+    h.stop_postgres().await?;
+    sleep(h.settings.outage()).await;
+    h.start_postgres().await?;
+    let back = run.event("Postgres started again");
+    sleep(calm * 2).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let figures = audit(
+        &h.stack,
+        &submissions,
+        back,
+        Some((down, back)),
+        &[back],
+        DRAIN,
+    )
+    .await?;
+    run.check(
+        "requests refused with 503 while Postgres is down",
+        figures.answered_503 > 0,
+        format!("{} answered 503", figures.answered_503),
+    );
+    answered_in_time_check(run, &figures);
+    recovery_check(run, &figures);
+    Ok(figures)
+}
+
+/// The provider fails every send (5xx, then hangs, then 429 with Retry-After) and then
+/// recovers: every still-valid code is sent, none after its expiry.
+async fn provider_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let phase = h.settings.outage() / 3;
+    // Every fourth code lives only 60 s, so a long outage outlives some of them.
+    let traffic = h.traffic(4);
+    sleep(h.settings.calm()).await;
+    h.stack
+        .control_sink(
+            json!({ "failure_rate": 1.0, "failure_mode": "status", "failure_status": 503 }),
+        )
+        .await?;
+    run.event("provider answers 503 to everything");
+    sleep(phase).await;
+    h.stack
+        .control_sink(json!({ "failure_mode": "hang", "hang_ms": 15_000 }))
+        .await?;
+    run.event("provider hangs (clients time out)");
+    sleep(phase).await;
+    h.stack
+        .control_sink(
+            json!({ "failure_mode": "status", "failure_status": 429, "retry_after_secs": 5 }),
+        )
+        .await?;
+    run.event("provider answers 429 with Retry-After: 5");
+    sleep(phase).await;
+    h.stack.heal_sink().await?;
+    let healed = run.event("provider healthy again");
+    sleep(h.settings.calm() * 2).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let figures = audit(&h.stack, &submissions, healed, None, &[], DRAIN * 2).await?;
+    run.check(
+        "the outage was felt: sends were retried",
+        figures.retried > 0,
+        format!("{} retried", figures.retried),
+    );
+    Ok(figures)
+}
+
+/// SIGTERM to workers (scaling down) and to the API under load: each drains and exits 0.
+async fn graceful_shutdown(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    // A slow provider makes sure the workers have sends in flight when told to stop.
+    h.stack.control_sink(json!({ "latency_ms": 500 })).await?;
+    run.event("provider latency 500 ms");
+    let traffic = h.traffic(0);
+    let calm = h.settings.calm();
+    sleep(calm).await;
+    let mut exits = Vec::new();
+    for _ in 1..h.settings.workers {
+        run.event("SIGTERM to a worker (scaling down)");
+        let status = h.stack.terminate_worker(EXIT_DEADLINE).await?;
+        run.event(format!("worker exited: {status}"));
+        exits.push(status.success());
+        sleep(Duration::from_secs(2)).await;
+    }
+    sleep(calm).await;
+    h.stack.scale_workers_to(usize::from(h.settings.workers))?;
+    run.event("scaled back up");
+    sleep(calm).await;
+    run.event("SIGTERM to verify-api");
+    let api_status = h.stack.terminate_api(EXIT_DEADLINE).await?;
+    run.event(format!("verify-api exited: {api_status}"));
+    h.stack.start_api().await?;
+    let back = run.event("verify-api started again");
+    sleep(calm).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let figures = audit(&h.stack, &submissions, back, None, &[], DRAIN).await?;
+    let clean = exits.iter().filter(|ok| **ok).count();
+    run.check(
+        "stopped workers exited 0",
+        clean == exits.len(),
+        format!("{clean} of {} exited 0", exits.len()),
+    );
+    run.check(
+        "the API exited 0",
+        api_status.success(),
+        api_status.to_string(),
+    );
+    Ok(figures)
+}

@@ -1,0 +1,309 @@
+//! The system under test as real processes: one verify-sink, one verify-api and a pool of
+//! verify-worker processes, configured like `scripts/run` but pointed at the private
+//! Postgres and RabbitMQ.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::process::{Process, run_checked};
+
+/// The API key the suite's traffic uses.
+pub const API_KEY: &str = "chaos-api-key";
+const TWILIO_SID: &str = "ACchaos0000000000000000000000000000";
+const TWILIO_TOKEN: &str = "chaos-auth-token";
+
+/// How a verify-* process learns where everything is.
+pub struct StackConfig {
+    pub bin_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub api_port: u16,
+    pub sink_port: u16,
+    /// How long a claimed send belongs to a worker; short so the kill scenario sees a
+    /// dead worker's claims recovered within its run.
+    pub send_lease: Duration,
+}
+
+/// The running processes.
+pub struct Stack {
+    config: StackConfig,
+    http: reqwest::Client,
+    sink: Option<Process>,
+    api: Option<Process>,
+    workers: Vec<Process>,
+    started_workers: u32,
+}
+
+impl Stack {
+    /// Checks the binaries exist; starts nothing.
+    ///
+    /// # Errors
+    /// When a binary is missing.
+    pub fn new(config: StackConfig) -> anyhow::Result<Self> {
+        for binary in ["verify-api", "verify-worker", "verify-sink"] {
+            let path = config.bin_dir.join(binary);
+            if !path.exists() {
+                bail!(
+                    "{} does not exist: build first (cargo build --workspace) or pass --bin-dir",
+                    path.display()
+                );
+            }
+        }
+        Ok(Self {
+            config,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+            sink: None,
+            api: None,
+            workers: Vec::new(),
+            started_workers: 0,
+        })
+    }
+
+    /// The API's base URL.
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.config.api_port)
+    }
+
+    /// The sink's base URL.
+    pub fn sink_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.config.sink_port)
+    }
+
+    /// A client for talking to the stack.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn command(&self, binary: &str) -> Command {
+        let c = &self.config;
+        let mut command = Command::new(c.bin_dir.join(binary));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("DATABASE_URL", &c.database_url)
+            .env("AMQP_URL", &c.amqp_url)
+            .env("VERIFY_API_ADDR", format!("127.0.0.1:{}", c.api_port))
+            .env("VERIFY_SECRET", "chaos-secret-0123456789abcdef0123456789")
+            .env("VERIFY_API_KEY", API_KEY)
+            .env("VERIFY_SMS_PROVIDER", "twilio")
+            .env("VERIFY_TWILIO_BASE_URL", self.sink_url())
+            .env("VERIFY_TWILIO_ACCOUNT_SID", TWILIO_SID)
+            .env("VERIFY_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+            .env("VERIFY_SMS_FROM", "+15005550006")
+            .env("VERIFY_SINK_ADDR", format!("127.0.0.1:{}", c.sink_port))
+            .env("VERIFY_SINK_TWILIO_ACCOUNT_SID", TWILIO_SID)
+            .env("VERIFY_SINK_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+            .env("VERIFY_SEND_LEASE_SECS", c.send_lease.as_secs().to_string());
+        command
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.config.log_dir.join(format!("{name}.log"))
+    }
+
+    /// Applies the migrations (`verify-api migrate`).
+    ///
+    /// # Errors
+    /// When the migration command fails.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut command = self.command("verify-api");
+        command.arg("migrate");
+        run_checked(&mut command)
+            .await
+            .context("verify-api migrate")
+    }
+
+    /// Starts the sink and waits until it answers.
+    ///
+    /// # Errors
+    /// When it does not answer within 30 s.
+    pub async fn start_sink(&mut self) -> anyhow::Result<()> {
+        let process = Process::spawn("sink", self.command("verify-sink"), &self.log("sink"))?;
+        self.sink = Some(process);
+        self.wait_until_ok(&format!("{}/healthz", self.sink_url()), "verify-sink")
+            .await
+    }
+
+    /// Starts the API and waits until `/readyz` says both dependencies answer.
+    ///
+    /// # Errors
+    /// When it exits or is not ready within 30 s.
+    pub async fn start_api(&mut self) -> anyhow::Result<()> {
+        let process = Process::spawn("api", self.command("verify-api"), &self.log("api"))?;
+        self.api = Some(process);
+        self.wait_until_ok(&format!("{}/readyz", self.api_url()), "verify-api")
+            .await
+    }
+
+    /// Starts one more worker (logs go to `worker-N.log`).
+    ///
+    /// # Errors
+    /// When the binary cannot be started.
+    pub fn start_worker(&mut self) -> anyhow::Result<()> {
+        self.started_workers += 1;
+        let name = format!("worker-{}", self.started_workers);
+        let process = Process::spawn(&name, self.command("verify-worker"), &self.log(&name))?;
+        self.workers.push(process);
+        Ok(())
+    }
+
+    /// Starts workers until `count` run.
+    ///
+    /// # Errors
+    /// When one cannot be started.
+    pub fn scale_workers_to(&mut self, count: usize) -> anyhow::Result<()> {
+        self.workers.retain_mut(Process::is_running);
+        while self.workers.len() < count {
+            self.start_worker()?;
+        }
+        Ok(())
+    }
+
+    /// Kills the worker at `index` (modulo the pool) with SIGKILL; returns its name.
+    ///
+    /// # Errors
+    /// When no worker runs or the kill fails.
+    pub async fn kill_worker(&mut self, index: usize) -> anyhow::Result<String> {
+        if self.workers.is_empty() {
+            bail!("no worker to kill");
+        }
+        let mut worker = self.workers.remove(index % self.workers.len());
+        worker.kill_hard().await?;
+        Ok(worker.name().to_owned())
+    }
+
+    /// Sends SIGTERM to the oldest worker and waits for it to exit.
+    ///
+    /// # Errors
+    /// When no worker runs or it does not exit within `deadline`.
+    pub async fn terminate_worker(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        if self.workers.is_empty() {
+            bail!("no worker to stop");
+        }
+        let mut worker = self.workers.remove(0);
+        worker.terminate(deadline).await
+    }
+
+    /// True while the API process runs.
+    pub fn api_running(&mut self) -> bool {
+        self.api.as_mut().is_some_and(Process::is_running)
+    }
+
+    /// Kills the API with SIGKILL.
+    ///
+    /// # Errors
+    /// When the API does not run or the kill fails.
+    pub async fn kill_api(&mut self) -> anyhow::Result<()> {
+        match self.api.take() {
+            Some(mut api) => api.kill_hard().await,
+            None => bail!("the API is not running"),
+        }
+    }
+
+    /// Sends SIGTERM to the API and waits for it to exit.
+    ///
+    /// # Errors
+    /// When the API does not run or does not exit within `deadline`.
+    pub async fn terminate_api(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        match self.api.take() {
+            Some(mut api) => api.terminate(deadline).await,
+            None => bail!("the API is not running"),
+        }
+    }
+
+    /// Sets the sink's failure injection (`PUT /control`).
+    ///
+    /// # Errors
+    /// When the sink refuses the settings.
+    pub async fn control_sink(&self, settings: Value) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .put(format!("{}/control", self.sink_url()))
+            .json(&settings)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("the sink refused {settings}: {}", response.text().await?);
+        }
+        Ok(())
+    }
+
+    /// Makes the sink a healthy, instant provider again.
+    ///
+    /// # Errors
+    /// When the sink refuses the settings.
+    pub async fn heal_sink(&self) -> anyhow::Result<()> {
+        self.control_sink(json!({
+            "latency_ms": 0, "failure_rate": 0.0, "fail_first": 0, "failure_mode": "status",
+            "failure_status": 500,
+        }))
+        .await
+    }
+
+    /// Creates the template the traffic uses and returns its id.
+    ///
+    /// # Errors
+    /// When the API refuses it.
+    pub async fn create_template(&self) -> anyhow::Result<i64> {
+        let response = self
+            .http
+            .post(format!("{}/v1/templates", self.api_url()))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({"name": "chaos", "text": "Chaos check: your code is {{code}}."}))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        match body.get("id").and_then(Value::as_i64) {
+            Some(id) if status.is_success() => Ok(id),
+            _ => bail!("creating the template answered {status}: {body}"),
+        }
+    }
+
+    /// Polls `url` until it answers 200 (30 s at most).
+    async fn wait_until_ok(&self, url: &str, what: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = self.http.get(url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{what} is not ready at {url} after 30 s (logs: {})",
+                    self.config.log_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops everything: workers and API with SIGTERM, then the sink.
+    pub async fn shut_down(&mut self) {
+        let grace = Duration::from_secs(30);
+        for mut worker in self.workers.drain(..) {
+            let _ = worker.terminate(grace).await;
+        }
+        if let Some(mut api) = self.api.take() {
+            let _ = api.terminate(grace).await;
+        }
+        if let Some(mut sink) = self.sink.take() {
+            let _ = sink.terminate(grace).await;
+        }
+    }
+
+    /// Where the processes' logs are.
+    pub fn log_dir(&self) -> &Path {
+        &self.config.log_dir
+    }
+}
