@@ -19,6 +19,11 @@ use crate::providers::{OutgoingSms, ProviderError, SmsProvider};
 use crate::render::{RenderError, SmsRenderer};
 use crate::retry::RetryPolicy;
 
+/// First pause before trying again to record an outcome while Postgres is unreachable;
+/// it doubles up to [`RECORD_RETRY_MAX`].
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// What the consumer must do with the job's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -182,13 +187,29 @@ async fn fail(
     Ok(Outcome::Done)
 }
 
+/// Records an attempt's outcome.
+///
+/// Once the provider has been called, the outcome must be written down: giving up because
+/// Postgres blinked would let the job run again and the person get the code twice. So
+/// while Postgres is unreachable this keeps trying for as long as the claim is ours (the
+/// lease); after that another worker may take the send over, and the guarded update
+/// refuses our late result anyway.
 async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<(), DbError> {
-    match deliveries::finish_attempt(&deps.pool, send.delivery_id, send.attempt, record).await {
-        // Our lease ran out and another worker took the send over: its result stands.
-        Err(DbError::TransitionRejected) => {
-            tracing::warn!(delivery = %send.delivery_id, "send was taken over by another worker; result dropped");
-            Ok(())
+    let give_up_at = Instant::now() + deps.lease;
+    let mut pause = RECORD_RETRY_FIRST;
+    loop {
+        match deliveries::finish_attempt(&deps.pool, send.delivery_id, send.attempt, record).await {
+            // Our lease ran out and another worker took the send over: its result stands.
+            Err(DbError::TransitionRejected) => {
+                tracing::warn!(delivery = %send.delivery_id, "send was taken over by another worker; result dropped");
+                return Ok(());
+            }
+            Err(DbError::Unavailable(reason)) if Instant::now() + pause < give_up_at => {
+                tracing::warn!(delivery = %send.delivery_id, %reason, retry_in_ms = pause.as_millis() as u64, "could not record the outcome; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECORD_RETRY_MAX);
+            }
+            other => return other,
         }
-        other => other,
     }
 }
