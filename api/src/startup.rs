@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use verify_common::config::{
     ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings,
 };
-use verify_common::db;
 use verify_common::db::verifications::SendLimit;
+use verify_common::db::{self, DbError};
+use verify_common::dependency::wait_for;
 use verify_common::domain::new_template_engine;
-use verify_common::queue::SmsPublisher;
+use verify_common::queue::{QueueError, SmsPublisher};
 
 use crate::auth::ApiKeys;
 use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
@@ -45,7 +46,7 @@ pub struct Application {
 
 impl Application {
     /// Connects to Postgres (creating the database and applying migrations) and RabbitMQ,
-    /// and binds the listening socket.
+    /// waiting for each up to its start-up patience, and binds the listening socket.
     ///
     /// # Errors
     /// When a dependency cannot be reached or the address cannot be bound; the message
@@ -59,7 +60,14 @@ impl Application {
             .otp
             .policy()
             .context("VERIFY_OTP_LENGTH is invalid")?;
-        let pool = db::connect_pool(&config.database).await.with_context(|| {
+        let pool = wait_for(
+            "Postgres",
+            config.database.startup_wait(),
+            |e| matches!(e, DbError::Unavailable(_)),
+            || db::connect_pool(&config.database),
+        )
+        .await
+        .with_context(|| {
             format!(
                 "connecting to Postgres at {}",
                 redact_url(&config.database.url)
@@ -68,14 +76,19 @@ impl Application {
         db::migrate(&pool)
             .await
             .context("applying database migrations")?;
-        let publisher = SmsPublisher::connect(&config.rabbit, "verify-api")
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to RabbitMQ at {}",
-                    redact_url(&config.rabbit.url)
-                )
-            })?;
+        let publisher = wait_for(
+            "RabbitMQ",
+            config.rabbit.startup_wait(),
+            QueueError::is_unreachable,
+            || SmsPublisher::connect(&config.rabbit, "verify-api"),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ at {}",
+                redact_url(&config.rabbit.url)
+            )
+        })?;
         let listener = TcpListener::bind(config.api.addr)
             .await
             .with_context(|| format!("binding {}", config.api.addr))?;

@@ -47,11 +47,23 @@ pub struct DatabaseSettings {
         default_value_t = 2_000
     )]
     pub pool_timeout_ms: u64,
+    /// How long start-up waits for Postgres to answer before giving up.
+    #[arg(
+        id = "db_startup_wait_secs",
+        long = "db-startup-wait-secs",
+        env = "VERIFY_DB_STARTUP_WAIT_SECS",
+        default_value_t = 60
+    )]
+    pub startup_wait_secs: u64,
 }
 
 impl DatabaseSettings {
     pub fn pool_timeout(&self) -> Duration {
         Duration::from_millis(self.pool_timeout_ms)
+    }
+
+    pub fn startup_wait(&self) -> Duration {
+        Duration::from_secs(self.startup_wait_secs)
     }
 }
 
@@ -62,6 +74,7 @@ impl Default for DatabaseSettings {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/verify".to_owned()),
             pool_size: 16,
             pool_timeout_ms: 2_000,
+            startup_wait_secs: 60,
         }
     }
 }
@@ -89,6 +102,20 @@ pub struct RabbitSettings {
     /// retry queues never have consumers, so in production they must not expire.
     #[arg(long = "queue-expires-secs", env = "VERIFY_QUEUE_EXPIRES_SECS")]
     pub queue_expires_secs: Option<u64>,
+    /// How long start-up waits for RabbitMQ to answer before giving up.
+    #[arg(
+        id = "amqp_startup_wait_secs",
+        long = "amqp-startup-wait-secs",
+        env = "VERIFY_AMQP_STARTUP_WAIT_SECS",
+        default_value_t = 60
+    )]
+    pub startup_wait_secs: u64,
+}
+
+impl RabbitSettings {
+    pub fn startup_wait(&self) -> Duration {
+        Duration::from_secs(self.startup_wait_secs)
+    }
 }
 
 impl Default for RabbitSettings {
@@ -98,6 +125,7 @@ impl Default for RabbitSettings {
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
             queue_prefix: "verify".to_owned(),
             queue_expires_secs: None,
+            startup_wait_secs: 60,
         }
     }
 }

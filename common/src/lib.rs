@@ -4,6 +4,7 @@
 //! - [`telemetry`]: tracing set-up for the binaries.
 //! - [`domain`]: types that cannot hold invalid values (phone numbers, codes, templates,
 //!   verification and delivery states) and the rules between them.
+//! - [`dependency`]: waiting for Postgres and RabbitMQ at start-up instead of failing.
 //! - [`db`]: the only place that speaks SQL; pools, migrations and one module per table.
 //! - [`queue`]: the only place (with the worker's consumer) that speaks AMQP; topology,
 //!   job messages and the confirming publisher.
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod db;
+pub mod dependency;
 pub mod domain;
 pub mod queue;
 pub mod telemetry;

@@ -63,6 +63,8 @@ fn with_dbname(base: &DatabaseSettings, name: &str) -> DatabaseSettings {
         url,
         pool_size: 4,
         pool_timeout_ms: base.pool_timeout_ms,
+        // Tests must fail fast when Postgres is missing, not wait for it.
+        startup_wait_secs: 0,
     }
 }
 

@@ -8,9 +8,10 @@ use tokio_util::sync::CancellationToken;
 use verify_common::config::{
     DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, WorkerSettings,
 };
-use verify_common::db;
+use verify_common::db::{self, DbError};
+use verify_common::dependency::wait_for;
 use verify_common::domain::Sender;
-use verify_common::queue::SmsPublisher;
+use verify_common::queue::{QueueError, SmsPublisher};
 
 use crate::consumer::Consumer;
 use crate::deliver::Deps;
@@ -60,12 +61,22 @@ impl Worker {
         database.pool_size = database
             .pool_size
             .max(usize::from(config.worker.concurrency).min(64));
-        let pool = db::connect_pool(&database)
-            .await
-            .context("connecting to Postgres")?;
-        let publisher = SmsPublisher::connect(&config.rabbit, "verify-worker-retries")
-            .await
-            .context("connecting to RabbitMQ")?;
+        let pool = wait_for(
+            "Postgres",
+            database.startup_wait(),
+            |e| matches!(e, DbError::Unavailable(_)),
+            || db::connect_pool(&database),
+        )
+        .await
+        .context("connecting to Postgres")?;
+        let publisher = wait_for(
+            "RabbitMQ",
+            config.rabbit.startup_wait(),
+            QueueError::is_unreachable,
+            || SmsPublisher::connect(&config.rabbit, "verify-worker-retries"),
+        )
+        .await
+        .context("connecting to RabbitMQ")?;
         let deps = Deps {
             pool,
             provider: SmsProvider::from_settings(&config.provider)?,

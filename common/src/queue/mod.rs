@@ -34,6 +34,14 @@ pub enum QueueError {
     Rejected(String),
 }
 
+impl QueueError {
+    /// True when the broker could not be reached at all (as opposed to refusing an
+    /// operation): worth waiting out at start-up.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Timeout(_))
+    }
+}
+
 /// Opens a connection named after the process role (shown in the management UI).
 ///
 /// # Errors

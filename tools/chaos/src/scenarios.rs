@@ -97,6 +97,7 @@ pub async fn run(name: ScenarioName, harness: &mut Harness) -> ScenarioReport {
         ScenarioName::PostgresOutage => postgres_outage(harness, &mut run).await,
         ScenarioName::ProviderOutage => provider_outage(harness, &mut run).await,
         ScenarioName::GracefulShutdown => graceful_shutdown(harness, &mut run).await,
+        ScenarioName::ColdStart => cold_start(harness, &mut run).await,
     };
     let (figures, error) = match result {
         Ok(figures) => (figures, None),
@@ -412,5 +413,45 @@ async fn graceful_shutdown(h: &mut Harness, run: &mut Run) -> anyhow::Result<Fig
         api_status.success(),
         api_status.to_string(),
     );
+    Ok(figures)
+}
+
+/// The API and workers start while Postgres and RabbitMQ are down (a reboot, a compose
+/// stack coming up in any order): they wait for their dependencies instead of exiting.
+async fn cold_start(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    h.stack.terminate_api(EXIT_DEADLINE).await?;
+    h.stack.terminate_workers(EXIT_DEADLINE).await?;
+    h.stop_postgres().await?;
+    h.stop_rabbit().await?;
+    run.event("everything stopped");
+    h.stack.spawn_api()?;
+    h.stack.scale_workers_to(usize::from(h.settings.workers))?;
+    run.event("verify-api and workers started with Postgres and RabbitMQ down");
+    sleep(Duration::from_secs(5)).await;
+    h.start_postgres().await?;
+    run.event("Postgres started");
+    sleep(Duration::from_secs(5)).await;
+    h.start_rabbit().await?;
+    let back = run.event("RabbitMQ started");
+    h.stack.wait_for_api(RECOVERY_BOUND * 2).await?;
+    run.event("verify-api ready");
+    let traffic = h.traffic(0);
+    sleep(h.settings.calm() * 2).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let workers = h.stack.workers_running();
+    let api_running = h.stack.api_running();
+    let figures = audit(&h.stack, &submissions, back, None, &[back], DRAIN).await?;
+    run.check(
+        "the API waited for its dependencies instead of exiting",
+        api_running,
+        if api_running { "running" } else { "exited" },
+    );
+    run.check(
+        "every worker waited for its dependencies instead of exiting",
+        workers == usize::from(h.settings.workers),
+        format!("{workers} of {} running", h.settings.workers),
+    );
+    recovery_check(run, &figures);
     Ok(figures)
 }

@@ -107,6 +107,8 @@ pub enum ScenarioName {
     ProviderOutage,
     /// SIGTERM to workers and the API under load: drain, exit 0, nothing lost or doubled.
     GracefulShutdown,
+    /// The API and workers started before Postgres and RabbitMQ: they wait, then serve.
+    ColdStart,
 }
 
 impl ScenarioName {
@@ -120,6 +122,7 @@ impl ScenarioName {
             Self::PostgresOutage => "postgres-outage",
             Self::ProviderOutage => "provider-outage",
             Self::GracefulShutdown => "graceful-shutdown",
+            Self::ColdStart => "cold-start",
         }
     }
 }

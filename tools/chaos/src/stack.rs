@@ -129,7 +129,8 @@ impl Stack {
     pub async fn start_sink(&mut self) -> anyhow::Result<()> {
         let process = Process::spawn("sink", self.command("verify-sink"), &self.log("sink"))?;
         self.sink = Some(process);
-        self.wait_until_ok(&format!("{}/healthz", self.sink_url()), "verify-sink")
+        let url = format!("{}/healthz", self.sink_url());
+        self.wait_until_ok(&url, "verify-sink", Duration::from_secs(30))
             .await
     }
 
@@ -138,10 +139,37 @@ impl Stack {
     /// # Errors
     /// When it exits or is not ready within 30 s.
     pub async fn start_api(&mut self) -> anyhow::Result<()> {
+        self.spawn_api()?;
+        self.wait_for_api(Duration::from_secs(30)).await
+    }
+
+    /// Starts the API without waiting for it.
+    ///
+    /// # Errors
+    /// When the binary cannot be started.
+    pub fn spawn_api(&mut self) -> anyhow::Result<()> {
         let process = Process::spawn("api", self.command("verify-api"), &self.log("api"))?;
         self.api = Some(process);
-        self.wait_until_ok(&format!("{}/readyz", self.api_url()), "verify-api")
-            .await
+        Ok(())
+    }
+
+    /// Waits until the API's `/readyz` says both dependencies answer.
+    ///
+    /// # Errors
+    /// When it is not ready within `patience`.
+    pub async fn wait_for_api(&self, patience: Duration) -> anyhow::Result<()> {
+        self.wait_until_ok(
+            &format!("{}/readyz", self.api_url()),
+            "verify-api",
+            patience,
+        )
+        .await
+    }
+
+    /// Worker processes still running.
+    pub fn workers_running(&mut self) -> usize {
+        self.workers.retain_mut(Process::is_running);
+        self.workers.len()
     }
 
     /// Starts one more worker (logs go to `worker-N.log`).
@@ -179,6 +207,17 @@ impl Stack {
         let mut worker = self.workers.remove(index % self.workers.len());
         worker.kill_hard().await?;
         Ok(worker.name().to_owned())
+    }
+
+    /// Stops every worker with SIGTERM.
+    ///
+    /// # Errors
+    /// When one does not exit within `deadline`.
+    pub async fn terminate_workers(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        for mut worker in std::mem::take(&mut self.workers) {
+            worker.terminate(deadline).await?;
+        }
+        Ok(())
     }
 
     /// Sends SIGTERM to the oldest worker and waits for it to exit.
@@ -269,9 +308,9 @@ impl Stack {
         }
     }
 
-    /// Polls `url` until it answers 200 (30 s at most).
-    async fn wait_until_ok(&self, url: &str, what: &str) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    /// Polls `url` until it answers 200.
+    async fn wait_until_ok(&self, url: &str, what: &str, patience: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             if let Ok(response) = self.http.get(url).send().await
                 && response.status().is_success()
@@ -280,7 +319,7 @@ impl Stack {
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "{what} is not ready at {url} after 30 s (logs: {})",
+                    "{what} is not ready at {url} after {patience:?} (logs: {})",
                     self.config.log_dir.display()
                 );
             }
