@@ -4,6 +4,12 @@
 //! text, call the provider, record the result, and tell the consumer what to do with the
 //! message through an [`Outcome`]. The result is always recorded in Postgres before the
 //! outcome is returned, so the consumer acks only what is durable.
+//!
+//! A send that fails for a reason an operator can put right (a deleted or broken
+//! template, a provider that refuses or stays down) is marked failed and its job
+//! dead-lettered with a [`DeadLetterReason`], so it can be replayed once fixed. A send
+//! that is simply no longer wanted (its verification ended or expires too soon) is
+//! closed and its job acked: there is nothing to replay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +21,7 @@ use verify_common::db::{DbError, Pool};
 use verify_common::domain::{CodeSecret, DeliveryStatus, VerificationStatus};
 use verify_common::queue::SendSms;
 
+use crate::dead_letters::DeadLetterReason;
 use crate::providers::{OutgoingSms, ProviderError, SmsProvider};
 use crate::render::{RenderError, SmsRenderer};
 use crate::retry::RetryPolicy;
@@ -22,12 +29,13 @@ use crate::retry::RetryPolicy;
 /// What the consumer must do with the job's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Finished (sent, failed for good, or nothing to do): ack.
+    /// Finished (sent, closed as no longer wanted, or nothing to do): ack.
     Done,
     /// Try again after this delay: republish to a delay queue, then ack.
     RetryLater(Duration),
-    /// The job cannot be processed: dead-letter it with this reason.
-    DeadLetter(String),
+    /// The send failed for a reason an operator can fix (already recorded, where there
+    /// is a send to record it on): dead-letter the job with this reason.
+    DeadLetter(DeadLetterReason),
 }
 
 /// What delivering needs, shared by all tasks of a worker.
@@ -60,9 +68,8 @@ pub async fn deliver_sms(job: &SendSms, deps: &Arc<Deps>) -> Result<Outcome, DbE
             ));
         }
         ClaimOutcome::Missing => {
-            return Ok(Outcome::DeadLetter(format!(
-                "delivery {} does not exist",
-                job.delivery_id
+            return Ok(Outcome::DeadLetter(DeadLetterReason::DeliveryMissing(
+                job.delivery_id,
             )));
         }
     };
@@ -74,26 +81,30 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
     let status = send.verification_status.at(send.expires_at, now);
     if status != VerificationStatus::Pending {
         let reason = format!("not sent: the verification is {}", status.as_str());
-        return fail(send, deps, reason, "skipped").await;
+        fail(send, deps, reason, "skipped").await?;
+        return Ok(Outcome::Done);
     }
     let margin = chrono::Duration::from_std(deps.expiry_margin).unwrap_or_default();
     if now + margin >= send.expires_at {
-        return fail(
-            send,
-            deps,
-            "not sent: the code expires too soon".to_owned(),
-            "skipped",
-        )
-        .await;
+        let reason = "not sent: the code expires too soon".to_owned();
+        fail(send, deps, reason, "skipped").await?;
+        return Ok(Outcome::Done);
     }
     let text = match deps.renderer.render(send, &deps.secret, now) {
         Ok(text) => text,
         Err(RenderError::TemplateDeleted(id)) => {
-            let reason = format!("template {id} no longer exists");
-            fail(send, deps, reason.clone(), "render_error").await?;
-            return Ok(Outcome::DeadLetter(reason));
+            return dead_letter(
+                send,
+                deps,
+                DeadLetterReason::TemplateMissing(id),
+                "render_error",
+            )
+            .await;
         }
-        Err(error) => return fail(send, deps, error.to_string(), "render_error").await,
+        Err(error) => {
+            let reason = DeadLetterReason::RenderFailed(error.to_string());
+            return dead_letter(send, deps, reason, "render_error").await;
+        }
     };
     let from = send.sender.as_deref().unwrap_or(&deps.default_from);
     let started = Instant::now();
@@ -123,7 +134,8 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
             Ok(Outcome::Done)
         }
         Err(ProviderError::Permanent { reason }) => {
-            fail(send, deps, reason, "permanent_error").await
+            let reason = DeadLetterReason::ProviderRejected(reason);
+            dead_letter(send, deps, reason, "permanent_error").await
         }
         Err(ProviderError::Transient {
             reason,
@@ -131,8 +143,11 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
         }) => {
             let attempt = u32::try_from(send.attempt).unwrap_or(u32::MAX);
             if deps.retry.exhausted(attempt) {
-                let reason = format!("gave up after {attempt} attempts: {reason}");
-                return fail(send, deps, reason, "transient_error").await;
+                let reason = DeadLetterReason::AttemptsExhausted {
+                    attempts: attempt,
+                    last_error: reason,
+                };
+                return dead_letter(send, deps, reason, "transient_error").await;
             }
             let delay = deps
                 .retry
@@ -140,9 +155,8 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
                 .max(retry_after.unwrap_or_default());
             let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
             if next_at + margin >= send.expires_at {
-                let reason =
-                    format!("gave up: the code expires before the next attempt ({reason})");
-                return fail(send, deps, reason, "transient_error").await;
+                let reason = DeadLetterReason::ExpiresBeforeRetry(reason);
+                return dead_letter(send, deps, reason, "transient_error").await;
             }
             let record = AttemptRecord {
                 next: DeliveryStatus::Retrying,
@@ -161,13 +175,30 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
     }
 }
 
-/// Records a permanent failure and finishes the job.
+/// Records a failure an operator can fix, then has the job dead-lettered so it can be
+/// replayed. If another worker took the send over meanwhile, its result stands and this
+/// job is simply finished.
+async fn dead_letter(
+    send: &ClaimedSend,
+    deps: &Deps,
+    reason: DeadLetterReason,
+    outcome: &str,
+) -> Result<Outcome, DbError> {
+    if fail(send, deps, reason.to_string(), outcome).await? {
+        Ok(Outcome::DeadLetter(reason))
+    } else {
+        Ok(Outcome::Done)
+    }
+}
+
+/// Records a permanent failure. Returns whether it was recorded (false: the send was
+/// taken over by another worker, whose result stands).
 async fn fail(
     send: &ClaimedSend,
     deps: &Deps,
     reason: String,
     outcome: &str,
-) -> Result<Outcome, DbError> {
+) -> Result<bool, DbError> {
     let record = AttemptRecord {
         next: DeliveryStatus::Failed,
         provider_message_id: None,
@@ -177,18 +208,22 @@ async fn fail(
             "attempt": send.attempt, "at": Utc::now(), "outcome": outcome, "error": reason,
         }),
     };
-    finish(send, deps, &record).await?;
-    tracing::warn!(delivery = %send.delivery_id, to = %send.to, %reason, "send failed permanently");
-    Ok(Outcome::Done)
+    let recorded = finish(send, deps, &record).await?;
+    if recorded {
+        tracing::warn!(delivery = %send.delivery_id, to = %send.to, %reason, "send failed permanently");
+    }
+    Ok(recorded)
 }
 
-async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<(), DbError> {
+/// Records the end of an attempt. Returns whether it was recorded.
+async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<bool, DbError> {
     match deliveries::finish_attempt(&deps.pool, send.delivery_id, send.attempt, record).await {
+        Ok(()) => Ok(true),
         // Our lease ran out and another worker took the send over: its result stands.
         Err(DbError::TransitionRejected) => {
             tracing::warn!(delivery = %send.delivery_id, "send was taken over by another worker; result dropped");
-            Ok(())
+            Ok(false)
         }
-        other => other,
+        Err(error) => Err(error),
     }
 }

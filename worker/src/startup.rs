@@ -12,7 +12,7 @@ use verify_common::db;
 use verify_common::domain::Sender;
 use verify_common::queue::SmsPublisher;
 
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, worker_identity};
 use crate::deliver::Deps;
 use crate::providers::SmsProvider;
 use crate::render::SmsRenderer;
@@ -63,7 +63,7 @@ impl Worker {
         let pool = db::connect_pool(&database)
             .await
             .context("connecting to Postgres")?;
-        let publisher = SmsPublisher::connect(&config.rabbit, "verify-worker-retries")
+        let publisher = SmsPublisher::connect(&config.rabbit, "verify-worker-publisher")
             .await
             .context("connecting to RabbitMQ")?;
         let deps = Deps {
@@ -83,6 +83,7 @@ impl Worker {
                 grace: config.worker.shutdown_grace(),
                 deps: Arc::new(deps),
                 publisher: Arc::new(publisher),
+                identity: worker_identity().into(),
             },
         })
     }
