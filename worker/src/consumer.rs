@@ -258,11 +258,11 @@ async fn dead_letter(
         .await
     {
         Ok(()) => {
-            tracing::error!(delivery = ?delivery_id, code = reason.code(), reason = %reason_text, "dead-lettered a job");
+            tracing::error!(delivery = delivery_id.map(tracing::field::display), code = reason.code(), reason = %reason_text, "dead-lettered a job");
             ack(delivery).await;
         }
         Err(error) => {
-            tracing::error!(delivery = ?delivery_id, code = reason.code(), reason = %reason_text, %error, "could not publish the dead letter; letting RabbitMQ dead-letter the job without its reason");
+            tracing::error!(delivery = delivery_id.map(tracing::field::display), code = reason.code(), reason = %reason_text, %error, "could not publish the dead letter; letting RabbitMQ dead-letter the job without its reason");
             nack(delivery, false).await;
         }
     }

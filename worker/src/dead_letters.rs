@@ -430,12 +430,12 @@ impl fmt::Display for ReplayReport {
         }
         let skipped = self.skipped();
         let total: usize = skipped.values().sum();
-        write!(
-            f,
-            "{}replayed {}",
-            if self.dry_run { "dry run: " } else { "" },
-            self.replayed()
-        )?;
+        let dry_run = if self.dry_run {
+            "dry run, nothing changed: "
+        } else {
+            ""
+        };
+        write!(f, "{dry_run}replayed {}", self.replayed())?;
         write!(f, ", skipped {total}")?;
         if total > 0 {
             let by_reason: Vec<String> = skipped
@@ -568,7 +568,7 @@ fn plan_for(check: ReplayCheck) -> Result<bool, SkipReason> {
     match check {
         // Never finished (or re-armed by an earlier replay whose publish failed): the job
         // is all it needs, and the guarded claim makes a duplicate harmless.
-        ReplayCheck::Waiting(_) => Ok(false),
+        ReplayCheck::Waiting => Ok(false),
         ReplayCheck::Rearmable => Err(SkipReason::ChangedDuringReplay),
         ReplayCheck::Sent => Err(SkipReason::AlreadySent),
         ReplayCheck::VerificationClosed(status) => Err(SkipReason::VerificationClosed(status)),

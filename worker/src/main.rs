@@ -152,10 +152,56 @@ async fn cancel_on_signal(token: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command, DlqAction};
 
     #[test]
     fn the_command_line_definition_is_consistent() {
-        super::Cli::command().debug_assert();
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn without_a_subcommand_the_worker_serves() {
+        let cli = Cli::try_parse_from(["verify-worker"]).unwrap();
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["verify-worker", "--concurrency", "4"]).unwrap();
+        assert_eq!(cli.config.worker.concurrency, 4);
+    }
+
+    #[test]
+    fn dlq_commands_parse_and_replay_needs_a_selection() {
+        let cli = Cli::try_parse_from(["verify-worker", "dlq", "list", "--limit", "3", "--json"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Dlq {
+                action: DlqAction::List {
+                    limit: 3,
+                    json: true
+                }
+            })
+        ));
+        let id = "0190c0de-0000-7000-8000-000000000000";
+        let cli = Cli::try_parse_from([
+            "verify-worker",
+            "dlq",
+            "replay",
+            "--delivery",
+            id,
+            "--dry-run",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Dlq {
+                action: DlqAction::Replay { all: false, dry_run: true, ref delivery, .. }
+            }) if delivery.len() == 1
+        ));
+        assert!(Cli::try_parse_from(["verify-worker", "dlq", "replay"]).is_err());
+        assert!(
+            Cli::try_parse_from(["verify-worker", "dlq", "replay", "--all", "--delivery", id])
+                .is_err()
+        );
     }
 }

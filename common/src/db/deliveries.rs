@@ -318,7 +318,7 @@ pub enum ReplayCheck {
     /// can queue it again.
     Rearmable,
     /// Not finished (queued, sending or retrying): its job can be replayed as it is.
-    Waiting(DeliveryStatus),
+    Waiting,
     /// Already sent: replaying would do nothing.
     Sent,
     /// Failed, and its verification is over; the status is as seen now, so a pending
@@ -355,7 +355,9 @@ pub async fn check_replay(pool: &Pool, id: DeliveryId) -> Result<ReplayCheck, Db
             ReplayCheck::Rearmable
         }
         DeliveryStatus::Failed => ReplayCheck::VerificationClosed(verification),
-        waiting => ReplayCheck::Waiting(waiting),
+        DeliveryStatus::Queued | DeliveryStatus::Sending | DeliveryStatus::Retrying => {
+            ReplayCheck::Waiting
+        }
     })
 }
 
