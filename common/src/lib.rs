@@ -7,7 +7,8 @@
 //! - [`dependency`]: waiting for Postgres and RabbitMQ at start-up instead of failing.
 //! - [`db`]: the only place that speaks SQL; pools, migrations and one module per table.
 //! - [`queue`]: the only place (with the worker's consumer) that speaks AMQP; topology,
-//!   job messages and the confirming publisher.
+//!   job messages, the confirming publisher and the dead-letter queue's headers and
+//!   browser.
 //!
 //! Nothing here knows about HTTP: the API crate turns these errors into responses.
 #![forbid(unsafe_code)]

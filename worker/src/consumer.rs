@@ -10,7 +10,10 @@
 //! - `RetryLater` → publish to a delay queue, wait for the confirm, then ack (so a crash
 //!   in between duplicates the job, which the guarded claim makes harmless, rather than
 //!   losing it);
-//! - `DeadLetter` → nack without requeue, which routes to the dead-letter queue;
+//! - `DeadLetter` (and an unreadable message) → publish the message, body unchanged, to
+//!   the dead-letter queue with its reason in the headers, wait for the confirm, then
+//!   ack; if that publish fails, nack without requeue so RabbitMQ dead-letters it
+//!   itself (without the reason, but not lost);
 //! - a database error → nack with requeue after a pause: nothing was recorded.
 //!
 //! A lost connection ends the session; the worker reconnects with backoff. Messages
@@ -19,6 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -29,9 +33,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use verify_common::config::RabbitSettings;
+use verify_common::domain::DeliveryId;
 use verify_common::queue::topology::declare;
-use verify_common::queue::{QueueNames, SendSms, SmsPublisher, connect};
+use verify_common::queue::{
+    DeadLetterNote, JobHistory, QueueNames, SendSms, SmsPublisher, connect,
+};
 
+use crate::dead_letters::DeadLetterReason;
 use crate::deliver::{Deps, Outcome, deliver_sms};
 
 /// Pause before requeueing a job whose outcome could not be recorded, so a database
@@ -47,6 +55,20 @@ pub struct Consumer {
     pub grace: Duration,
     pub deps: Arc<Deps>,
     pub publisher: Arc<SmsPublisher>,
+    /// Names this worker in the dead letters it writes (see [`worker_identity`]).
+    pub identity: Arc<str>,
+}
+
+/// `host/pid`: which worker process dead-lettered a job, for whoever reads the
+/// dead-letter queue.
+pub fn worker_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{host}/{}", std::process::id())
 }
 
 /// Why a consume session ended.
@@ -143,8 +165,9 @@ impl Consumer {
             };
             let deps = Arc::clone(&self.deps);
             let publisher = Arc::clone(&self.publisher);
+            let identity = Arc::clone(&self.identity);
             tracker.spawn(async move {
-                settle(delivery, &deps, &publisher).await;
+                settle(delivery, &deps, &publisher, &identity).await;
                 drop(permit);
             });
         };
@@ -171,33 +194,76 @@ impl Consumer {
 }
 
 /// Runs one job and acknowledges its message according to the outcome.
-async fn settle(delivery: Delivery, deps: &Arc<Deps>, publisher: &SmsPublisher) {
+async fn settle(delivery: Delivery, deps: &Arc<Deps>, publisher: &SmsPublisher, identity: &str) {
     let job = match SendSms::decode(&delivery.data) {
         Ok(job) => job,
         Err(error) => {
-            tracing::error!(%error, "dead-lettering an unreadable job");
-            nack(&delivery, false).await;
+            let reason = DeadLetterReason::UnreadablePayload(error.to_string());
+            dead_letter(&delivery, None, publisher, identity, &reason).await;
             return;
         }
     };
     match deliver_sms(&job, deps).await {
         Ok(Outcome::Done) => ack(&delivery).await,
-        Ok(Outcome::RetryLater(delay)) => match publisher.publish_delayed(&job, delay).await {
-            Ok(()) => ack(&delivery).await,
-            Err(error) => {
-                tracing::warn!(delivery = %job.delivery_id, %error, "could not schedule a retry; requeueing");
-                tokio::time::sleep(REQUEUE_PAUSE).await;
-                nack(&delivery, true).await;
+        Ok(Outcome::RetryLater(delay)) => {
+            let history = JobHistory::from_properties(&delivery.properties);
+            match publisher.publish_delayed(&job, delay, history).await {
+                Ok(()) => ack(&delivery).await,
+                Err(error) => {
+                    tracing::warn!(delivery = %job.delivery_id, %error, "could not schedule a retry; requeueing");
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    nack(&delivery, true).await;
+                }
             }
-        },
+        }
         Ok(Outcome::DeadLetter(reason)) => {
-            tracing::error!(delivery = %job.delivery_id, %reason, "dead-lettering a job");
-            nack(&delivery, false).await;
+            dead_letter(
+                &delivery,
+                Some(job.delivery_id),
+                publisher,
+                identity,
+                &reason,
+            )
+            .await;
         }
         Err(error) => {
             tracing::warn!(delivery = %job.delivery_id, %error, "could not record the outcome; requeueing");
             tokio::time::sleep(REQUEUE_PAUSE).await;
             nack(&delivery, true).await;
+        }
+    }
+}
+
+/// Moves a message to the dead-letter queue with its reason: published there (confirmed)
+/// before the original is acked, so a crash in between leaves a copy in both queues,
+/// never in neither.
+async fn dead_letter(
+    delivery: &Delivery,
+    delivery_id: Option<DeliveryId>,
+    publisher: &SmsPublisher,
+    identity: &str,
+    reason: &DeadLetterReason,
+) {
+    let reason_text = reason.to_string();
+    let note = DeadLetterNote {
+        reason_code: reason.code(),
+        reason: &reason_text,
+        dead_at: Utc::now(),
+        worker: identity,
+        original_exchange: delivery.exchange.as_str(),
+        original_routing_key: delivery.routing_key.as_str(),
+    };
+    match publisher
+        .publish_dead(&delivery.data, &delivery.properties, &note)
+        .await
+    {
+        Ok(()) => {
+            tracing::error!(delivery = delivery_id.map(tracing::field::display), code = reason.code(), reason = %reason_text, "dead-lettered a job");
+            ack(delivery).await;
+        }
+        Err(error) => {
+            tracing::error!(delivery = delivery_id.map(tracing::field::display), code = reason.code(), reason = %reason_text, %error, "could not publish the dead letter; letting RabbitMQ dead-letter the job without its reason");
+            nack(delivery, false).await;
         }
     }
 }

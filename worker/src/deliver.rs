@@ -4,6 +4,12 @@
 //! text, call the provider, record the result, and tell the consumer what to do with the
 //! message through an [`Outcome`]. The result is always recorded in Postgres before the
 //! outcome is returned, so the consumer acks only what is durable.
+//!
+//! A send that fails for a reason an operator can put right (a deleted or broken
+//! template, a provider that refuses or stays down) is marked failed and its job
+//! dead-lettered with a [`DeadLetterReason`], so it can be replayed once fixed. A send
+//! that is simply no longer wanted (its verification ended or expires too soon) is
+//! closed and its job acked: there is nothing to replay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +21,7 @@ use verify_common::db::{DbError, Pool};
 use verify_common::domain::{CodeSecret, DeliveryStatus, VerificationStatus};
 use verify_common::queue::SendSms;
 
+use crate::dead_letters::DeadLetterReason;
 use crate::providers::{OutgoingSms, ProviderError, SmsProvider};
 use crate::render::{RenderError, SmsRenderer};
 use crate::retry::RetryPolicy;
@@ -27,12 +34,13 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 /// What the consumer must do with the job's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Finished (sent, failed for good, or nothing to do): ack.
+    /// Finished (sent, closed as no longer wanted, or nothing to do): ack.
     Done,
     /// Try again after this delay: republish to a delay queue, then ack.
     RetryLater(Duration),
-    /// The job cannot be processed: dead-letter it with this reason.
-    DeadLetter(String),
+    /// The send failed for a reason an operator can fix (already recorded, where there
+    /// is a send to record it on): dead-letter the job with this reason.
+    DeadLetter(DeadLetterReason),
 }
 
 /// What delivering needs, shared by all tasks of a worker.
@@ -65,9 +73,8 @@ pub async fn deliver_sms(job: &SendSms, deps: &Arc<Deps>) -> Result<Outcome, DbE
             ));
         }
         ClaimOutcome::Missing => {
-            return Ok(Outcome::DeadLetter(format!(
-                "delivery {} does not exist",
-                job.delivery_id
+            return Ok(Outcome::DeadLetter(DeadLetterReason::DeliveryMissing(
+                job.delivery_id,
             )));
         }
     };
@@ -79,26 +86,30 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
     let status = send.verification_status.at(send.expires_at, now);
     if status != VerificationStatus::Pending {
         let reason = format!("not sent: the verification is {}", status.as_str());
-        return fail(send, deps, reason, "skipped").await;
+        fail(send, deps, reason, "skipped").await?;
+        return Ok(Outcome::Done);
     }
     let margin = chrono::Duration::from_std(deps.expiry_margin).unwrap_or_default();
     if now + margin >= send.expires_at {
-        return fail(
-            send,
-            deps,
-            "not sent: the code expires too soon".to_owned(),
-            "skipped",
-        )
-        .await;
+        let reason = "not sent: the code expires too soon".to_owned();
+        fail(send, deps, reason, "skipped").await?;
+        return Ok(Outcome::Done);
     }
     let text = match deps.renderer.render(send, &deps.secret, now) {
         Ok(text) => text,
         Err(RenderError::TemplateDeleted(id)) => {
-            let reason = format!("template {id} no longer exists");
-            fail(send, deps, reason.clone(), "render_error").await?;
-            return Ok(Outcome::DeadLetter(reason));
+            return dead_letter(
+                send,
+                deps,
+                DeadLetterReason::TemplateMissing(id),
+                "render_error",
+            )
+            .await;
         }
-        Err(error) => return fail(send, deps, error.to_string(), "render_error").await,
+        Err(error) => {
+            let reason = DeadLetterReason::RenderFailed(error.to_string());
+            return dead_letter(send, deps, reason, "render_error").await;
+        }
     };
     let from = send.sender.as_deref().unwrap_or(&deps.default_from);
     let started = Instant::now();
@@ -128,7 +139,8 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
             Ok(Outcome::Done)
         }
         Err(ProviderError::Permanent { reason }) => {
-            fail(send, deps, reason, "permanent_error").await
+            let reason = DeadLetterReason::ProviderRejected(reason);
+            dead_letter(send, deps, reason, "permanent_error").await
         }
         Err(ProviderError::Transient {
             reason,
@@ -136,8 +148,11 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
         }) => {
             let attempt = u32::try_from(send.attempt).unwrap_or(u32::MAX);
             if deps.retry.exhausted(attempt) {
-                let reason = format!("gave up after {attempt} attempts: {reason}");
-                return fail(send, deps, reason, "transient_error").await;
+                let reason = DeadLetterReason::AttemptsExhausted {
+                    attempts: attempt,
+                    last_error: reason,
+                };
+                return dead_letter(send, deps, reason, "transient_error").await;
             }
             let delay = deps
                 .retry
@@ -145,9 +160,8 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
                 .max(retry_after.unwrap_or_default());
             let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
             if next_at + margin >= send.expires_at {
-                let reason =
-                    format!("gave up: the code expires before the next attempt ({reason})");
-                return fail(send, deps, reason, "transient_error").await;
+                let reason = DeadLetterReason::ExpiresBeforeRetry(reason);
+                return dead_letter(send, deps, reason, "transient_error").await;
             }
             let record = AttemptRecord {
                 next: DeliveryStatus::Retrying,
@@ -166,13 +180,30 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
     }
 }
 
-/// Records a permanent failure and finishes the job.
+/// Records a failure an operator can fix, then has the job dead-lettered so it can be
+/// replayed. If another worker took the send over meanwhile, its result stands and this
+/// job is simply finished.
+async fn dead_letter(
+    send: &ClaimedSend,
+    deps: &Deps,
+    reason: DeadLetterReason,
+    outcome: &str,
+) -> Result<Outcome, DbError> {
+    if fail(send, deps, reason.to_string(), outcome).await? {
+        Ok(Outcome::DeadLetter(reason))
+    } else {
+        Ok(Outcome::Done)
+    }
+}
+
+/// Records a permanent failure. Returns whether it was recorded (false: the send was
+/// taken over by another worker, whose result stands).
 async fn fail(
     send: &ClaimedSend,
     deps: &Deps,
     reason: String,
     outcome: &str,
-) -> Result<Outcome, DbError> {
+) -> Result<bool, DbError> {
     let record = AttemptRecord {
         next: DeliveryStatus::Failed,
         provider_message_id: None,
@@ -182,34 +213,37 @@ async fn fail(
             "attempt": send.attempt, "at": Utc::now(), "outcome": outcome, "error": reason,
         }),
     };
-    finish(send, deps, &record).await?;
-    tracing::warn!(delivery = %send.delivery_id, to = %send.to, %reason, "send failed permanently");
-    Ok(Outcome::Done)
+    let recorded = finish(send, deps, &record).await?;
+    if recorded {
+        tracing::warn!(delivery = %send.delivery_id, to = %send.to, %reason, "send failed permanently");
+    }
+    Ok(recorded)
 }
 
-/// Records an attempt's outcome.
+/// Records an attempt's outcome. Returns whether it was recorded.
 ///
 /// Once the provider has been called, the outcome must be written down: giving up because
 /// Postgres blinked would let the job run again and the person get the code twice. So
 /// while Postgres is unreachable this keeps trying for as long as the claim is ours (the
 /// lease); after that another worker may take the send over, and the guarded update
 /// refuses our late result anyway.
-async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<(), DbError> {
+async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<bool, DbError> {
     let give_up_at = Instant::now() + deps.lease;
     let mut pause = RECORD_RETRY_FIRST;
     loop {
         match deliveries::finish_attempt(&deps.pool, send.delivery_id, send.attempt, record).await {
+            Ok(()) => return Ok(true),
             // Our lease ran out and another worker took the send over: its result stands.
             Err(DbError::TransitionRejected) => {
                 tracing::warn!(delivery = %send.delivery_id, "send was taken over by another worker; result dropped");
-                return Ok(());
+                return Ok(false);
             }
             Err(DbError::Unavailable(reason)) if Instant::now() + pause < give_up_at => {
                 tracing::warn!(delivery = %send.delivery_id, %reason, retry_in_ms = pause.as_millis() as u64, "could not record the outcome; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RECORD_RETRY_MAX);
             }
-            other => return other,
+            Err(error) => return Err(error),
         }
     }
 }

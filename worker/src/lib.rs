@@ -8,12 +8,14 @@
 //! - [`consumer`]: the consume loop, concurrency bound and acknowledgement policy (the
 //!   only module that touches AMQP).
 //! - [`deliver`]: one job start to finish, returning an `Outcome`; knows nothing of AMQP.
+//! - [`dead_letters`]: why jobs are dead-lettered, and `verify-worker dlq list|replay`.
 //! - [`render`]: template rendering with the derived code.
 //! - [`retry`]: the backoff policy.
 //! - [`providers`]: Twilio, generic HTTP/JSON and log-only providers.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod deliver;
 pub mod providers;
 pub mod render;

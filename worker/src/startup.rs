@@ -13,7 +13,7 @@ use verify_common::dependency::wait_for;
 use verify_common::domain::Sender;
 use verify_common::queue::{QueueError, SmsPublisher};
 
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, worker_identity};
 use crate::deliver::Deps;
 use crate::providers::SmsProvider;
 use crate::render::SmsRenderer;
@@ -73,7 +73,7 @@ impl Worker {
             "RabbitMQ",
             config.rabbit.startup_wait(),
             QueueError::is_unreachable,
-            || SmsPublisher::connect(&config.rabbit, "verify-worker-retries"),
+            || SmsPublisher::connect(&config.rabbit, "verify-worker-publisher"),
         )
         .await
         .context("connecting to RabbitMQ")?;
@@ -94,6 +94,7 @@ impl Worker {
                 grace: config.worker.shutdown_grace(),
                 deps: Arc::new(deps),
                 publisher: Arc::new(publisher),
+                identity: worker_identity().into(),
             },
         })
     }

@@ -5,6 +5,7 @@
 mod auth;
 mod bad_inputs;
 mod checks;
+mod dead_letters;
 mod delivery;
 mod health;
 mod helpers;

@@ -310,3 +310,86 @@ where
     transaction.commit().await?;
     Ok(published.len())
 }
+
+/// Where a send stands when its dead-lettered job is considered for a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayCheck {
+    /// Failed, and its verification is still pending and unexpired: [`rearm_delivery`]
+    /// can queue it again.
+    Rearmable,
+    /// Not finished (queued, sending or retrying): its job can be replayed as it is.
+    Waiting,
+    /// Already sent: replaying would do nothing.
+    Sent,
+    /// Failed, and its verification is over; the status is as seen now, so a pending
+    /// verification past its expiry reads `Expired`.
+    VerificationClosed(VerificationStatus),
+    /// No such delivery (its verification was deleted).
+    Missing,
+}
+
+/// Reads whether a send could be replayed, changing nothing (a dry run, or the
+/// explanation when [`rearm_delivery`] is rejected).
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn check_replay(pool: &Pool, id: DeliveryId) -> Result<ReplayCheck, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT d.status, v.status, v.expires_at, now()
+             FROM sms_deliveries d JOIN verifications v ON v.id = d.verification_id
+             WHERE d.id = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&statement, &[&id.as_uuid()]).await? else {
+        return Ok(ReplayCheck::Missing);
+    };
+    let delivery: DeliveryStatus = row.get::<_, String>(0).parse().map_err(DbError::Corrupt)?;
+    let stored: VerificationStatus = row.get::<_, String>(1).parse().map_err(DbError::Corrupt)?;
+    // The database's clock, as in the guard of `rearm_delivery`, so both agree on expiry.
+    let verification = stored.at(row.get(2), row.get(3));
+    Ok(match delivery {
+        DeliveryStatus::Sent => ReplayCheck::Sent,
+        DeliveryStatus::Failed if verification == VerificationStatus::Pending => {
+            ReplayCheck::Rearmable
+        }
+        DeliveryStatus::Failed => ReplayCheck::VerificationClosed(verification),
+        DeliveryStatus::Queued | DeliveryStatus::Sending | DeliveryStatus::Retrying => {
+            ReplayCheck::Waiting
+        }
+    })
+}
+
+/// Moves a failed send back to `queued` so a replayed job can send it. Guarded: only a
+/// `failed` send whose verification is still pending and unexpired is re-armed, so a
+/// replay can never deliver a code nobody can use any more. The attempt count is kept,
+/// so the retry budget is not renewed: a send that exhausted its retries gets one more
+/// attempt.
+///
+/// # Errors
+/// [`DbError::TransitionRejected`] when the guard does not hold ([`check_replay`] says
+/// why); other [`DbError`]s on failure.
+pub async fn rearm_delivery(pool: &Pool, id: DeliveryId) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE sms_deliveries d
+             SET status = 'queued', lease_until = NULL, next_attempt_at = NULL,
+                 updated_at = now()
+             FROM verifications v
+             WHERE d.id = $1 AND d.status = ANY($2)
+               AND v.id = d.verification_id AND v.status = 'pending' AND v.expires_at > now()",
+        )
+        .await?;
+    let changed = client
+        .execute(
+            &statement,
+            &[&id.as_uuid(), &DeliveryStatus::Queued.allowed_previous()],
+        )
+        .await?;
+    if changed == 0 {
+        return Err(DbError::TransitionRejected);
+    }
+    Ok(())
+}

@@ -7,7 +7,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// Identifies one send of a code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct DeliveryId(Uuid);
 
@@ -37,12 +39,14 @@ impl fmt::Display for DeliveryId {
 ///
 /// ```text
 /// queued ──► sending ──► sent
-///   │          │  ▲
-///   │          ▼  │
-///   │       retrying ──► failed
-///   └──────────┴────────► failed
+///  ▲ │         │  ▲
+///  │ │         ▼  │
+///  │ │      retrying ──► failed
+///  │ └─────────┴────────► failed
+///  └──── (replay) ───────── failed
 /// ```
-/// `Sent` and `Failed` are terminal.
+/// `Sent` and `Failed` are terminal for workers: only an operator's replay of a
+/// dead-lettered job moves a `Failed` send back to `Queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
@@ -74,6 +78,9 @@ impl DeliveryStatus {
                 // A send whose verification ended (approved, canceled, expired) while it
                 // waited is closed without being attempted.
                 | (Queued | Retrying, Failed)
+                // Replaying a dead-lettered job re-arms its failed send once what made it
+                // fail (a deleted template, a provider outage) has been put right.
+                | (Failed, Queued)
         )
     }
 
@@ -86,7 +93,8 @@ impl DeliveryStatus {
             .collect()
     }
 
-    /// True for `Sent` and `Failed`.
+    /// True for `Sent` and `Failed`: no worker moves a send out of them (see
+    /// [`Self::can_transition_to`] for the operator's replay).
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Sent | Self::Failed)
     }
@@ -128,6 +136,7 @@ mod tests {
             (Sending, Sent),
             (Sending, Retrying),
             (Sending, Failed),
+            (Failed, Queued),
         ];
         for from in DeliveryStatus::ALL {
             for to in DeliveryStatus::ALL {
@@ -141,10 +150,14 @@ mod tests {
     }
 
     #[test]
-    fn terminal_statuses_allow_no_move() {
+    fn a_sent_send_allows_no_move_and_a_failed_one_only_a_replay() {
         for to in DeliveryStatus::ALL {
-            assert!(!Sent.can_transition_to(to));
-            assert!(!Failed.can_transition_to(to));
+            assert!(!Sent.can_transition_to(to), "sent -> {to:?}");
+            assert_eq!(
+                Failed.can_transition_to(to),
+                to == Queued,
+                "failed -> {to:?}"
+            );
         }
         assert!(Sent.is_terminal() && Failed.is_terminal() && !Retrying.is_terminal());
     }
@@ -153,7 +166,7 @@ mod tests {
     fn allowed_previous_lists_the_sources_of_a_move() {
         assert_eq!(Sending.allowed_previous(), ["queued", "retrying"]);
         assert_eq!(Sent.allowed_previous(), ["sending"]);
-        assert_eq!(Queued.allowed_previous(), Vec::<&str>::new());
+        assert_eq!(Queued.allowed_previous(), ["failed"]);
     }
 
     #[test]

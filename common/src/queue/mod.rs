@@ -3,9 +3,12 @@
 //! - [`topology`]: exchange and queue names (with the deployment's prefix) and their
 //!   declaration, including the retry delay queues and the dead-letter queue.
 //! - [`messages`]: the job payload, versioned JSON that carries ids only, never a code.
-//! - [`publisher`]: publishes jobs and waits for the broker's confirm, reconnecting after
-//!   a lost connection.
+//! - [`publisher`]: publishes jobs, retries and dead letters and waits for the broker's
+//!   confirm, reconnecting after a lost connection.
+//! - [`dead_letters`]: the headers a dead letter carries (why, when, by whom, how often)
+//!   and a browser that reads, replays or discards dead letters for operators.
 
+pub mod dead_letters;
 pub mod messages;
 pub mod publisher;
 pub mod topology;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 
+pub use dead_letters::{DeadLetter, DeadLetterBrowser, DeadLetterNote, JobHistory};
 pub use messages::{MessageError, SendSms};
 pub use publisher::SmsPublisher;
 pub use topology::QueueNames;

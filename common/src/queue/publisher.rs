@@ -1,4 +1,4 @@
-//! Publishing jobs with publisher confirms.
+//! Publishing jobs, retries and dead letters with publisher confirms.
 //!
 //! A job counts as published only when the broker confirms it (it is then on disk for a
 //! durable queue). The publisher keeps one connection and one confirm-mode channel; any
@@ -14,12 +14,13 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{Mutex, RwLock};
 
+use super::dead_letters::{DeadLetterNote, JobHistory};
 use super::topology::{QueueNames, SEND_ROUTING_KEY, declare};
 use super::{BROKER_TIMEOUT, QueueError, SendSms, connect};
 use crate::config::RabbitSettings;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
-const PERSISTENT: u8 = 2;
+pub(super) const PERSISTENT: u8 = 2;
 
 struct Link {
     // Kept so the connection lives as long as its channel.
@@ -27,7 +28,7 @@ struct Link {
     channel: Channel,
 }
 
-/// Publishes send jobs and retries, waiting for each confirm.
+/// Publishes send jobs, retries and dead letters, waiting for each confirm.
 pub struct SmsPublisher {
     url: String,
     connection_name: String,
@@ -107,31 +108,89 @@ impl SmsPublisher {
     /// [`QueueError`] when the broker is unreachable, refuses the message or does not
     /// confirm within [`BROKER_TIMEOUT`].
     pub async fn publish(&self, job: &SendSms) -> Result<(), QueueError> {
-        self.publish_to(&self.names.exchange, SEND_ROUTING_KEY, job, None)
-            .await
+        self.publish_to(
+            &self.names.exchange,
+            SEND_ROUTING_KEY,
+            &job.encode(),
+            job_properties(job),
+        )
+        .await
     }
 
     /// Publishes a job to the delay queue for `delay`; it reaches the work queue when the
-    /// delay has passed.
+    /// delay has passed. `history` travels with it, so a replayed job that is retried
+    /// still counts its replays.
     ///
     /// # Errors
     /// As [`SmsPublisher::publish`].
-    pub async fn publish_delayed(&self, job: &SendSms, delay: Duration) -> Result<(), QueueError> {
+    pub async fn publish_delayed(
+        &self,
+        job: &SendSms,
+        delay: Duration,
+        history: JobHistory,
+    ) -> Result<(), QueueError> {
         let queue = self.names.retry_queue_for(delay);
-        self.publish_to("", &queue, job, Some(delay)).await
+        let properties = job_properties(job)
+            .with_expiration(delay.as_millis().to_string().into())
+            .with_headers(history.to_headers());
+        self.publish_to("", &queue, &job.encode(), properties).await
+    }
+
+    /// Publishes a message the worker gives up on to the dead-letter queue, its body
+    /// byte for byte (it may be unreadable, and must stay inspectable) and `note` in its
+    /// headers. `original` are the message's own properties: its id, content type and
+    /// history are kept.
+    ///
+    /// # Errors
+    /// As [`SmsPublisher::publish`]; the caller then lets RabbitMQ dead-letter the
+    /// message itself, so it is not lost.
+    pub async fn publish_dead(
+        &self,
+        body: &[u8],
+        original: &BasicProperties,
+        note: &DeadLetterNote<'_>,
+    ) -> Result<(), QueueError> {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(note.to_headers(JobHistory::from_properties(original)));
+        if let Some(content_type) = original.content_type() {
+            properties = properties.with_content_type(content_type.clone());
+        }
+        if let Some(message_id) = original.message_id() {
+            properties = properties.with_message_id(message_id.clone());
+        }
+        self.publish_to(
+            &self.names.dead_exchange,
+            note.original_routing_key,
+            body,
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes `body` to the work queue exactly as given, as a broken or foreign
+    /// producer would: for tests of unreadable jobs.
+    ///
+    /// # Errors
+    /// As [`SmsPublisher::publish`].
+    #[cfg(feature = "test-support")]
+    pub async fn publish_raw(&self, body: &[u8]) -> Result<(), QueueError> {
+        let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+        self.publish_to(&self.names.exchange, SEND_ROUTING_KEY, body, properties)
+            .await
     }
 
     async fn publish_to(
         &self,
         exchange: &str,
         routing_key: &str,
-        job: &SendSms,
-        delay: Option<Duration>,
+        body: &[u8],
+        properties: BasicProperties,
     ) -> Result<(), QueueError> {
-        let result = tokio::time::timeout(
-            BROKER_TIMEOUT,
-            self.publish_once(exchange, routing_key, job, delay),
-        )
+        let result = tokio::time::timeout(BROKER_TIMEOUT, async {
+            let channel = self.channel().await?;
+            publish_confirmed(&channel, exchange, routing_key, body, properties).await
+        })
         .await
         .map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))
         .and_then(|inner| inner);
@@ -144,54 +203,60 @@ impl SmsPublisher {
         result
     }
 
-    async fn publish_once(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        job: &SendSms,
-        delay: Option<Duration>,
-    ) -> Result<(), QueueError> {
-        let channel = self.channel().await?;
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into())
-            .with_message_id(job.delivery_id.to_string().into());
-        if let Some(delay) = delay {
-            properties = properties.with_expiration(delay.as_millis().to_string().into());
-        }
-        let confirmation = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                // Mandatory: an unroutable job (queue deleted) comes back instead of
-                // being silently dropped.
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &job.encode(),
-                properties,
-            )
-            .await?
-            .await?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(QueueError::Rejected(format!(
-                "unroutable: {}",
-                returned.reply_text
-            ))),
-            Confirmation::Nack(_) => Err(QueueError::Rejected("negative confirm".to_owned())),
-            Confirmation::NotRequested => {
-                Err(QueueError::Rejected("confirms are not enabled".to_owned()))
-            }
-        }
-    }
-
     /// Answers whether the broker is reachable, for readiness probes.
     ///
     /// # Errors
     /// [`QueueError`] when it is not.
     pub async fn ping(&self) -> Result<(), QueueError> {
         self.channel().await.map(drop)
+    }
+}
+
+/// Properties of a job message: persistent, JSON, identified by its delivery.
+pub(super) fn job_properties(job: &SendSms) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+        .with_message_id(job.delivery_id.to_string().into())
+}
+
+/// Publishes on a confirm-mode channel and waits for the broker's confirm (no timeout of
+/// its own: callers bound it).
+///
+/// # Errors
+/// [`QueueError::Broker`] when the channel fails; [`QueueError::Rejected`] for a negative
+/// confirm or an unroutable message.
+pub(super) async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), QueueError> {
+    let confirmation = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            // Mandatory: an unroutable message (queue deleted) comes back instead of being
+            // silently dropped.
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(QueueError::Rejected(format!(
+            "unroutable: {}",
+            returned.reply_text
+        ))),
+        Confirmation::Nack(_) => Err(QueueError::Rejected("negative confirm".to_owned())),
+        Confirmation::NotRequested => {
+            Err(QueueError::Rejected("confirms are not enabled".to_owned()))
+        }
     }
 }
