@@ -223,12 +223,14 @@ async fn fail(
 /// Records an attempt's outcome. Returns whether it was recorded.
 ///
 /// Once the provider has been called, the outcome must be written down: giving up because
-/// Postgres blinked would let the job run again and the person get the code twice. So
-/// while Postgres is unreachable this keeps trying for as long as the claim is ours (the
-/// lease); after that another worker may take the send over, and the guarded update
-/// refuses our late result anyway.
+/// Postgres is down would let the job run again and the person get the code twice. So
+/// while Postgres is unreachable this keeps trying until the code expires (after which
+/// no worker would send it again anyway). The job stays unacknowledged meanwhile, so no
+/// other worker gets it; if one does take the send over through a duplicate job, the
+/// guarded update refuses our late result.
 async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<bool, DbError> {
-    let give_up_at = Instant::now() + deps.lease;
+    let code_lifetime = (send.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let give_up_at = Instant::now() + code_lifetime.max(deps.lease);
     let mut pause = RECORD_RETRY_FIRST;
     loop {
         match deliveries::finish_attempt(&deps.pool, send.delivery_id, send.attempt, record).await {
