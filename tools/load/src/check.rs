@@ -55,11 +55,22 @@ pub struct Checker {
     inner: Mutex<Inner>,
 }
 
+/// Everything the checks recorded.
+#[derive(Clone, Debug, Default)]
+pub struct CheckResults {
+    /// Outcomes.
+    pub figures: CheckFigures,
+    /// Time of each check request.
+    pub latency: LatencyHistogram,
+    /// Failed check requests.
+    pub failures: Failures,
+    /// When the last check was answered.
+    pub last_answer: Option<Instant>,
+}
+
 #[derive(Default)]
 struct Inner {
-    figures: CheckFigures,
-    latency: LatencyHistogram,
-    failures: Failures,
+    results: CheckResults,
 }
 
 impl Checker {
@@ -86,7 +97,7 @@ impl Checker {
 
     /// Checks done so far.
     pub fn done(&self) -> u64 {
-        let figures = &self.lock().figures;
+        let figures = &self.lock().results.figures;
         figures.approved + figures.wrong + figures.failed + figures.unreadable
     }
 
@@ -103,39 +114,37 @@ impl Checker {
         self.tasks.wait().await;
     }
 
-    /// The figures, check latency and check failures.
-    pub fn results(&self) -> (CheckFigures, LatencyHistogram, Failures) {
-        let inner = self.lock();
-        (
-            inner.figures.clone(),
-            inner.latency.clone(),
-            inner.failures.clone(),
-        )
+    /// What the checks recorded so far.
+    pub fn results(&self) -> CheckResults {
+        self.lock().results.clone()
     }
 
     async fn check(&self, number: String, verification: Accepted, accepted_at: Instant) {
         let Some(body) = self.wait_for_sms(&number, accepted_at).await else {
-            self.lock().figures.not_delivered += 1;
+            self.lock().results.figures.not_delivered += 1;
             return;
         };
         let Some(code) = extract_code(&body, verification.code_length) else {
-            self.lock().figures.unreadable += 1;
+            self.lock().results.figures.unreadable += 1;
             return;
         };
         let answer = {
             let _permit = self.permits.acquire().await;
             let started = Instant::now();
             let answer = self.api.check_code(&verification.id, code).await;
-            self.lock().latency.record(started.elapsed());
+            let answered = Instant::now();
+            let mut inner = self.lock();
+            inner.results.latency.record(answered - started);
+            inner.results.last_answer = inner.results.last_answer.max(Some(answered));
             answer
         };
-        let mut inner = self.lock();
+        let results = &mut self.lock().results;
         match answer {
-            Ok(answer) if answer.is_approved() => inner.figures.approved += 1,
-            Ok(_) => inner.figures.wrong += 1,
+            Ok(answer) if answer.is_approved() => results.figures.approved += 1,
+            Ok(_) => results.figures.wrong += 1,
             Err(error) => {
-                inner.figures.failed += 1;
-                inner.failures.record(&error);
+                results.figures.failed += 1;
+                results.failures.record(&error);
             }
         }
     }

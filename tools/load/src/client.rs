@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderValue;
 use reqwest::{Client, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -135,12 +135,16 @@ fn error_detail(body: &str) -> String {
     line.chars().take(120).collect()
 }
 
+/// The header verify-api reads the API key from.
+const API_KEY_HEADER: &str = "x-api-key";
+
 /// verify-api, as the tool uses it.
 #[derive(Clone)]
 pub struct ApiClient {
     http: Client,
     base: String,
-    headers: HeaderMap,
+    // Cloning a header value only bumps a reference count, so every request can carry it.
+    key: HeaderValue,
 }
 
 /// What a 202 to `POST /v1/verifications` says that the tool needs.
@@ -202,12 +206,10 @@ impl ApiClient {
         })?;
         // Keeps the key out of any debug output of requests.
         key.set_sensitive(true);
-        let mut headers = HeaderMap::new();
-        headers.insert("x-api-key", key);
         Ok(ApiClient {
             http,
             base: base.to_owned(),
-            headers,
+            key,
         })
     }
 
@@ -237,7 +239,7 @@ impl ApiClient {
         let response = self
             .http
             .get(format!("{}/v1/templates/{id}", self.base))
-            .headers(self.headers.clone())
+            .header(API_KEY_HEADER, self.key.clone())
             .send()
             .await?;
         expect_status(response, StatusCode::OK).await.map(drop)
@@ -251,7 +253,7 @@ impl ApiClient {
         let response = self
             .http
             .post(format!("{}/v1/templates", self.base))
-            .headers(self.headers.clone())
+            .header(API_KEY_HEADER, self.key.clone())
             .json(&TemplateBody {
                 name,
                 description: "created by verify-load",
@@ -278,7 +280,7 @@ impl ApiClient {
         let response = self
             .http
             .post(format!("{}/v1/verifications", self.base))
-            .headers(self.headers.clone())
+            .header(API_KEY_HEADER, self.key.clone())
             .json(&StartBody { to, template_id })
             .send()
             .await?;
@@ -296,7 +298,7 @@ impl ApiClient {
         let response = self
             .http
             .post(format!("{}/v1/verifications/{id}/check", self.base))
-            .headers(self.headers.clone())
+            .header(API_KEY_HEADER, self.key.clone())
             .json(&CheckBody { code })
             .send()
             .await?;

@@ -1,8 +1,9 @@
 //! The figures of a run: the JSON document scripts read (`--json`), the summary table
 //! people read, and the verdict (which findings make the run a failure).
 //!
-//! Rates are per second of the window they happened in: `accepted_per_sec` over the send
-//! window (run start to the last POST's answer) and `delivered_per_sec` over the delivery
+//! Rates are per second of the window they happened in: `sent_per_sec` over the time POSTs
+//! were leaving, `accepted_per_sec` over the send window (run start to the last POST's
+//! answer) and `delivered_per_sec` over the delivery
 //! window (run start to the last first-SMS arrival at the sink), so a backlog that drains
 //! after the sends stop lowers the delivery rate instead of hiding in it.
 
@@ -63,11 +64,13 @@ pub struct Report {
     /// First SMS stamped by the sink before their POST: the two clocks disagree.
     pub arrived_before_sent: u64,
 
+    /// Run start to the last POST leaving, at least the duration.
+    pub sending_secs: f64,
     /// Run start to the last POST's answer.
     pub send_window_secs: f64,
     /// Run start to the last first-SMS arrival.
     pub delivery_window_secs: f64,
-    /// `sent` over the send window.
+    /// `sent` over `sending_secs`: the rate actually offered.
     pub sent_per_sec: f64,
     /// `accepted` over the send window.
     pub accepted_per_sec: f64,
@@ -99,11 +102,15 @@ pub struct Report {
 }
 
 /// Check outcomes and failed checks by status or kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CheckReport {
     /// Outcomes.
     #[serde(flatten)]
     pub figures: CheckFigures,
+    /// Run start to the last check's answer.
+    pub window_secs: f64,
+    /// Approved checks over that window.
+    pub approved_per_sec: f64,
     /// Failed checks by HTTP status or transport error kind.
     pub errors: BTreeMap<String, u64>,
 }
@@ -262,7 +269,7 @@ impl Report {
             "sent".to_owned(),
             self.sent.to_string(),
             per_sec(self.sent_per_sec),
-            format!("{:.2}", self.send_window_secs),
+            format!("{:.2}", self.sending_secs),
         ]);
         counts.row([
             "accepted (202)".to_owned(),
@@ -297,8 +304,13 @@ impl Report {
         ]);
         if let Some(checks) = &self.checks {
             let f = &checks.figures;
+            counts.row([
+                "checks approved".to_owned(),
+                f.approved.to_string(),
+                per_sec(checks.approved_per_sec),
+                format!("{:.2}", checks.window_secs),
+            ]);
             for (label, n) in [
-                ("checks approved", f.approved),
                 ("checks wrong", f.wrong),
                 ("checks failed", f.failed),
                 ("SMS without a code", f.unreadable),
@@ -486,7 +498,7 @@ mod tests {
                 wrong: 1,
                 ..CheckFigures::default()
             },
-            errors: BTreeMap::new(),
+            ..CheckReport::default()
         });
         report.assess();
         assert_eq!(report.problems.len(), 2, "{:?}", report.problems);

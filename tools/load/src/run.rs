@@ -174,6 +174,18 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
     let arrivals = arrivals?;
 
     let deliveries = arrivals.figures(&results.accepted);
+    let interrupted = interrupted.load(Ordering::Relaxed);
+    // The last POST of a full run leaves up to one interval before the end; the duration is
+    // the fair window then. A run cut short by Ctrl-C sent only until its last POST.
+    let last_start = results.last_start.map_or(Duration::ZERO, |last| {
+        last.saturating_duration_since(clock.started())
+    });
+    let sending = if interrupted {
+        last_start
+    } else {
+        last_start.max(settings.duration)
+    }
+    .as_secs_f64();
     let send_window = results
         .last_answer
         .map_or(settings.duration, |last| {
@@ -214,7 +226,7 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
         template_id,
         first_number: numbers.to_string(),
         started_at: clock.started_wall(),
-        interrupted: interrupted.load(Ordering::Relaxed),
+        interrupted,
         sent: counters.sent,
         accepted: counters.accepted,
         delivered: deliveries.delivered,
@@ -227,9 +239,10 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
             .map(|(_, id)| id.clone())
             .collect(),
         arrived_before_sent: deliveries.arrived_before_sent,
+        sending_secs: sending,
         send_window_secs: send_window,
         delivery_window_secs: delivery_window,
-        sent_per_sec: per_sec(counters.sent, send_window),
+        sent_per_sec: per_sec(counters.sent, sending),
         accepted_per_sec: per_sec(counters.accepted, send_window),
         delivered_per_sec: per_sec(deliveries.delivered, delivery_window),
         errors,
@@ -244,12 +257,18 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
         warnings: Vec::new(),
     };
     if let Some(checker) = &checker {
-        let (figures, latency, failures) = checker.results();
-        let (mut check_errors, transport) = failure_maps(&failures);
+        let checks = checker.results();
+        let (mut check_errors, transport) = failure_maps(&checks.failures);
         check_errors.extend(transport);
-        report.check_latency_ms = Some(latency.summary());
+        let window = checks.last_answer.map_or(0.0, |last| {
+            last.saturating_duration_since(clock.started())
+                .as_secs_f64()
+        });
+        report.check_latency_ms = Some(checks.latency.summary());
         report.checks = Some(CheckReport {
-            figures,
+            approved_per_sec: per_sec(checks.figures.approved, window),
+            figures: checks.figures,
+            window_secs: window,
             errors: check_errors,
         });
     }

@@ -92,6 +92,8 @@ pub struct SendResults {
     pub failures: Failures,
     /// Accepted verifications by phone number.
     pub accepted: HashMap<String, Accepted>,
+    /// When the last POST left.
+    pub last_start: Option<Instant>,
     /// When the last POST was answered.
     pub last_answer: Option<Instant>,
 }
