@@ -483,7 +483,11 @@ async fn show_progress(
         Duration::from_secs(1),
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut previous = Snapshot::default();
+    // Nothing was delivered before the start, so the first line's rate covers its second.
+    let mut previous = Snapshot {
+        delivered: Some(0),
+        ..Snapshot::default()
+    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
