@@ -40,7 +40,7 @@ pub enum ClientError {
         detail: String,
     },
     /// No answer: connection refused, reset, or timed out.
-    #[error("{kind}: {source}")]
+    #[error("no answer ({kind})")]
     Transport {
         /// What kind of failure, for counting.
         kind: TransportKind,

@@ -204,8 +204,9 @@ impl Report {
             && lag > LAG_WARNING_MS
         {
             warnings.push(format!(
-                "POSTs left up to {} ms late (p99): the offered rate was not fully applied \
-                 (raise --max-in-flight, or the load tool is short of CPU)",
+                "POSTs left up to {} ms late (p99), so the offered rate was not applied on time: \
+                 every --max-in-flight slot was taken by a slow answer, or the load tool was \
+                 short of CPU (their latency still counts from the schedule)",
                 format_ms(Some(lag))
             ));
         }
