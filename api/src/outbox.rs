@@ -1,26 +1,34 @@
-//! The outbox: no accepted verification is lost when RabbitMQ is unreachable.
+//! The outbox: no accepted verification is lost when RabbitMQ is unreachable, and no
+//! request waits for RabbitMQ.
 //!
-//! A send's row is committed before its job is published, so Postgres always knows what
-//! must be sent. After the broker confirms a job, the send is marked published; marks are
-//! batched by a background task so the hot path pays one channel send, not one `UPDATE`.
-//! The relay periodically publishes queued sends that were never marked (the publish
-//! failed, timed out, or the process died between commit and publish). A crash after the
-//! confirm but before the mark re-publishes a job that is already queued; the worker's
-//! guarded claim makes that duplicate harmless.
+//! A send's row is committed before the request is answered, so Postgres always knows
+//! what must be sent. The job is then handed to a background dispatcher, which publishes
+//! it with a publisher confirm (many in flight at once) while the request returns; the
+//! broker's confirm latency (it confirms a persistent message once it is on disk) never
+//! reaches the producer. After the confirm the send is marked published; marks are
+//! batched, so the hot path pays one channel send, not one `UPDATE`. The relay
+//! periodically publishes queued sends that were never marked (the publish failed, timed
+//! out, waited too long, or the process died between commit and publish). A crash after
+//! the confirm but before the mark re-publishes a job that is already queued; the
+//! worker's guarded claim makes that duplicate harmless.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use verify_common::db::{Pool, deliveries};
 use verify_common::domain::DeliveryId;
 use verify_common::queue::{QueueError, SendSms, SmsPublisher};
 
-/// Longest a request waits for the broker's confirm before leaving the job to the relay.
-/// A confirm normally takes milliseconds; this only matters while the broker is shutting
-/// down or unreachable, and keeps the whole request within the 2 s the API promises then.
+/// Longest the dispatcher waits for one confirm before leaving the job to the relay.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Committed sends waiting for the dispatcher; beyond this they are left to the relay.
+const DISPATCH_BACKLOG: usize = 65_536;
+/// Publishes awaiting their confirm at once.
+const PUBLISHES_IN_FLIGHT: usize = 1_024;
 /// Marks waiting to be written; beyond this, marks are dropped (the relay re-publishes
 /// those jobs, harmlessly).
 const MARK_BACKLOG: usize = 65_536;
@@ -29,17 +37,23 @@ const MARK_BATCH: usize = 1_000;
 /// Most sends the relay publishes per round.
 const RELAY_BATCH: i64 = 500;
 
-/// Publishes send jobs and remembers which were confirmed.
+/// Hands committed sends to the background publisher.
 pub struct Outbox {
     publisher: Arc<SmsPublisher>,
-    marks: mpsc::Sender<DeliveryId>,
+    dispatch: mpsc::Sender<Committed>,
 }
 
-/// The background half of the outbox: the mark writer and the relay.
+/// A committed send waiting to be published, and since when.
+struct Committed {
+    id: DeliveryId,
+    at: Instant,
+}
+
+/// The background half of the outbox: the dispatcher, the mark writer and the relay.
 pub struct OutboxTasks {
     pool: Pool,
     publisher: Arc<SmsPublisher>,
-    marks: mpsc::Receiver<DeliveryId>,
+    dispatch: mpsc::Receiver<Committed>,
     schedule: RelaySchedule,
 }
 
@@ -56,34 +70,32 @@ impl Outbox {
         publisher: Arc<SmsPublisher>,
         schedule: RelaySchedule,
     ) -> (Self, OutboxTasks) {
-        let (sender, receiver) = mpsc::channel(MARK_BACKLOG);
+        let (sender, receiver) = mpsc::channel(DISPATCH_BACKLOG);
         (
             Self {
                 publisher: Arc::clone(&publisher),
-                marks: sender,
+                dispatch: sender,
             },
             OutboxTasks {
                 pool,
                 publisher,
-                marks: receiver,
+                dispatch: receiver,
                 schedule,
             },
         )
     }
 
-    /// Publishes the job of a committed send.
-    ///
-    /// # Errors
-    /// [`QueueError`] when the broker did not confirm in time; the send stays in the
-    /// outbox and the relay publishes it later.
-    pub async fn publish(&self, id: DeliveryId) -> Result<(), QueueError> {
-        tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher.publish(&SendSms::new(id)))
-            .await
-            .map_err(|_| QueueError::Timeout(PUBLISH_TIMEOUT))??;
-        if self.marks.try_send(id).is_err() {
-            tracing::debug!(delivery = %id, "mark backlog full; the relay will re-publish this job");
+    /// Queues the job of a committed send for publishing and returns at once. A full
+    /// backlog (the broker is down or slow) is not the caller's problem: the send is
+    /// durable and the relay publishes it.
+    pub fn publish(&self, id: DeliveryId) {
+        let committed = Committed {
+            id,
+            at: Instant::now(),
+        };
+        if self.dispatch.try_send(committed).is_err() {
+            tracing::debug!(delivery = %id, "publish backlog full; left to the outbox relay");
         }
-        Ok(())
     }
 
     /// The broker connection, for readiness probes.
@@ -93,40 +105,89 @@ impl Outbox {
 }
 
 impl OutboxTasks {
-    /// Runs the mark writer and the relay until `shutdown`, then writes the marks still
-    /// waiting.
+    /// Runs the dispatcher, the mark writer and the relay until `shutdown`; then publishes
+    /// what is still queued and writes the last marks.
     pub async fn run(self, shutdown: CancellationToken) {
+        let (marks_sender, marks) = mpsc::channel(MARK_BACKLOG);
         let relay = relay(
             self.pool.clone(),
-            self.publisher,
+            Arc::clone(&self.publisher),
             self.schedule,
             shutdown.clone(),
         );
-        let marks = write_marks(self.pool, self.marks, shutdown);
-        tokio::join!(relay, marks);
+        // Jobs older than half the relay's minimum age are left to the relay, so the two
+        // never publish the same job.
+        let stale_after = self.schedule.min_age / 2;
+        let dispatch = dispatch(
+            self.publisher,
+            self.dispatch,
+            marks_sender,
+            stale_after,
+            shutdown,
+        );
+        let marks = write_marks(self.pool, marks);
+        tokio::join!(relay, dispatch, marks);
     }
 }
 
-async fn write_marks(
-    pool: Pool,
-    mut marks: mpsc::Receiver<DeliveryId>,
+async fn dispatch(
+    publisher: Arc<SmsPublisher>,
+    mut queued: mpsc::Receiver<Committed>,
+    marks: mpsc::Sender<DeliveryId>,
+    stale_after: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(MARK_BATCH);
+    let slots = Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT));
+    let mut publishing = JoinSet::new();
     loop {
-        let received = tokio::select! {
-            received = marks.recv_many(&mut batch, MARK_BATCH) => received,
+        let committed = tokio::select! {
+            committed = queued.recv() => committed,
             () = shutdown.cancelled() => {
-                marks.close();
-                while marks.recv_many(&mut batch, MARK_BATCH).await > 0 {
-                    flush(&pool, &mut batch).await;
-                }
-                return;
+                // No request is running any more: publish what is left, then stop.
+                queued.close();
+                queued.recv().await
             }
         };
-        if received == 0 {
-            return;
+        let Some(committed) = committed else {
+            break;
+        };
+        if committed.at.elapsed() > stale_after {
+            tracing::debug!(delivery = %committed.id, "publish waited too long; left to the outbox relay");
+            continue;
         }
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let publisher = Arc::clone(&publisher);
+        let marks = marks.clone();
+        publishing.spawn(async move {
+            match publish_confirmed(&publisher, committed.id).await {
+                Ok(()) => {
+                    if marks.try_send(committed.id).is_err() {
+                        tracing::debug!(delivery = %committed.id, "mark backlog full; the relay will re-publish this job");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(delivery = %committed.id, %error, "job not confirmed; left to the outbox relay");
+                }
+            }
+            drop(slot);
+        });
+        while publishing.try_join_next().is_some() {}
+    }
+    while publishing.join_next().await.is_some() {}
+}
+
+async fn publish_confirmed(publisher: &SmsPublisher, id: DeliveryId) -> Result<(), QueueError> {
+    tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&SendSms::new(id)))
+        .await
+        .map_err(|_| QueueError::Timeout(PUBLISH_TIMEOUT))?
+}
+
+/// Writes marks in batches until every sender is gone and the backlog is empty.
+async fn write_marks(pool: Pool, mut marks: mpsc::Receiver<DeliveryId>) {
+    let mut batch = Vec::with_capacity(MARK_BATCH);
+    while marks.recv_many(&mut batch, MARK_BATCH).await > 0 {
         flush(&pool, &mut batch).await;
     }
 }

@@ -56,11 +56,10 @@ impl Worker {
             config.worker.concurrency > 0,
             "VERIFY_WORKER_CONCURRENCY must be at least 1"
         );
-        let mut database = config.database.clone();
-        // One connection per concurrent send is the most a worker can use at once.
-        database.pool_size = database
-            .pool_size
-            .max(usize::from(config.worker.concurrency).min(64));
+        // The pool is not sized to the concurrency: a send holds a connection only for its
+        // short claim and record statements, not while the provider answers, so a few
+        // connections serve many sends, and N workers stay well inside max_connections.
+        let database = config.database.clone();
         let pool = wait_for(
             "Postgres",
             database.startup_wait(),

@@ -101,12 +101,10 @@ async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<()
     Ok(())
 }
 
-/// Publishes the job of a committed send. A failure is not the caller's problem: the
-/// send is durable and the outbox relay publishes it once the broker is back.
-async fn enqueue(state: &AppState, delivery: &DeliveryRecord) {
-    if let Err(error) = state.outbox.publish(delivery.id).await {
-        tracing::warn!(delivery = %delivery.id, %error, "job not confirmed; left to the outbox relay");
-    }
+/// Hands the job of a committed send to the outbox, which publishes it in the background;
+/// the send is durable already, so the answer does not wait for the broker.
+fn enqueue(state: &AppState, delivery: &DeliveryRecord) {
+    state.outbox.publish(delivery.id);
 }
 
 /// The result of a start request.
@@ -154,7 +152,7 @@ async fn start_verification(
     {
         CreateOutcome::Created(created) => {
             let (verification, delivery) = *created;
-            enqueue(state, &delivery).await;
+            enqueue(state, &delivery);
             tracing::info!(verification = %verification.id, to = %verification.to, "verification started");
             Ok(Started::New(verification, vec![delivery]))
         }
@@ -349,7 +347,7 @@ pub async fn resend(
     .await?;
     match outcome {
         ResendOutcome::Created(delivery) => {
-            enqueue(state, &delivery).await;
+            enqueue(state, &delivery);
             find_verification(state, id).await
         }
         ResendOutcome::NotFound => Err(not_found()),

@@ -253,8 +253,10 @@ pub async fn mark_published(pool: &Pool, ids: &[DeliveryId]) -> Result<(), DbErr
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE sms_deliveries SET published_at = now()
-             WHERE id = ANY($1) AND published_at IS NULL",
+            // By primary key only: a `published_at IS NULL` condition here lets the planner
+            // pick the partial outbox index, whose dead entries it would walk on every call.
+            "UPDATE sms_deliveries SET published_at = coalesce(published_at, now())
+             WHERE id = ANY($1)",
         )
         .await?;
     client.execute(&statement, &[&ids]).await?;
