@@ -12,12 +12,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --workspace --release --locked \
     && mkdir -p /out \
-    && for bin in verify-api verify-worker verify-sink; do \
+    && for bin in verify-api verify-worker verify-sink verify-load; do \
            install -m 0755 "target/release/$bin" /out/ || exit 1; \
-       done \
-    && if [ -f target/release/verify-load ]; then \
-           install -m 0755 target/release/verify-load /out/; \
-       fi
+       done
 
 # ---- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim
