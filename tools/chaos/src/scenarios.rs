@@ -178,16 +178,47 @@ fn in_window(s: &Submission, (from, to): (DateTime<Utc>, DateTime<Utc>)) -> bool
     s.sent_at >= from && s.sent_at <= to
 }
 
-/// RabbitMQ stops; requests keep being accepted; the outbox publishes once it is back.
-async fn broker_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+/// The dependency an outage scenario stops.
+#[derive(Debug, Clone, Copy)]
+enum Dependency {
+    Postgres,
+    RabbitMq,
+}
+
+impl Dependency {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "Postgres",
+            Self::RabbitMq => "RabbitMQ",
+        }
+    }
+}
+
+/// An outage as it happened: the traffic sent through it and the audit's figures.
+struct Outage {
+    submissions: Vec<Submission>,
+    figures: Figures,
+    window: (DateTime<Utc>, DateTime<Utc>),
+}
+
+/// Stops `dependency` for the outage length under traffic, starts it again, audits, and
+/// checks the answers during the outage came within 2 s and the system recovered.
+async fn outage(h: &mut Harness, run: &mut Run, dependency: Dependency) -> anyhow::Result<Outage> {
     let calm = h.settings.calm();
     let traffic = h.traffic(0);
     sleep(calm).await;
-    let down = run.event("RabbitMQ stopped");
-    h.stop_rabbit().await?;
+    let name = dependency.name();
+    let down = run.event(format!("{name} stopped"));
+    match dependency {
+        Dependency::Postgres => h.stop_postgres().await?,
+        Dependency::RabbitMq => h.stop_rabbit().await?,
+    }
     sleep(h.settings.outage()).await;
-    h.start_rabbit().await?;
-    let back = run.event("RabbitMQ started again");
+    match dependency {
+        Dependency::Postgres => h.start_postgres().await?,
+        Dependency::RabbitMq => h.start_rabbit().await?,
+    }
+    let back = run.event(format!("{name} started again"));
     sleep(calm * 2).await;
     let submissions = traffic.finish().await;
     run.event("traffic stopped; auditing");
@@ -200,9 +231,22 @@ async fn broker_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures
         DRAIN,
     )
     .await?;
-    let refused = submissions
+    answered_in_time_check(run, &figures);
+    recovery_check(run, &figures);
+    Ok(Outage {
+        submissions,
+        figures,
+        window: (down, back),
+    })
+}
+
+/// RabbitMQ stops; requests keep being accepted; the outbox publishes once it is back.
+async fn broker_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let outage = outage(h, run, Dependency::RabbitMq).await?;
+    let refused = outage
+        .submissions
         .iter()
-        .filter(|s| in_window(s, (down, back)))
+        .filter(|s| in_window(s, outage.window))
         .filter(|s| !matches!(s.answer, Answer::Accepted { .. }))
         .count();
     run.check(
@@ -210,9 +254,7 @@ async fn broker_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures
         refused == 0,
         format!("{refused} not accepted"),
     );
-    answered_in_time_check(run, &figures);
-    recovery_check(run, &figures);
-    Ok(figures)
+    Ok(outage.figures)
 }
 
 /// The API is killed with -9 repeatedly: commits whose publish never happened are relayed.
@@ -303,33 +345,12 @@ async fn connections_cut(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figur
 
 /// Postgres stops: the API answers 503 with Retry-After at once, and recovers by itself.
 async fn postgres_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
-    let calm = h.settings.calm();
-    let traffic = h.traffic(0);
-    sleep(calm).await;
-    let down = run.event("Postgres stopped");
-    h.stop_postgres().await?;
-    sleep(h.settings.outage()).await;
-    h.start_postgres().await?;
-    let back = run.event("Postgres started again");
-    sleep(calm * 2).await;
-    let submissions = traffic.finish().await;
-    run.event("traffic stopped; auditing");
-    let figures = audit(
-        &h.stack,
-        &submissions,
-        back,
-        Some((down, back)),
-        &[back],
-        DRAIN,
-    )
-    .await?;
+    let figures = outage(h, run, Dependency::Postgres).await?.figures;
     run.check(
         "requests refused with 503 while Postgres is down",
         figures.answered_503 > 0,
         format!("{} answered 503", figures.answered_503),
     );
-    answered_in_time_check(run, &figures);
-    recovery_check(run, &figures);
     Ok(figures)
 }
 
