@@ -7,10 +7,12 @@
 //! - [`startup`]: builds the application from settings and serves until shutdown.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes.
 //! - `operations`: what each request does, shared by both route shapes.
+//! - `group_commit`: records concurrent start requests together, one commit per batch.
 //! - `outbox`: publishing jobs after commit, and re-publishing any the broker never
 //!   confirmed.
 //! - `error`: `ApiError`, the one error type handlers return, and its JSON form.
 //! - `idempotency`: `Idempotency-Key` handling for start requests.
+//! - `template_cache`: parsed templates for validating start requests without a query.
 //! - `auth`, `body`, `state`, `views`: API keys, bounded JSON bodies, shared state and
 //!   response representations.
 #![forbid(unsafe_code)]
@@ -18,12 +20,14 @@
 mod auth;
 mod body;
 mod error;
+mod group_commit;
 mod housekeeping;
 mod idempotency;
 mod operations;
 mod outbox;
 mod routes;
 mod state;
+mod template_cache;
 mod views;
 
 pub mod keys;

@@ -17,9 +17,11 @@ use verify_common::domain::new_template_engine;
 use verify_common::queue::{QueueError, SmsPublisher};
 
 use crate::auth::ApiKeys;
+use crate::group_commit::GroupCommit;
 use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
 use crate::routes::routes;
 use crate::state::AppState;
+use crate::template_cache::TemplateCache;
 
 /// Everything the API process is configured with.
 #[derive(Debug, Clone, Args)]
@@ -105,18 +107,27 @@ impl Application {
                 min_age: config.api.outbox_min_age(),
             },
         );
+        let templates = Arc::new(new_template_engine());
+        let outbox = Arc::new(outbox);
+        let send_limit = SendLimit {
+            max_sends: config.api.send_limit,
+            window: config.api.send_limit_window(),
+        };
         let state = AppState {
             api_keys: Arc::new(ApiKeys::new(config.api.api_key.as_ref(), pool.clone())),
+            group_commit: Arc::new(GroupCommit::start(
+                pool.clone(),
+                Arc::clone(&outbox),
+                send_limit,
+            )),
             pool,
-            outbox: Arc::new(outbox),
+            outbox,
             secret,
             otp,
-            send_limit: SendLimit {
-                max_sends: config.api.send_limit,
-                window: config.api.send_limit_window(),
-            },
+            send_limit,
             api: Arc::new(config.api.clone()),
-            templates: Arc::new(new_template_engine()),
+            template_cache: Arc::new(TemplateCache::new(Arc::clone(&templates))),
+            templates,
         };
         Ok(Self {
             listener,

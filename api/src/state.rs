@@ -11,18 +11,22 @@ use verify_common::domain::{CodeSecret, OtpPolicy};
 use warp::Filter;
 
 use crate::auth::ApiKeys;
+use crate::group_commit::GroupCommit;
 use crate::outbox::Outbox;
+use crate::template_cache::TemplateCache;
 
 /// Everything handlers need. Cheap to clone (all shared parts are behind `Arc`s).
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
     pub outbox: Arc<Outbox>,
+    pub group_commit: Arc<GroupCommit>,
     pub secret: CodeSecret,
     pub otp: OtpPolicy,
     pub send_limit: SendLimit,
     pub api: Arc<ApiSettings>,
     pub templates: Arc<Engine<'static>>,
+    pub template_cache: Arc<TemplateCache>,
     pub api_keys: Arc<ApiKeys>,
 }
 

@@ -109,9 +109,9 @@ pub async fn update_template(
 ) -> Result<TemplateRecord, ApiError> {
     let current = find_template(state, id).await?;
     let fields = validate(state, input, Some(&current))?;
-    templates::update_template(&state.pool, id, &fields)
-        .await?
-        .ok_or_else(not_found)
+    let updated = templates::update_template(&state.pool, id, &fields).await;
+    state.template_cache.forget(id);
+    updated?.ok_or_else(not_found)
 }
 
 /// One template.
@@ -129,11 +129,9 @@ pub async fn find_template(state: &AppState, id: i64) -> Result<TemplateRecord, 
 /// # Errors
 /// 404 for an unknown id.
 pub async fn delete_template(state: &AppState, id: i64) -> Result<(), ApiError> {
-    if templates::delete_template(&state.pool, id).await? {
-        Ok(())
-    } else {
-        Err(not_found())
-    }
+    let deleted = templates::delete_template(&state.pool, id).await;
+    state.template_cache.forget(id);
+    if deleted? { Ok(()) } else { Err(not_found()) }
 }
 
 /// Templates in id order, for paging with `after`.

@@ -9,13 +9,14 @@ use verify_common::db::verifications::{
 };
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
-    DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, TemplateBody, TemplateLocale,
-    Variables, VerificationId, VerificationStatus, default_template_text,
+    DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables,
+    VerificationId, VerificationStatus,
 };
 
 use crate::error::ApiError;
 use crate::operations::templates::template_error;
 use crate::state::AppState;
+use crate::template_cache::LookupError;
 use crate::views::CheckView;
 
 /// Shortest and longest code lifetime a request may ask for.
@@ -62,35 +63,30 @@ fn not_found() -> ApiError {
 /// a 400 instead of later in a worker.
 async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<(), ApiError> {
     let body = match request.template_id {
-        Some(id) => {
-            let record = verify_common::db::templates::find_template(&state.pool, id)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "template_not_found",
-                        "template_id",
-                        format!("template {id} does not exist"),
-                    )
-                })?;
-            TemplateBody::parse(&state.templates, &record.body).map_err(template_error)?
-        }
-        None => {
-            let language = request
+        Some(id) => state.template_cache.stored(&state.pool, id).await,
+        None => state.template_cache.built_in(
+            request
                 .locale
                 .as_ref()
-                .map_or("en", TemplateLocale::language);
-            let text = default_template_text(language).ok_or_else(|| {
-                ApiError::invalid(
-                    "unsupported_locale",
-                    "locale",
-                    format!(
-                        "there is no built-in text for {language:?}; create a template and pass template_id"
-                    ),
-                )
-            })?;
-            TemplateBody::parse(&state.templates, text).map_err(template_error)?
-        }
-    };
+                .map_or("en", TemplateLocale::language),
+        ),
+    }
+    .map_err(|error| match error {
+        LookupError::NotFound(id) => ApiError::invalid(
+            "template_not_found",
+            "template_id",
+            format!("template {id} does not exist"),
+        ),
+        LookupError::NoBuiltIn(language) => ApiError::invalid(
+            "unsupported_locale",
+            "locale",
+            format!(
+                "there is no built-in text for {language:?}; create a template and pass template_id"
+            ),
+        ),
+        LookupError::Invalid(error) => template_error(error),
+        LookupError::Db(error) => error.into(),
+    })?;
     if let Some(missing) = body.first_missing_variable(&request.variables) {
         return Err(ApiError::invalid(
             "missing_variable",
@@ -147,12 +143,26 @@ async fn start_verification(
         max_checks: state.otp.max_checks,
         ttl: request.ttl.unwrap_or(state.otp.ttl),
     };
-    match verifications::insert_verification(&state.pool, &new, state.send_limit, idempotency)
-        .await?
-    {
+    let outcome = match idempotency {
+        // The group commit hands the send's job to the outbox itself.
+        None => state.group_commit.insert(new).await?,
+        Some(claim) => {
+            let outcome = verifications::insert_idempotent_verification(
+                &state.pool,
+                &new,
+                state.send_limit,
+                claim,
+            )
+            .await?;
+            if let CreateOutcome::Created(created) = &outcome {
+                enqueue(state, &created.1);
+            }
+            outcome
+        }
+    };
+    match outcome {
         CreateOutcome::Created(created) => {
             let (verification, delivery) = *created;
-            enqueue(state, &delivery);
             tracing::info!(verification = %verification.id, to = %verification.to, "verification started");
             Ok(Started::New(verification, vec![delivery]))
         }

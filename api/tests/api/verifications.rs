@@ -210,6 +210,50 @@ async fn the_sixth_send_to_one_number_within_the_window_answers_429_with_retry_a
 }
 
 #[tokio::test]
+async fn concurrent_starts_for_one_number_never_exceed_its_send_limit() {
+    let app = spawn_app().await;
+    let busy = phone_number(20);
+    // Twenty requests for one number race with ten for other numbers, so they are recorded
+    // together in batches and separately, in whatever mix the timing gives.
+    let mut requests = tokio::task::JoinSet::new();
+    for n in 0..30 {
+        let to = if n % 3 == 0 {
+            phone_number(21 + n)
+        } else {
+            busy.clone()
+        };
+        let client = app.request(reqwest::Method::POST, "/v1/verifications");
+        requests.spawn(async move {
+            let response = client.json(&json!({ "to": to })).send().await.unwrap();
+            (to, response.status())
+        });
+    }
+    let answers = requests.join_all().await;
+
+    let to_busy = |status| {
+        answers
+            .iter()
+            .filter(|(to, answer)| *to == busy && *answer == status)
+            .count()
+    };
+    assert_eq!(to_busy(StatusCode::ACCEPTED), 5, "{answers:?}");
+    assert_eq!(to_busy(StatusCode::TOO_MANY_REQUESTS), 15, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|(to, _)| *to != busy)
+            .all(|(_, status)| *status == StatusCode::ACCEPTED),
+        "other numbers are not limited: {answers:?}"
+    );
+    let rows = app
+        .sql(&format!(
+            "SELECT count(*) FROM sms_deliveries WHERE to_number = '{busy}'"
+        ))
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), 5);
+}
+
+#[tokio::test]
 async fn cancel_closes_the_verification_and_a_second_cancel_answers_409() {
     let app = spawn_app().await;
     let to = phone_number(10);

@@ -11,6 +11,7 @@ pub mod deliveries;
 pub mod templates;
 pub mod verifications;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts};
@@ -22,7 +23,7 @@ use crate::config::DatabaseSettings;
 pub use deadpool_postgres::Pool;
 
 /// What can go wrong talking to Postgres.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     /// Postgres cannot be reached or the pool is exhausted; the caller should retry later.
     #[error("the database is unavailable: {0}")]
@@ -35,7 +36,8 @@ pub enum DbError {
     Corrupt(String),
     /// Any other database error.
     #[error("database query failed: {}", describe(.0))]
-    Query(#[source] tokio_postgres::Error),
+    /// Shared, so one failed statement can be reported to every request it served.
+    Query(#[source] Arc<tokio_postgres::Error>),
     /// The database URL or a migration is wrong.
     #[error("database set-up failed: {0}")]
     Setup(String),
@@ -63,7 +65,7 @@ impl From<tokio_postgres::Error> for DbError {
         match error.code() {
             None => Self::Unavailable(error.to_string()),
             Some(code) if transient_codes.contains(code) => Self::Unavailable(error.to_string()),
-            Some(_) => Self::Query(error),
+            Some(_) => Self::Query(Arc::new(error)),
         }
     }
 }
@@ -166,7 +168,7 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 5] = [
+const MIGRATIONS: [(i32, &str, &str); 6] = [
     (
         1,
         "api_keys",
@@ -191,6 +193,11 @@ const MIGRATIONS: [(i32, &str, &str); 5] = [
         5,
         "idempotency_keys",
         include_str!("../../../migrations/V5__idempotency_keys.sql"),
+    ),
+    (
+        6,
+        "start_verifications",
+        include_str!("../../../migrations/V6__start_verifications.sql"),
     ),
 ];
 

@@ -1,8 +1,10 @@
 //! Verification rows: creation (with the per-number send limit), checks, cancel, resend.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
@@ -146,104 +148,180 @@ async fn lock_number(
     Ok(())
 }
 
-/// Records a verification and its first send in one transaction, unless the number is
-/// over its send limit.
-///
-/// # Errors
-/// [`DbError`] on database failure.
-pub async fn insert_verification(
-    pool: &Pool,
-    new: &NewVerification,
+/// The call of the `start_verifications` function (migration V6), which takes the numbers'
+/// locks, applies the send limit and inserts the rows of a whole batch in one statement.
+/// Its rows are the request's position, the limit's wait, then the verification's and the
+/// send's columns, in the order [`verification_from_row`] and `delivery_from_row` read them.
+static START_VERIFICATIONS: LazyLock<String> = LazyLock::new(|| {
+    let fields = |record: &str, columns: &str| {
+        columns
+            .split(", ")
+            .map(|column| format!("({record}).{column}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "SELECT s.ord, s.retry_after_secs, {}, {}
+         FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) s",
+        fields("s.verification", VERIFICATION_COLUMNS),
+        fields("s.delivery", DELIVERY_COLUMNS),
+    )
+});
+
+/// Records a batch of verifications, each with its first send, in one statement; a
+/// request whose number is over its send limit gets [`CreateOutcome::RateLimited`] and
+/// creates nothing. The outcomes are in the order of `batch`. Runs in the transaction of
+/// `client` if it is one, else in its own.
+async fn start_batch(
+    client: &impl GenericClient,
+    batch: &[NewVerification],
     limit: SendLimit,
-    idempotency: Option<&IdempotencyClaim>,
-) -> Result<CreateOutcome, DbError> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    if let Some(claim) = idempotency {
-        // Writing the key first serialises duplicates: a concurrent request with the same
-        // key waits here until this transaction ends, then sees its row (or, after a
-        // rollback, takes the key itself). Keys older than 24 hours are taken over.
-        let taken = transaction
-            .query_opt(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, verification_id)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (scope, key) DO UPDATE
-                     SET request_hash = EXCLUDED.request_hash,
-                         verification_id = EXCLUDED.verification_id,
-                         response = NULL, created_at = now()
-                     WHERE idempotency_keys.created_at < now() - interval '24 hours'
-                 RETURNING 1",
-                &[
-                    &claim.scope.as_slice(),
-                    &claim.key,
-                    &claim.request_hash.as_slice(),
-                    &new.id.as_uuid(),
-                ],
-            )
-            .await?;
-        if taken.is_none() {
-            transaction.rollback().await?;
-            // Read the earlier request on this same connection: taking a second one
-            // while holding this one could exhaust the pool under a burst of duplicates.
-            return replay(&client, claim).await;
-        }
-    }
-    lock_number(&transaction, new.to.as_str()).await?;
-    // One statement after the lock: its snapshot is taken after the lock was granted, so
-    // the count sees every send committed by earlier holders of the lock.
-    let statement = transaction
-        .prepare_cached(&format!(
-            "WITH recent AS (
-                 SELECT count(*) AS n, min(created_at) AS oldest FROM sms_deliveries
-                 WHERE to_number = $2 AND created_at > now() - make_interval(secs => $11)
-             ), v AS (
-                 INSERT INTO verifications (id, to_number, template_id, locale, sender, variables,
-                                            code_length, code_nonce, max_checks, expires_at)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10)
-                 FROM recent WHERE recent.n < $12
-                 RETURNING {VERIFICATION_COLUMNS}
-             ), d AS (
-                 INSERT INTO sms_deliveries (id, verification_id, send_number, to_number)
-                 SELECT $13, v.id, 1, v.to_number FROM v
-                 RETURNING {DELIVERY_COLUMNS}
-             )
-             SELECT extract(epoch FROM recent.oldest + make_interval(secs => $11) - now())::float8,
-                    v.*, d.*
-             FROM recent LEFT JOIN v ON true LEFT JOIN d ON true"
-        ))
-        .await?;
-    let code_length = i16::from(new.code_length.get());
-    let max_checks = i32::try_from(new.max_checks).unwrap_or(i32::MAX);
-    let row = transaction
-        .query_one(
+) -> Result<Vec<CreateOutcome>, DbError> {
+    let ids: Vec<uuid::Uuid> = batch.iter().map(|new| new.id.as_uuid()).collect();
+    let tos: Vec<&str> = batch.iter().map(|new| new.to.as_str()).collect();
+    let template_ids: Vec<Option<i64>> = batch.iter().map(|new| new.template_id).collect();
+    let locales: Vec<Option<&str>> = batch
+        .iter()
+        .map(|new| new.locale.as_ref().map(TemplateLocale::as_str))
+        .collect();
+    let senders: Vec<Option<&str>> = batch
+        .iter()
+        .map(|new| new.sender.as_ref().map(Sender::as_str))
+        .collect();
+    let variables: Vec<serde_json::Value> =
+        batch.iter().map(|new| new.variables.to_json()).collect();
+    let code_lengths: Vec<i16> = batch
+        .iter()
+        .map(|new| i16::from(new.code_length.get()))
+        .collect();
+    let nonces: Vec<&[u8]> = batch.iter().map(|new| new.code_nonce.as_slice()).collect();
+    let max_checks: Vec<i32> = batch
+        .iter()
+        .map(|new| i32::try_from(new.max_checks).unwrap_or(i32::MAX))
+        .collect();
+    let ttls: Vec<f64> = batch.iter().map(|new| seconds(new.ttl)).collect();
+    let delivery_ids: Vec<uuid::Uuid> = batch.iter().map(|new| new.delivery_id.as_uuid()).collect();
+    let statement = client.prepare_cached(&START_VERIFICATIONS).await?;
+    let rows = client
+        .query(
             &statement,
             &[
-                &new.id.as_uuid(),
-                &new.to.as_str(),
-                &new.template_id,
-                &new.locale.as_ref().map(TemplateLocale::as_str),
-                &new.sender.as_ref().map(Sender::as_str),
-                &new.variables.to_json(),
-                &code_length,
-                &new.code_nonce.as_slice(),
+                &ids,
+                &tos,
+                &template_ids,
+                &locales,
+                &senders,
+                &variables,
+                &code_lengths,
+                &nonces,
                 &max_checks,
-                &seconds(new.ttl),
+                &ttls,
+                &delivery_ids,
                 &seconds(limit.window),
                 &i64::from(limit.max_sends),
-                &new.delivery_id.as_uuid(),
             ],
         )
         .await?;
-    let created: Option<uuid::Uuid> = row.get(1);
-    if created.is_none() {
+    if rows.len() != batch.len() {
+        return Err(DbError::Corrupt(format!(
+            "{} outcomes for a batch of {}",
+            rows.len(),
+            batch.len()
+        )));
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let position: i64 = row.get(0);
+            if usize::try_from(position).ok() != Some(index + 1) {
+                return Err(DbError::Corrupt(format!(
+                    "outcome {position} where {} was due",
+                    index + 1
+                )));
+            }
+            created_from_row(row)
+        })
+        .collect()
+}
+
+/// Records a batch of verifications, each with its first send, in one statement and one
+/// transaction (group commit). Outcomes are [`CreateOutcome::Created`] or
+/// [`CreateOutcome::RateLimited`], in the order of `batch`.
+///
+/// # Errors
+/// [`DbError`] on database failure: then nothing of the batch was recorded.
+pub async fn insert_verifications(
+    pool: &Pool,
+    batch: &[NewVerification],
+    limit: SendLimit,
+) -> Result<Vec<CreateOutcome>, DbError> {
+    let client = pool.get().await?;
+    start_batch(&client, batch, limit).await
+}
+
+/// Records one verification and its first send under an idempotency key: the key is
+/// written first, in the same transaction, so a repeat of the request replays the first
+/// one's outcome instead of creating another.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn insert_idempotent_verification(
+    pool: &Pool,
+    new: &NewVerification,
+    limit: SendLimit,
+    claim: &IdempotencyClaim,
+) -> Result<CreateOutcome, DbError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    // Writing the key first serialises duplicates: a concurrent request with the same
+    // key waits here until this transaction ends, then sees its row (or, after a
+    // rollback, takes the key itself). Keys older than 24 hours are taken over.
+    let taken = transaction
+        .query_opt(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, verification_id)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (scope, key) DO UPDATE
+                 SET request_hash = EXCLUDED.request_hash,
+                     verification_id = EXCLUDED.verification_id,
+                     response = NULL, created_at = now()
+                 WHERE idempotency_keys.created_at < now() - interval '24 hours'
+             RETURNING 1",
+            &[
+                &claim.scope.as_slice(),
+                &claim.key,
+                &claim.request_hash.as_slice(),
+                &new.id.as_uuid(),
+            ],
+        )
+        .await?;
+    if taken.is_none() {
         transaction.rollback().await?;
+        // Read the earlier request on this same connection: taking a second one
+        // while holding this one could exhaust the pool under a burst of duplicates.
+        return replay(&client, claim).await;
+    }
+    let outcome = start_batch(&transaction, std::slice::from_ref(new), limit)
+        .await?
+        .pop()
+        .ok_or_else(|| DbError::Corrupt("no outcome for the request".to_owned()))?;
+    match outcome {
+        // The key must not outlive a request that created nothing.
+        CreateOutcome::RateLimited { .. } => transaction.rollback().await?,
+        _ => transaction.commit().await?,
+    }
+    Ok(outcome)
+}
+
+/// Reads the outcome of one request from a `start_verifications` row.
+fn created_from_row(row: &Row) -> Result<CreateOutcome, DbError> {
+    let created: Option<uuid::Uuid> = row.get(2);
+    if created.is_none() {
         return Ok(CreateOutcome::RateLimited {
-            retry_after: retry_after_from(row.get(0)),
+            retry_after: retry_after_from(row.get(1)),
         });
     }
-    let verification = verification_from_row(&row, 1)?;
-    let delivery = super::deliveries::delivery_from_row(&row, 16)?;
-    transaction.commit().await?;
+    let verification = verification_from_row(row, 2)?;
+    let delivery = super::deliveries::delivery_from_row(row, 17)?;
     Ok(CreateOutcome::Created(Box::new((verification, delivery))))
 }
 
