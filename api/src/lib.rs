@@ -7,7 +7,7 @@
 //! - [`startup`]: builds the application from settings and serves until shutdown.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes.
 //! - `operations`: what each request does, shared by both route shapes.
-//! - `group_commit`: records concurrent start requests together, one commit per batch.
+//! - `group_commit`: records concurrent start requests together, one statement per batch.
 //! - `outbox`: publishing jobs after commit, and re-publishing any the broker never
 //!   confirmed.
 //! - `error`: `ApiError`, the one error type handlers return, and its JSON form.

@@ -17,7 +17,7 @@ use verify_common::domain::new_template_engine;
 use verify_common::queue::{QueueError, SmsPublisher};
 
 use crate::auth::ApiKeys;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::record_starts;
 use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
 use crate::routes::routes;
 use crate::state::AppState;
@@ -115,11 +115,7 @@ impl Application {
         };
         let state = AppState {
             api_keys: Arc::new(ApiKeys::new(config.api.api_key.as_ref(), pool.clone())),
-            group_commit: Arc::new(GroupCommit::start(
-                pool.clone(),
-                Arc::clone(&outbox),
-                send_limit,
-            )),
+            starts: record_starts(pool.clone(), Arc::clone(&outbox), send_limit),
             pool,
             outbox,
             secret,

@@ -11,7 +11,7 @@ use verify_common::domain::{CodeSecret, OtpPolicy};
 use warp::Filter;
 
 use crate::auth::ApiKeys;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::Starts;
 use crate::outbox::Outbox;
 use crate::template_cache::TemplateCache;
 
@@ -20,7 +20,7 @@ use crate::template_cache::TemplateCache;
 pub struct AppState {
     pub pool: Pool,
     pub outbox: Arc<Outbox>,
-    pub group_commit: Arc<GroupCommit>,
+    pub starts: Starts,
     pub secret: CodeSecret,
     pub otp: OtpPolicy,
     pub send_limit: SendLimit,

@@ -6,6 +6,8 @@
 //!   verification and delivery states) and the rules between them.
 //! - [`dependency`]: waiting for Postgres and RabbitMQ at start-up instead of failing.
 //! - [`db`]: the only place that speaks SQL; pools, migrations and one module per table.
+//! - [`group_commit`]: many callers' writes recorded by one statement, each with its own
+//!   result.
 //! - [`queue`]: the only place (with the worker's consumer) that speaks AMQP; topology,
 //!   job messages, the confirming publisher and the dead-letter queue's headers and
 //!   browser.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod dependency;
 pub mod domain;
+pub mod group_commit;
 pub mod queue;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

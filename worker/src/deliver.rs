@@ -16,9 +16,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::json;
-use verify_common::db::deliveries::{self, AttemptRecord, ClaimOutcome, ClaimedSend};
+use verify_common::db::deliveries::{
+    self, AttemptRecord, ClaimOutcome, ClaimedSend, FinishedAttempt,
+};
 use verify_common::db::{DbError, Pool};
-use verify_common::domain::{CodeSecret, DeliveryStatus, VerificationStatus};
+use verify_common::domain::{CodeSecret, DeliveryId, DeliveryStatus, VerificationStatus};
+use verify_common::group_commit::{BatchLimits, GroupCommit};
 use verify_common::queue::SendSms;
 
 use crate::dead_letters::DeadLetterReason;
@@ -43,9 +46,38 @@ pub enum Outcome {
     DeadLetter(DeadLetterReason),
 }
 
+/// Claims of concurrent jobs, recorded together (see [`GroupCommit`]).
+pub type Claims = GroupCommit<DeliveryId, ClaimOutcome>;
+/// Ends of concurrent attempts, recorded together; `false` where the send was taken over.
+pub type Finishes = GroupCommit<FinishedAttempt, bool>;
+
+/// Up to 64 jobs per statement, four statements of each kind at once: with the default
+/// pool of 16 connections, claims and records never wait for each other's connections.
+const BATCH_LIMITS: BatchLimits = BatchLimits {
+    max_batch: 64,
+    in_flight: 4,
+};
+
+/// Starts the batcher of claims, each with a lease of `lease`.
+pub fn record_claims(pool: Pool, lease: Duration) -> Claims {
+    GroupCommit::start(BATCH_LIMITS, move |ids: Vec<DeliveryId>| {
+        let pool = pool.clone();
+        async move { deliveries::claim_deliveries(&pool, &ids, lease).await }
+    })
+}
+
+/// Starts the batcher of attempts' ends.
+pub fn record_finishes(pool: Pool) -> Finishes {
+    GroupCommit::start(BATCH_LIMITS, move |batch: Vec<FinishedAttempt>| {
+        let pool = pool.clone();
+        async move { deliveries::finish_attempts(&pool, &batch).await }
+    })
+}
+
 /// What delivering needs, shared by all tasks of a worker.
 pub struct Deps {
-    pub pool: Pool,
+    pub claims: Claims,
+    pub finishes: Finishes,
     pub provider: SmsProvider,
     pub renderer: SmsRenderer,
     pub secret: CodeSecret,
@@ -60,7 +92,7 @@ pub struct Deps {
 /// # Errors
 /// [`DbError`] when Postgres fails: nothing was recorded, so the job must be retried.
 pub async fn deliver_sms(job: &SendSms, deps: &Arc<Deps>) -> Result<Outcome, DbError> {
-    let send = match deliveries::claim_delivery(&deps.pool, job.delivery_id, deps.lease).await? {
+    let send = match deps.claims.submit(job.delivery_id).await? {
         ClaimOutcome::Claimed(send) => send,
         ClaimOutcome::AlreadyFinished(status) => {
             tracing::debug!(delivery = %job.delivery_id, ?status, "duplicate job for a finished send");
@@ -233,10 +265,15 @@ async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Resu
     let give_up_at = Instant::now() + code_lifetime.max(deps.lease);
     let mut pause = RECORD_RETRY_FIRST;
     loop {
-        match deliveries::finish_attempt(&deps.pool, send.delivery_id, send.attempt, record).await {
-            Ok(()) => return Ok(true),
+        let finished = FinishedAttempt {
+            id: send.delivery_id,
+            attempt: send.attempt,
+            record: record.clone(),
+        };
+        match deps.finishes.submit(finished).await {
+            Ok(true) => return Ok(true),
             // Our lease ran out and another worker took the send over: its result stands.
-            Err(DbError::TransitionRejected) => {
+            Ok(false) => {
                 tracing::warn!(delivery = %send.delivery_id, "send was taken over by another worker; result dropped");
                 return Ok(false);
             }

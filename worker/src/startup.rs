@@ -14,7 +14,7 @@ use verify_common::domain::Sender;
 use verify_common::queue::{QueueError, SmsPublisher};
 
 use crate::consumer::{Consumer, worker_identity};
-use crate::deliver::Deps;
+use crate::deliver::{Deps, record_claims, record_finishes};
 use crate::providers::SmsProvider;
 use crate::render::SmsRenderer;
 use crate::retry::RetryPolicy;
@@ -56,9 +56,9 @@ impl Worker {
             config.worker.concurrency > 0,
             "VERIFY_WORKER_CONCURRENCY must be at least 1"
         );
-        // The pool is not sized to the concurrency: a send holds a connection only for its
-        // short claim and record statements, not while the provider answers, so a few
-        // connections serve many sends, and N workers stay well inside max_connections.
+        // The pool is not sized to the concurrency: sends never hold a connection; their
+        // claims and records are batched (at most 8 statements at once, see `deliver`),
+        // so N workers stay well inside max_connections.
         let database = config.database.clone();
         let pool = wait_for(
             "Postgres",
@@ -77,7 +77,8 @@ impl Worker {
         .await
         .context("connecting to RabbitMQ")?;
         let deps = Deps {
-            pool,
+            claims: record_claims(pool.clone(), config.worker.send_lease()),
+            finishes: record_finishes(pool),
             provider: SmsProvider::from_settings(&config.provider)?,
             renderer: SmsRenderer::default(),
             secret,

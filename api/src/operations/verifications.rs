@@ -145,7 +145,7 @@ async fn start_verification(
     };
     let outcome = match idempotency {
         // The group commit hands the send's job to the outbox itself.
-        None => state.group_commit.insert(new).await?,
+        None => state.starts.submit(new).await?,
         Some(claim) => {
             let outcome = verifications::insert_idempotent_verification(
                 &state.pool,

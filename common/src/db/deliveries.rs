@@ -1,5 +1,6 @@
 //! SMS delivery rows: the worker's guarded claim and the recording of each attempt.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -109,17 +110,20 @@ pub enum ClaimOutcome {
     Missing,
 }
 
-/// Claims a delivery for sending. The `UPDATE` only matches a delivery that is waiting
-/// (`queued`/`retrying`) or whose previous claim's lease has run out (its worker died), so
-/// two workers given the same job cannot both send it.
+/// Claims a batch of deliveries for sending, one statement for all. The `UPDATE` only
+/// matches a delivery that is waiting (`queued`/`retrying`) or whose previous claim's lease
+/// has run out (its worker died), so two workers given the same job cannot both send it.
+/// Outcomes are in the order of `ids`; a delivery that could not be claimed is explained
+/// by a second, read-only statement.
 ///
 /// # Errors
-/// [`DbError`] on database failure.
-pub async fn claim_delivery(
+/// [`DbError`] on database failure: then nothing was claimed.
+pub async fn claim_deliveries(
     pool: &Pool,
-    id: DeliveryId,
+    ids: &[DeliveryId],
     lease: Duration,
-) -> Result<ClaimOutcome, DbError> {
+) -> Result<Vec<ClaimOutcome>, DbError> {
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(DeliveryId::as_uuid).collect();
     let client = pool.get().await?;
     let claim = client
         .prepare_cached(
@@ -127,11 +131,12 @@ pub async fn claim_delivery(
                  UPDATE sms_deliveries d
                  SET status = 'sending', attempts = d.attempts + 1,
                      lease_until = now() + make_interval(secs => $2), updated_at = now()
-                 WHERE d.id = $1
+                 FROM unnest($1::uuid[]) AS job (id)
+                 WHERE d.id = job.id
                    AND (d.status = ANY($3) OR (d.status = 'sending' AND d.lease_until < now()))
-                 RETURNING d.attempts, d.verification_id
+                 RETURNING d.id, d.attempts, d.verification_id
              )
-             SELECT c.attempts, v.id, v.status, v.to_number, v.expires_at, v.code_nonce,
+             SELECT c.id, c.attempts, v.id, v.status, v.to_number, v.expires_at, v.code_nonce,
                     v.code_length, v.variables, v.template_id, t.body, v.locale, v.sender
              FROM claimed c
              JOIN verifications v ON v.id = c.verification_id
@@ -139,46 +144,73 @@ pub async fn claim_delivery(
         )
         .await?;
     let waiting = DeliveryStatus::Sending.allowed_previous();
-    if let Some(row) = client
-        .query_opt(&claim, &[&id.as_uuid(), &seconds(lease), &waiting])
+    let mut claimed = HashMap::with_capacity(ids.len());
+    for row in client
+        .query(&claim, &[&uuids, &seconds(lease), &waiting])
         .await?
     {
-        let status: String = row.get(2);
-        let code_length: i16 = row.get(6);
-        return Ok(ClaimOutcome::Claimed(Box::new(ClaimedSend {
-            delivery_id: id,
-            attempt: row.get(0),
-            verification_id: VerificationId::from_uuid(row.get(1)),
-            verification_status: status.parse().map_err(DbError::Corrupt)?,
-            to: PhoneNumber::from_trusted_storage(row.get(3)),
-            expires_at: row.get(4),
-            code_nonce: row.get(5),
-            code_length: OtpCodeLength::parse(i64::from(code_length))
-                .map_err(|e| DbError::Corrupt(e.to_string()))?,
-            variables: Variables::from_trusted_storage(&row.get::<_, serde_json::Value>(7)),
-            template_id: row.get(8),
-            template_body: row.get(9),
-            locale: row.get(10),
-            sender: row.get(11),
-        })));
+        let id: uuid::Uuid = row.get(0);
+        claimed.insert(id, claimed_send(&row)?);
     }
-    let current = client
-        .query_opt(
-            "SELECT status, greatest(extract(epoch FROM lease_until - now()), 0)::float8
-             FROM sms_deliveries WHERE id = $1",
-            &[&id.as_uuid()],
-        )
-        .await?;
-    let Some(row) = current else {
-        return Ok(ClaimOutcome::Missing);
-    };
-    let status: DeliveryStatus = row.get::<_, String>(0).parse().map_err(DbError::Corrupt)?;
-    if status.is_terminal() {
-        return Ok(ClaimOutcome::AlreadyFinished(status));
+    let unclaimed: Vec<uuid::Uuid> = uuids
+        .iter()
+        .filter(|id| !claimed.contains_key(*id))
+        .copied()
+        .collect();
+    let mut current = HashMap::with_capacity(unclaimed.len());
+    if !unclaimed.is_empty() {
+        for row in client
+            .query(
+                "SELECT id, status, greatest(extract(epoch FROM lease_until - now()), 0)::float8
+                 FROM sms_deliveries WHERE id = ANY($1)",
+                &[&unclaimed],
+            )
+            .await?
+        {
+            let id: uuid::Uuid = row.get(0);
+            let status: DeliveryStatus =
+                row.get::<_, String>(1).parse().map_err(DbError::Corrupt)?;
+            let remaining: Option<f64> = row.get(2);
+            current.insert(id, (status, remaining));
+        }
     }
-    let remaining: Option<f64> = row.get(1);
-    Ok(ClaimOutcome::HeldElsewhere {
-        lease_remaining: Duration::from_secs_f64(remaining.unwrap_or(0.0)),
+    Ok(uuids
+        .iter()
+        .map(|id| {
+            if let Some(send) = claimed.remove(id) {
+                return ClaimOutcome::Claimed(Box::new(send));
+            }
+            match current.get(id) {
+                None => ClaimOutcome::Missing,
+                Some((status, _)) if status.is_terminal() => ClaimOutcome::AlreadyFinished(*status),
+                // Also a second job for a delivery claimed earlier in this same batch.
+                Some((_, remaining)) => ClaimOutcome::HeldElsewhere {
+                    lease_remaining: Duration::from_secs_f64(remaining.unwrap_or(0.0)),
+                },
+            }
+        })
+        .collect())
+}
+
+/// Reads a claimed send from a row of the claim statement.
+fn claimed_send(row: &Row) -> Result<ClaimedSend, DbError> {
+    let status: String = row.get(3);
+    let code_length: i16 = row.get(7);
+    Ok(ClaimedSend {
+        delivery_id: DeliveryId::from_uuid(row.get(0)),
+        attempt: row.get(1),
+        verification_id: VerificationId::from_uuid(row.get(2)),
+        verification_status: status.parse().map_err(DbError::Corrupt)?,
+        to: PhoneNumber::from_trusted_storage(row.get(4)),
+        expires_at: row.get(5),
+        code_nonce: row.get(6),
+        code_length: OtpCodeLength::parse(i64::from(code_length))
+            .map_err(|e| DbError::Corrupt(e.to_string()))?,
+        variables: Variables::from_trusted_storage(&row.get::<_, serde_json::Value>(8)),
+        template_id: row.get(9),
+        template_body: row.get(10),
+        locale: row.get(11),
+        sender: row.get(12),
     })
 }
 
@@ -195,52 +227,85 @@ pub struct AttemptRecord {
     pub log_entry: serde_json::Value,
 }
 
-/// Records the end of attempt `attempt`. Guarded by status and attempt number: if the
-/// lease ran out and another worker re-claimed the send meanwhile, this worker's result is
-/// rejected ([`DbError::TransitionRejected`]) rather than overwriting the newer attempt.
+/// The end of one claimed attempt, to be recorded.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub id: DeliveryId,
+    /// The attempt's number, as claimed.
+    pub attempt: i32,
+    pub record: AttemptRecord,
+}
+
+/// Records the ends of a batch of attempts, one statement for all. Each is guarded by
+/// status and attempt number: if the lease ran out and another worker re-claimed the send
+/// meanwhile, that attempt's result is not written (`false` in its place) rather than
+/// overwriting the newer attempt. Results are in the order of `batch`.
 ///
 /// # Errors
-/// [`DbError::TransitionRejected`] when the row moved on; other [`DbError`]s on failure.
-pub async fn finish_attempt(
-    pool: &Pool,
-    id: DeliveryId,
-    attempt: i32,
-    record: &AttemptRecord,
-) -> Result<(), DbError> {
+/// [`DbError`] on database failure: then nothing was recorded.
+pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<Vec<bool>, DbError> {
+    let ids: Vec<uuid::Uuid> = batch.iter().map(|f| f.id.as_uuid()).collect();
+    let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
+    let statuses: Vec<&str> = batch.iter().map(|f| f.record.next.as_str()).collect();
+    let message_ids: Vec<Option<&str>> = batch
+        .iter()
+        .map(|f| f.record.provider_message_id.as_deref())
+        .collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|f| f.record.error.as_deref()).collect();
+    let retry_in: Vec<Option<f64>> = batch
+        .iter()
+        .map(|f| f.record.retry_in.map(seconds))
+        .collect();
+    let log_entries: Vec<&serde_json::Value> = batch.iter().map(|f| &f.record.log_entry).collect();
+    // Each status's allowed sources, as one comma-separated text per row (arrays of
+    // arrays must be rectangular).
+    let allowed_from: Vec<String> = batch
+        .iter()
+        .map(|f| f.record.next.allowed_previous().join(","))
+        .collect();
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE sms_deliveries
-             SET status = $3,
-                 provider_message_id = coalesce($4, provider_message_id),
-                 last_error = $5,
-                 next_attempt_at = now() + make_interval(secs => $6),
-                 sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+            "UPDATE sms_deliveries d
+             SET status = f.status,
+                 provider_message_id = coalesce(f.provider_message_id, d.provider_message_id),
+                 last_error = f.last_error,
+                 next_attempt_at = now() + make_interval(secs => f.retry_in_secs),
+                 sent_at = CASE WHEN f.status = 'sent' THEN now() ELSE d.sent_at END,
                  lease_until = NULL,
                  updated_at = now(),
-                 attempt_log = attempt_log || jsonb_build_array($7::jsonb)
-             WHERE id = $1 AND attempts = $2 AND status = ANY($8)",
+                 attempt_log = d.attempt_log || jsonb_build_array(f.log_entry)
+             FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::text[],
+                         $6::float8[], $7::jsonb[], $8::text[])
+                  AS f (id, attempt, status, provider_message_id, last_error, retry_in_secs,
+                        log_entry, allowed_from)
+             WHERE d.id = f.id AND d.attempts = f.attempt
+               AND d.status = ANY (string_to_array(f.allowed_from, ','))
+             RETURNING d.id, d.attempts",
         )
         .await?;
-    let changed = client
-        .execute(
+    let recorded: HashSet<(uuid::Uuid, i32)> = client
+        .query(
             &statement,
             &[
-                &id.as_uuid(),
-                &attempt,
-                &record.next.as_str(),
-                &record.provider_message_id,
-                &record.error,
-                &record.retry_in.map(seconds),
-                &record.log_entry,
-                &record.next.allowed_previous(),
+                &ids,
+                &attempts,
+                &statuses,
+                &message_ids,
+                &errors,
+                &retry_in,
+                &log_entries,
+                &allowed_from,
             ],
         )
-        .await?;
-    if changed == 0 {
-        return Err(DbError::TransitionRejected);
-    }
-    Ok(())
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(batch
+        .iter()
+        .map(|f| recorded.contains(&(f.id.as_uuid(), f.attempt)))
+        .collect())
 }
 
 /// Records that the jobs of these deliveries were confirmed by the broker, so the outbox
