@@ -5,8 +5,10 @@
 //! what must be sent. The job is then handed to a background dispatcher, which publishes
 //! it with a publisher confirm (many in flight at once) while the request returns; the
 //! broker's confirm latency (it confirms a persistent message once it is on disk) never
-//! reaches the producer. After the confirm the send is marked published; marks are
-//! batched, so the hot path pays one channel send, not one `UPDATE`. The relay
+//! reaches the producer. A worker's claim marks a send published (its job was consumed);
+//! a send whose job is still waiting in the queue a little after its confirm (a backlog,
+//! no worker running) is marked by the API, in batches. Waiting first means that under
+//! normal flow the claim has already done it and the API writes nothing. The relay
 //! periodically publishes queued sends that were never marked (the publish failed, timed
 //! out, waited too long, or the process died between commit and publish). A crash after
 //! the confirm but before the mark re-publishes a job that is already queued; the
@@ -34,6 +36,10 @@ const PUBLISHES_IN_FLIGHT: usize = 1_024;
 const MARK_BACKLOG: usize = 65_536;
 /// Most marks written in one `UPDATE`.
 const MARK_BATCH: usize = 1_000;
+/// A confirmed job is marked published by the API no sooner than this fraction of the
+/// relay's minimum age after its confirm (most are claimed by then), and so no later than
+/// about twice that: well before the relay would consider it.
+const MARK_DELAY_DIVISOR: u32 = 5;
 /// Most sends the relay publishes per round.
 const RELAY_BATCH: i64 = 500;
 
@@ -125,7 +131,7 @@ impl OutboxTasks {
             stale_after,
             shutdown,
         );
-        let marks = write_marks(self.pool, marks);
+        let marks = write_marks(self.pool, marks, self.schedule.min_age / MARK_DELAY_DIVISOR);
         tokio::join!(relay, dispatch, marks);
     }
 }
@@ -133,7 +139,7 @@ impl OutboxTasks {
 async fn dispatch(
     publisher: Arc<SmsPublisher>,
     mut queued: mpsc::Receiver<Committed>,
-    marks: mpsc::Sender<DeliveryId>,
+    marks: mpsc::Sender<Confirmed>,
     stale_after: Duration,
     shutdown: CancellationToken,
 ) {
@@ -163,7 +169,11 @@ async fn dispatch(
         publishing.spawn(async move {
             match publish_confirmed(&publisher, committed.id).await {
                 Ok(()) => {
-                    if marks.try_send(committed.id).is_err() {
+                    let confirmed = Confirmed {
+                        id: committed.id,
+                        at: Instant::now(),
+                    };
+                    if marks.try_send(confirmed).is_err() {
                         tracing::debug!(delivery = %committed.id, "mark backlog full; the relay will re-publish this job");
                     }
                 }
@@ -184,16 +194,29 @@ async fn publish_confirmed(publisher: &SmsPublisher, id: DeliveryId) -> Result<(
         .map_err(|_| QueueError::Timeout(PUBLISH_TIMEOUT))?
 }
 
-/// Writes marks in batches until every sender is gone and the backlog is empty.
-async fn write_marks(pool: Pool, mut marks: mpsc::Receiver<DeliveryId>) {
+/// A job the broker confirmed, and when.
+struct Confirmed {
+    id: DeliveryId,
+    at: Instant,
+}
+
+/// Writes marks in batches, each once its newest mark is `delay` old, until every sender is
+/// gone and the backlog is empty (then without waiting: the process is stopping).
+async fn write_marks(pool: Pool, mut marks: mpsc::Receiver<Confirmed>, delay: Duration) {
     let mut batch = Vec::with_capacity(MARK_BATCH);
     while marks.recv_many(&mut batch, MARK_BATCH).await > 0 {
+        if let Some(newest) = batch.last()
+            && !marks.is_closed()
+        {
+            tokio::time::sleep_until(newest.at + delay).await;
+        }
         flush(&pool, &mut batch).await;
     }
 }
 
-async fn flush(pool: &Pool, batch: &mut Vec<DeliveryId>) {
-    if let Err(error) = deliveries::mark_published(pool, batch).await {
+async fn flush(pool: &Pool, batch: &mut Vec<Confirmed>) {
+    let ids: Vec<DeliveryId> = batch.iter().map(|confirmed| confirmed.id).collect();
+    if let Err(error) = deliveries::mark_published(pool, &ids).await {
         tracing::warn!(%error, count = batch.len(), "could not mark jobs published; the relay will re-publish them");
     }
     batch.clear();

@@ -50,3 +50,20 @@ async fn a_send_whose_publish_was_never_confirmed_is_relayed_and_sent_exactly_on
     assert_eq!(app.sent_sms(&to).len(), 1);
     assert_eq!(verification["sends"][0]["attempts"], 1);
 }
+
+#[tokio::test]
+async fn a_send_taken_by_a_worker_has_left_the_outbox_whether_or_not_the_api_marked_it() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    let created = app
+        .start_verification(&json!({ "to": phone_number(2) }))
+        .await;
+
+    app.wait_for_delivery_status(created["id"].as_str().unwrap(), "sent")
+        .await;
+
+    // The claim records the publish itself, so the relay's index never keeps sent rows.
+    let rows = app
+        .sql("SELECT count(*) FROM sms_deliveries WHERE published_at IS NULL")
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), 0);
+}

@@ -130,7 +130,9 @@ pub async fn claim_deliveries(
             "WITH claimed AS (
                  UPDATE sms_deliveries d
                  SET status = 'sending', attempts = d.attempts + 1,
-                     lease_until = now() + make_interval(secs => $2), updated_at = now()
+                     lease_until = now() + make_interval(secs => $2), updated_at = now(),
+                     -- A consumed job was evidently published: this leaves the outbox.
+                     published_at = coalesce(d.published_at, now())
                  FROM unnest($1::uuid[]) AS job (id)
                  WHERE d.id = job.id
                    AND (d.status = ANY($3) OR (d.status = 'sending' AND d.lease_until < now()))
@@ -146,7 +148,7 @@ pub async fn claim_deliveries(
     let waiting = DeliveryStatus::Sending.allowed_previous();
     let mut claimed = HashMap::with_capacity(ids.len());
     for row in client
-        .query(&claim, &[&uuids, &seconds(lease), &waiting])
+        .query(&claim, &[&in_lock_order(&uuids), &seconds(lease), &waiting])
         .await?
     {
         let id: uuid::Uuid = row.get(0);
@@ -190,6 +192,15 @@ pub async fn claim_deliveries(
             }
         })
         .collect())
+}
+
+/// `ids` sorted. Statements that update many deliveries take their row locks in the order
+/// of their input; giving them all the same order means two of them can wait for each
+/// other but never deadlock. (`= ANY` index scans sort their keys themselves.)
+fn in_lock_order(ids: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted
 }
 
 /// Reads a claimed send from a row of the claim statement.
@@ -244,22 +255,25 @@ pub struct FinishedAttempt {
 /// # Errors
 /// [`DbError`] on database failure: then nothing was recorded.
 pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<Vec<bool>, DbError> {
-    let ids: Vec<uuid::Uuid> = batch.iter().map(|f| f.id.as_uuid()).collect();
-    let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
-    let statuses: Vec<&str> = batch.iter().map(|f| f.record.next.as_str()).collect();
-    let message_ids: Vec<Option<&str>> = batch
+    // In id order, so batches touching the same rows lock them in the same order.
+    let mut rows: Vec<&FinishedAttempt> = batch.iter().collect();
+    rows.sort_by_key(|f| f.id.as_uuid());
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|f| f.id.as_uuid()).collect();
+    let attempts: Vec<i32> = rows.iter().map(|f| f.attempt).collect();
+    let statuses: Vec<&str> = rows.iter().map(|f| f.record.next.as_str()).collect();
+    let message_ids: Vec<Option<&str>> = rows
         .iter()
         .map(|f| f.record.provider_message_id.as_deref())
         .collect();
-    let errors: Vec<Option<&str>> = batch.iter().map(|f| f.record.error.as_deref()).collect();
-    let retry_in: Vec<Option<f64>> = batch
+    let errors: Vec<Option<&str>> = rows.iter().map(|f| f.record.error.as_deref()).collect();
+    let retry_in: Vec<Option<f64>> = rows
         .iter()
         .map(|f| f.record.retry_in.map(seconds))
         .collect();
-    let log_entries: Vec<&serde_json::Value> = batch.iter().map(|f| &f.record.log_entry).collect();
+    let log_entries: Vec<&serde_json::Value> = rows.iter().map(|f| &f.record.log_entry).collect();
     // Each status's allowed sources, as one comma-separated text per row (arrays of
     // arrays must be rectangular).
-    let allowed_from: Vec<String> = batch
+    let allowed_from: Vec<String> = rows
         .iter()
         .map(|f| f.record.next.allowed_previous().join(","))
         .collect();
@@ -309,7 +323,8 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
 }
 
 /// Records that the jobs of these deliveries were confirmed by the broker, so the outbox
-/// relay leaves them alone.
+/// relay leaves them alone. Only sends still queued are written: a claimed send was marked
+/// by its claim, so marks written a little after the confirm mostly find nothing to do.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -321,7 +336,7 @@ pub async fn mark_published(pool: &Pool, ids: &[DeliveryId]) -> Result<(), DbErr
             // By primary key only: a `published_at IS NULL` condition here lets the planner
             // pick the partial outbox index, whose dead entries it would walk on every call.
             "UPDATE sms_deliveries SET published_at = coalesce(published_at, now())
-             WHERE id = ANY($1)",
+             WHERE id = ANY($1) AND status = 'queued'",
         )
         .await?;
     client.execute(&statement, &[&ids]).await?;
