@@ -196,7 +196,7 @@ pub async fn claim_deliveries(
 
 /// `ids` sorted. Statements that update many deliveries take their row locks in the order
 /// of their input; giving them all the same order means two of them can wait for each
-/// other but never deadlock. (`= ANY` index scans sort their keys themselves.)
+/// other but never deadlock.
 fn in_lock_order(ids: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
@@ -333,13 +333,16 @@ pub async fn mark_published(pool: &Pool, ids: &[DeliveryId]) -> Result<(), DbErr
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
+            // Joined with the ids in lock order, like claims and records (`= ANY` would let
+            // the planner choose a bitmap scan, which locks rows in their physical order).
             // By primary key only: a `published_at IS NULL` condition here lets the planner
             // pick the partial outbox index, whose dead entries it would walk on every call.
-            "UPDATE sms_deliveries SET published_at = coalesce(published_at, now())
-             WHERE id = ANY($1) AND status = 'queued'",
+            "UPDATE sms_deliveries d SET published_at = coalesce(d.published_at, now())
+             FROM unnest($1::uuid[]) AS job (id)
+             WHERE d.id = job.id AND d.status = 'queued'",
         )
         .await?;
-    client.execute(&statement, &[&ids]).await?;
+    client.execute(&statement, &[&in_lock_order(&ids)]).await?;
     Ok(())
 }
 
