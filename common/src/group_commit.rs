@@ -5,12 +5,13 @@
 //! disk. A [`GroupCommit`] takes single writes from any number of tasks and hands whatever
 //! has queued up to one call of its `record` function (a statement over arrays), then
 //! gives each caller its own result. Nothing waits for a batch to fill: a batch starts as
-//! soon as one of the in-flight slots is free, so under light load it holds one write and
-//! adds no delay, and under heavy load batches grow by themselves while earlier ones are
-//! in Postgres.
+//! soon as one of the in-flight slots is free and its short `linger` has passed, so under
+//! light load it holds one write and adds only the linger, and under heavy load batches
+//! grow by themselves while earlier ones are in Postgres.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -23,6 +24,8 @@ pub struct BatchLimits {
     pub max_batch: usize,
     /// Calls running at once (each holds one pooled connection meanwhile).
     pub in_flight: usize,
+    /// How long a batch that is not full waits for more writes before it is recorded.
+    pub linger: Duration,
 }
 
 /// Writes waiting for a batch beyond this many make callers wait to be queued.
@@ -98,6 +101,15 @@ async fn record_batches<I, O, F, Fut>(
         if waiting.recv_many(&mut batch, max_batch).await == 0 {
             return;
         }
+        if batch.len() < max_batch && !limits.linger.is_zero() {
+            tokio::time::sleep(limits.linger).await;
+            while batch.len() < max_batch {
+                match waiting.try_recv() {
+                    Ok(write) => batch.push(write),
+                    Err(_) => break,
+                }
+            }
+        }
         let record = Arc::clone(&record);
         tokio::spawn(async move {
             let (writes, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
@@ -132,13 +144,13 @@ async fn record_batches<I, O, F, Fut>(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::time::Duration;
 
     use super::*;
 
     const LIMITS: BatchLimits = BatchLimits {
         max_batch: 8,
         in_flight: 1,
+        linger: Duration::ZERO,
     };
 
     #[tokio::test]
@@ -166,6 +178,29 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 12);
         assert!(sizes.len() < 12, "writes were batched: {sizes:?}");
         assert!(sizes.iter().all(|size| *size <= 8), "{sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_takes_in_writes_that_arrive_just_after_the_first() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sizes);
+        let limits = BatchLimits {
+            linger: Duration::from_millis(200),
+            ..LIMITS
+        };
+        let echo = GroupCommit::start(limits, move |batch: Vec<u32>| {
+            seen.lock().unwrap().push(batch.len());
+            async move { Ok(batch) }
+        });
+        let first = tokio::spawn({
+            let echo = echo.clone();
+            async move { echo.submit(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        assert_eq!(echo.submit(2).await.unwrap(), 2);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(*sizes.lock().unwrap(), [2]);
     }
 
     #[tokio::test]

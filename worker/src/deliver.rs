@@ -51,11 +51,13 @@ pub type Claims = GroupCommit<DeliveryId, ClaimOutcome>;
 /// Ends of concurrent attempts, recorded together; `false` where the send was taken over.
 pub type Finishes = GroupCommit<FinishedAttempt, bool>;
 
-/// Up to 64 jobs per statement, four statements of each kind at once: with the default
-/// pool of 16 connections, claims and records never wait for each other's connections.
+/// Up to 64 jobs per statement, two statements of each kind at once (so claims and records
+/// use at most 4 of the pool's connections), each batch waiting 2 ms for company: see the
+/// API's group commit for why.
 const BATCH_LIMITS: BatchLimits = BatchLimits {
     max_batch: 64,
-    in_flight: 4,
+    in_flight: 2,
+    linger: Duration::from_millis(2),
 };
 
 /// Starts the batcher of claims, each with a lease of `lease`.

@@ -57,7 +57,7 @@ impl Worker {
             "VERIFY_WORKER_CONCURRENCY must be at least 1"
         );
         // The pool is not sized to the concurrency: sends never hold a connection; their
-        // claims and records are batched (at most 8 statements at once, see `deliver`),
+        // claims and records are batched (at most 4 statements at once, see `deliver`),
         // so N workers stay well inside max_connections.
         let database = config.database.clone();
         let pool = wait_for(
