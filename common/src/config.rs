@@ -323,7 +323,7 @@ pub struct WorkerSettings {
     #[arg(
         long = "concurrency",
         env = "VERIFY_WORKER_CONCURRENCY",
-        default_value_t = 256
+        default_value_t = 1024
     )]
     pub concurrency: u16,
     /// Provider attempts per send before it is marked failed. Transient failures are
@@ -382,7 +382,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            concurrency: 256,
+            concurrency: 1024,
             retry_max_attempts: 25,
             retry_base_ms: 1_000,
             retry_cap_ms: 30_000,

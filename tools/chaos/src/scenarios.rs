@@ -21,7 +21,7 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 /// How long sends may take to settle after the traffic stops, beyond any lease.
 const DRAIN: Duration = Duration::from_secs(60);
 /// Sends in flight per worker at most (`VERIFY_WORKER_CONCURRENCY`, left at its default).
-const WORKER_CONCURRENCY: usize = 256;
+const WORKER_CONCURRENCY: usize = 1024;
 /// How long a SIGTERMed process may take to drain and exit.
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
