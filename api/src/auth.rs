@@ -4,10 +4,8 @@
 //! among stored hashes. Positive lookups are cached briefly so a busy client costs no
 //! database round trip per request; a revoked key stops working within that time.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
@@ -16,6 +14,7 @@ use verify_common::domain::api_key::hash_api_key;
 use warp::Filter;
 
 use crate::error::ApiError;
+use crate::expiring::ExpiringMap;
 
 /// How long a key found in the database is trusted without asking again.
 const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -32,7 +31,7 @@ pub struct Caller {
 pub struct ApiKeys {
     configured: Option<[u8; 32]>,
     pool: Pool,
-    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    verified: ExpiringMap<[u8; 32], ()>,
 }
 
 impl ApiKeys {
@@ -40,7 +39,7 @@ impl ApiKeys {
         Self {
             configured: configured.map(|key| hash_api_key(key.expose_secret())),
             pool,
-            verified: Mutex::new(HashMap::new()),
+            verified: ExpiringMap::new(CACHE_TTL, CACHE_CAPACITY),
         }
     }
 
@@ -59,29 +58,14 @@ impl ApiKeys {
         {
             return Ok(Caller { key_hash: hash });
         }
-        if self.recently_verified(&hash) {
+        if self.verified.get(&hash).is_some() {
             return Ok(Caller { key_hash: hash });
         }
         if api_keys::is_active_api_key(&self.pool, &hash).await? {
-            self.remember(hash);
+            self.verified.insert(hash, ());
             return Ok(Caller { key_hash: hash });
         }
         Err(ApiError::Unauthorized("invalid API key"))
-    }
-
-    fn recently_verified(&self, hash: &[u8; 32]) -> bool {
-        let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(hash).is_some_and(|at| at.elapsed() < CACHE_TTL)
-    }
-
-    fn remember(&self, hash: [u8; 32]) {
-        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, at| at.elapsed() < CACHE_TTL);
-        }
-        if cache.len() < CACHE_CAPACITY {
-            cache.insert(hash, Instant::now());
-        }
     }
 }
 

@@ -12,6 +12,7 @@
 //!   confirmed.
 //! - `error`: `ApiError`, the one error type handlers return, and its JSON form.
 //! - `idempotency`: `Idempotency-Key` handling for start requests.
+//! - `expiring`: the bounded, time-limited map behind the API's caches.
 //! - `template_cache`: parsed templates for validating start requests without a query.
 //! - `auth`, `body`, `state`, `views`: API keys, bounded JSON bodies, shared state and
 //!   response representations.
@@ -20,6 +21,7 @@
 mod auth;
 mod body;
 mod error;
+mod expiring;
 mod group_commit;
 mod housekeeping;
 mod idempotency;

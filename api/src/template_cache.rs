@@ -11,11 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use upon::Engine;
 use verify_common::db::{DbError, Pool, templates};
 use verify_common::domain::{TemplateBody, TemplateError, default_template_text};
+
+use crate::expiring::ExpiringMap;
 
 /// How long a stored template is trusted without reading it again.
 pub const FRESH_FOR: Duration = Duration::from_secs(5);
@@ -39,7 +41,7 @@ pub enum LookupError {
 /// Stored templates by id, and the built-in texts by language.
 pub struct TemplateCache {
     engine: Arc<Engine<'static>>,
-    stored: Mutex<HashMap<i64, (Instant, Arc<TemplateBody>)>>,
+    stored: ExpiringMap<i64, Arc<TemplateBody>>,
     built_in: Mutex<HashMap<String, Arc<TemplateBody>>>,
 }
 
@@ -47,7 +49,7 @@ impl TemplateCache {
     pub fn new(engine: Arc<Engine<'static>>) -> Self {
         Self {
             engine,
-            stored: Mutex::new(HashMap::new()),
+            stored: ExpiringMap::new(FRESH_FOR, CAPACITY),
             built_in: Mutex::new(HashMap::new()),
         }
     }
@@ -57,14 +59,14 @@ impl TemplateCache {
     /// # Errors
     /// [`LookupError`] when it does not exist, does not parse or cannot be read.
     pub async fn stored(&self, pool: &Pool, id: i64) -> Result<Arc<TemplateBody>, LookupError> {
-        if let Some(body) = self.fresh(id) {
+        if let Some(body) = self.stored.get(&id) {
             return Ok(body);
         }
         let record = templates::find_template(pool, id)
             .await?
             .ok_or(LookupError::NotFound(id))?;
         let body = Arc::new(TemplateBody::parse(&self.engine, &record.body)?);
-        self.remember(id, Arc::clone(&body));
+        self.stored.insert(id, Arc::clone(&body));
         Ok(body)
     }
 
@@ -86,27 +88,6 @@ impl TemplateCache {
 
     /// Drops template `id`, after it was changed or deleted through this process.
     pub fn forget(&self, id: i64) {
-        self.stored
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
-
-    fn fresh(&self, id: i64) -> Option<Arc<TemplateBody>> {
-        let stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-        stored
-            .get(&id)
-            .filter(|(at, _)| at.elapsed() < FRESH_FOR)
-            .map(|(_, body)| Arc::clone(body))
-    }
-
-    fn remember(&self, id: i64, body: Arc<TemplateBody>) {
-        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-        if stored.len() >= CAPACITY {
-            stored.retain(|_, (at, _)| at.elapsed() < FRESH_FOR);
-        }
-        if stored.len() < CAPACITY || stored.contains_key(&id) {
-            stored.insert(id, (Instant::now(), body));
-        }
+        self.stored.remove(&id);
     }
 }
