@@ -114,20 +114,21 @@ async fn record_batches<I, O, F, Fut>(
         tokio::spawn(async move {
             let (writes, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
             let count = writes.len();
-            match record(writes).await {
-                Ok(results) if results.len() == count => {
+            let recorded = record(writes).await.and_then(|results| {
+                if results.len() == count {
+                    Ok(results)
+                } else {
+                    Err(DbError::Corrupt(format!(
+                        "{} results for a batch of {count}",
+                        results.len()
+                    )))
+                }
+            });
+            match recorded {
+                Ok(results) => {
                     for (result, answer) in results.into_iter().zip(answers) {
                         // A caller that went away needs no answer; its write stands.
                         let _ = answer.send(Ok(result));
-                    }
-                }
-                Ok(results) => {
-                    let error = DbError::Corrupt(format!(
-                        "{} results for a batch of {count}",
-                        results.len()
-                    ));
-                    for answer in answers {
-                        let _ = answer.send(Err(error.clone()));
                     }
                 }
                 Err(error) => {
