@@ -58,14 +58,16 @@ impl ApiKeys {
         {
             return Ok(Caller { key_hash: hash });
         }
-        if self.verified.get(&hash).is_some() {
-            return Ok(Caller { key_hash: hash });
-        }
-        if api_keys::is_active_api_key(&self.pool, &hash).await? {
-            self.verified.insert(hash, ());
-            return Ok(Caller { key_hash: hash });
-        }
-        Err(ApiError::Unauthorized("invalid API key"))
+        self.verified
+            .get_or_try_load(hash, || async {
+                if api_keys::is_active_api_key(&self.pool, &hash).await? {
+                    Ok(())
+                } else {
+                    Err(ApiError::Unauthorized("invalid API key"))
+                }
+            })
+            .await?;
+        Ok(Caller { key_hash: hash })
     }
 }
 

@@ -59,15 +59,14 @@ impl TemplateCache {
     /// # Errors
     /// [`LookupError`] when it does not exist, does not parse or cannot be read.
     pub async fn stored(&self, pool: &Pool, id: i64) -> Result<Arc<TemplateBody>, LookupError> {
-        if let Some(body) = self.stored.get(&id) {
-            return Ok(body);
-        }
-        let record = templates::find_template(pool, id)
-            .await?
-            .ok_or(LookupError::NotFound(id))?;
-        let body = Arc::new(TemplateBody::parse(&self.engine, &record.body)?);
-        self.stored.insert(id, Arc::clone(&body));
-        Ok(body)
+        self.stored
+            .get_or_try_load(id, || async {
+                let record = templates::find_template(pool, id)
+                    .await?
+                    .ok_or(LookupError::NotFound(id))?;
+                Ok(Arc::new(TemplateBody::parse(&self.engine, &record.body)?))
+            })
+            .await
     }
 
     /// The parsed built-in text for `language`. These never change while the process runs.
