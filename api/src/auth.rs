@@ -2,14 +2,15 @@
 //!
 //! A presented key is hashed and compared with the configured key's hash, then looked up
 //! among stored hashes. Positive lookups are cached briefly so a busy client costs no
-//! database round trip per request; a revoked key stops working within that time.
+//! database round trip per request; a revoked key stops working within that time. Requests
+//! presenting one key at the same moment share a single lookup.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-use verify_common::db::{Pool, api_keys};
+use verify_common::db::{DbError, Pool, api_keys};
 use verify_common::domain::api_key::hash_api_key;
 use warp::Filter;
 
@@ -31,7 +32,8 @@ pub struct Caller {
 pub struct ApiKeys {
     configured: Option<[u8; 32]>,
     pool: Pool,
-    verified: ExpiringMap<[u8; 32], ()>,
+    /// Whether each recently presented key is active; only active ones are kept.
+    verified: ExpiringMap<[u8; 32], Result<bool, DbError>>,
 }
 
 impl ApiKeys {
@@ -39,7 +41,9 @@ impl ApiKeys {
         Self {
             configured: configured.map(|key| hash_api_key(key.expose_secret())),
             pool,
-            verified: ExpiringMap::new(CACHE_TTL, CACHE_CAPACITY),
+            verified: ExpiringMap::new(CACHE_TTL, CACHE_CAPACITY, |active| {
+                matches!(active, Ok(true))
+            }),
         }
     }
 
@@ -58,16 +62,15 @@ impl ApiKeys {
         {
             return Ok(Caller { key_hash: hash });
         }
-        self.verified
-            .get_or_try_load(hash, || async {
-                if api_keys::is_active_api_key(&self.pool, &hash).await? {
-                    Ok(())
-                } else {
-                    Err(ApiError::Unauthorized("invalid API key"))
-                }
-            })
+        let active = self
+            .verified
+            .get_or_load(hash, || api_keys::is_active_api_key(&self.pool, &hash))
             .await?;
-        Ok(Caller { key_hash: hash })
+        if active {
+            Ok(Caller { key_hash: hash })
+        } else {
+            Err(ApiError::Unauthorized("invalid API key"))
+        }
     }
 }
 

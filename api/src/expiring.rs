@@ -15,6 +15,8 @@ use tokio::sync::OnceCell;
 pub struct ExpiringMap<K, V> {
     ttl: Duration,
     capacity: usize,
+    /// Whether a loaded value is kept (a found template is; a lookup that failed is not).
+    keep: fn(&V) -> bool,
     entries: Mutex<HashMap<K, Entry<V>>>,
 }
 
@@ -25,37 +27,37 @@ struct Entry<V> {
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> ExpiringMap<K, V> {
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+    pub fn new(ttl: Duration, capacity: usize, keep: fn(&V) -> bool) -> Self {
         Self {
             ttl,
             capacity,
+            keep,
             entries: Mutex::new(HashMap::new()),
         }
     }
 
     /// The value under `key`: the stored one while it is fresh, otherwise what `load`
-    /// gives, which is then stored.
+    /// gives, which is then stored if `keep` says so.
     ///
-    /// Callers asking for one key at the same time share a single `load`. Without that, a
-    /// busy API that has just started (or whose entry has just expired) sends one identical
-    /// query per request in flight, and opening connections for all of them at once stalls
-    /// every request for a noticeable time. A failed `load` stores nothing: the caller gets
-    /// its error and the next caller loads again.
-    pub async fn get_or_try_load<E, F, Fut>(&self, key: K, load: F) -> Result<V, E>
+    /// Callers asking for one key at the same time share a single `load`, and its outcome
+    /// whatever it is. Without that, a busy API that has just started (or whose entry has
+    /// just expired) sends one identical query per request in flight, and opening
+    /// connections for all of them at once stalls every request for a noticeable time.
+    /// An outcome that is not kept is forgotten as soon as it is handed out, so the next
+    /// caller loads again.
+    pub async fn get_or_load<F, Fut>(&self, key: K, load: F) -> V
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
+        Fut: Future<Output = V>,
     {
         let Some(cell) = self.cell_for(&key) else {
             return load().await;
         };
-        match cell.get_or_try_init(load).await {
-            Ok(value) => Ok(value.clone()),
-            Err(error) => {
-                self.drop_if_empty(&key, &cell);
-                Err(error)
-            }
+        let value = cell.get_or_init(load).await.clone();
+        if !(self.keep)(&value) {
+            self.forget_cell(&key, &cell);
         }
+        value
     }
 
     /// Drops `key`, so the next caller loads it again.
@@ -89,13 +91,13 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringMap<K, V> {
         Some(value)
     }
 
-    /// Removes the entry a failed load left empty, so keys that are never found (random
-    /// API keys, say) take no room; an entry replaced meanwhile is left alone.
-    fn drop_if_empty(&self, key: &K, cell: &Arc<OnceCell<V>>) {
+    /// Removes the entry holding `cell`, so outcomes that are not kept (unknown API keys,
+    /// say) take no room; an entry replaced meanwhile is left alone.
+    fn forget_cell(&self, key: &K, cell: &Arc<OnceCell<V>>) {
         let mut entries = self.lock();
         if entries
             .get(key)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.value, cell) && !entry.value.initialized())
+            .is_some_and(|entry| Arc::ptr_eq(&entry.value, cell))
         {
             entries.remove(key);
         }
@@ -112,86 +114,87 @@ mod tests {
 
     use super::*;
 
-    /// Loads `value` after `delay`, counting the loads.
-    async fn counted(
-        loads: &AtomicUsize,
-        delay: Duration,
-        value: Result<u32, &'static str>,
-    ) -> Result<u32, &'static str> {
+    type Outcome = Result<u32, &'static str>;
+
+    /// Loads `outcome` after `delay`, counting the loads.
+    async fn counted(loads: &AtomicUsize, delay: Duration, outcome: Outcome) -> Outcome {
         loads.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(delay).await;
-        value
+        outcome
+    }
+
+    fn map(ttl: Duration, capacity: usize) -> ExpiringMap<u32, Outcome> {
+        ExpiringMap::new(ttl, capacity, Result::is_ok)
+    }
+
+    fn loads_so_far(loads: &AtomicUsize) -> usize {
+        loads.load(Ordering::SeqCst)
     }
 
     #[tokio::test]
     async fn a_loaded_value_is_served_until_it_expires_or_is_removed() {
-        let map = ExpiringMap::new(Duration::from_millis(50), 4);
+        let map = map(Duration::from_millis(50), 4);
         let loads = AtomicUsize::new(0);
         let load = || counted(&loads, Duration::ZERO, Ok(1));
-        assert_eq!(map.get_or_try_load("a", load).await, Ok(1));
-        assert_eq!(map.get_or_try_load("a", load).await, Ok(1));
-        assert_eq!(
-            loads.load(Ordering::SeqCst),
-            1,
-            "the second call was served"
-        );
-        map.remove(&"a");
-        assert_eq!(map.get_or_try_load("a", load).await, Ok(1));
-        assert_eq!(loads.load(Ordering::SeqCst), 2, "removed, so loaded again");
+        assert_eq!(map.get_or_load(1, load).await, Ok(1));
+        assert_eq!(map.get_or_load(1, load).await, Ok(1));
+        assert_eq!(loads_so_far(&loads), 1, "the second call was served");
+        map.remove(&1);
+        assert_eq!(map.get_or_load(1, load).await, Ok(1));
+        assert_eq!(loads_so_far(&loads), 2, "removed, so loaded again");
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(map.get_or_try_load("a", load).await, Ok(1));
-        assert_eq!(loads.load(Ordering::SeqCst), 3, "expired, so loaded again");
+        assert_eq!(map.get_or_load(1, load).await, Ok(1));
+        assert_eq!(loads_so_far(&loads), 3, "expired, so loaded again");
     }
 
     #[tokio::test]
     async fn callers_asking_for_one_key_at_once_share_a_single_load() {
-        let map = ExpiringMap::new(Duration::from_secs(60), 4);
+        let map = map(Duration::from_secs(60), 4);
         let loads = AtomicUsize::new(0);
         let callers = (0..50)
-            .map(|_| map.get_or_try_load(7, || counted(&loads, Duration::from_millis(20), Ok(9))));
-        let results = futures_util::future::join_all(callers).await;
-        assert!(results.iter().all(|result| *result == Ok(9)));
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
+            .map(|_| map.get_or_load(7, || counted(&loads, Duration::from_millis(20), Ok(9))));
+        let outcomes = futures_util::future::join_all(callers).await;
+        assert!(outcomes.iter().all(|outcome| *outcome == Ok(9)));
+        assert_eq!(loads_so_far(&loads), 1);
     }
 
     #[tokio::test]
-    async fn a_failed_load_is_not_kept_and_takes_no_room() {
-        let map = ExpiringMap::new(Duration::from_secs(60), 1);
+    async fn callers_asking_at_once_share_a_failure_too_but_it_is_not_kept() {
+        let map = map(Duration::from_secs(60), 4);
+        let loads = AtomicUsize::new(0);
+        let failing = || counted(&loads, Duration::from_millis(20), Err("not found"));
+        let callers = (0..50).map(|_| map.get_or_load(7, failing));
+        let outcomes = futures_util::future::join_all(callers).await;
+        assert!(outcomes.iter().all(|outcome| *outcome == Err("not found")));
+        assert_eq!(loads_so_far(&loads), 1, "one load for the whole burst");
+        assert_eq!(map.get_or_load(7, failing).await, Err("not found"));
+        assert_eq!(loads_so_far(&loads), 2, "the failure was not kept");
+    }
+
+    #[tokio::test]
+    async fn an_outcome_that_is_not_kept_takes_no_room() {
+        let map = map(Duration::from_secs(60), 1);
         let loads = AtomicUsize::new(0);
         let failing = || counted(&loads, Duration::ZERO, Err("not found"));
-        assert_eq!(map.get_or_try_load(1, failing).await, Err("not found"));
-        assert_eq!(map.get_or_try_load(1, failing).await, Err("not found"));
-        assert_eq!(loads.load(Ordering::SeqCst), 2, "each failure loads again");
+        assert_eq!(map.get_or_load(1, failing).await, Err("not found"));
         let found = || counted(&loads, Duration::ZERO, Ok(2));
-        assert_eq!(map.get_or_try_load(2, found).await, Ok(2));
-        assert_eq!(map.get_or_try_load(2, found).await, Ok(2));
-        assert_eq!(
-            loads.load(Ordering::SeqCst),
-            3,
-            "the only slot was free for key 2"
-        );
+        assert_eq!(map.get_or_load(2, found).await, Ok(2));
+        assert_eq!(map.get_or_load(2, found).await, Ok(2));
+        assert_eq!(loads_so_far(&loads), 2, "the only slot was free for key 2");
     }
 
     #[tokio::test]
     async fn a_full_map_keeps_new_values_only_once_expired_entries_make_room() {
-        let map = ExpiringMap::new(Duration::from_millis(50), 1);
+        let map = map(Duration::from_millis(50), 1);
         let loads = AtomicUsize::new(0);
         let load = || counted(&loads, Duration::ZERO, Ok(0));
-        map.get_or_try_load(1, load).await.unwrap();
-        map.get_or_try_load(2, load).await.unwrap();
-        map.get_or_try_load(2, load).await.unwrap();
-        assert_eq!(
-            loads.load(Ordering::SeqCst),
-            3,
-            "full of fresh entries: 2 not kept"
-        );
+        map.get_or_load(1, load).await.unwrap();
+        map.get_or_load(2, load).await.unwrap();
+        map.get_or_load(2, load).await.unwrap();
+        assert_eq!(loads_so_far(&loads), 3, "full of fresh entries: 2 not kept");
         tokio::time::sleep(Duration::from_millis(60)).await;
-        map.get_or_try_load(2, load).await.unwrap();
-        map.get_or_try_load(2, load).await.unwrap();
-        assert_eq!(
-            loads.load(Ordering::SeqCst),
-            4,
-            "1 expired and made room for 2"
-        );
+        map.get_or_load(2, load).await.unwrap();
+        map.get_or_load(2, load).await.unwrap();
+        assert_eq!(loads_so_far(&loads), 4, "1 expired and made room for 2");
     }
 }

@@ -25,7 +25,7 @@ pub const FRESH_FOR: Duration = Duration::from_secs(5);
 const CAPACITY: usize = 4_096;
 
 /// Why a template could not be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
     #[error("template {0} does not exist")]
     NotFound(i64),
@@ -41,7 +41,7 @@ pub enum LookupError {
 /// Stored templates by id, and the built-in texts by language.
 pub struct TemplateCache {
     engine: Arc<Engine<'static>>,
-    stored: ExpiringMap<i64, Arc<TemplateBody>>,
+    stored: ExpiringMap<i64, Result<Arc<TemplateBody>, LookupError>>,
     built_in: Mutex<HashMap<String, Arc<TemplateBody>>>,
 }
 
@@ -49,7 +49,7 @@ impl TemplateCache {
     pub fn new(engine: Arc<Engine<'static>>) -> Self {
         Self {
             engine,
-            stored: ExpiringMap::new(FRESH_FOR, CAPACITY),
+            stored: ExpiringMap::new(FRESH_FOR, CAPACITY, Result::is_ok),
             built_in: Mutex::new(HashMap::new()),
         }
     }
@@ -60,7 +60,7 @@ impl TemplateCache {
     /// [`LookupError`] when it does not exist, does not parse or cannot be read.
     pub async fn stored(&self, pool: &Pool, id: i64) -> Result<Arc<TemplateBody>, LookupError> {
         self.stored
-            .get_or_try_load(id, || async {
+            .get_or_load(id, || async {
                 let record = templates::find_template(pool, id)
                     .await?
                     .ok_or(LookupError::NotFound(id))?;
