@@ -127,6 +127,17 @@ mod tests {
         ExpiringMap::new(ttl, capacity, Result::is_ok)
     }
 
+    /// Fifty callers asking for key 7 together, each with a load that takes 20 ms.
+    async fn fifty_callers_at_once(
+        map: &ExpiringMap<u32, Outcome>,
+        loads: &AtomicUsize,
+        outcome: Outcome,
+    ) -> Vec<Outcome> {
+        let callers = (0..50)
+            .map(|_| map.get_or_load(7, || counted(loads, Duration::from_millis(20), outcome)));
+        futures_util::future::join_all(callers).await
+    }
+
     fn loads_so_far(loads: &AtomicUsize) -> usize {
         loads.load(Ordering::SeqCst)
     }
@@ -151,9 +162,7 @@ mod tests {
     async fn callers_asking_for_one_key_at_once_share_a_single_load() {
         let map = map(Duration::from_secs(60), 4);
         let loads = AtomicUsize::new(0);
-        let callers = (0..50)
-            .map(|_| map.get_or_load(7, || counted(&loads, Duration::from_millis(20), Ok(9))));
-        let outcomes = futures_util::future::join_all(callers).await;
+        let outcomes = fifty_callers_at_once(&map, &loads, Ok(9)).await;
         assert!(outcomes.iter().all(|outcome| *outcome == Ok(9)));
         assert_eq!(loads_so_far(&loads), 1);
     }
@@ -162,11 +171,10 @@ mod tests {
     async fn callers_asking_at_once_share_a_failure_too_but_it_is_not_kept() {
         let map = map(Duration::from_secs(60), 4);
         let loads = AtomicUsize::new(0);
-        let failing = || counted(&loads, Duration::from_millis(20), Err("not found"));
-        let callers = (0..50).map(|_| map.get_or_load(7, failing));
-        let outcomes = futures_util::future::join_all(callers).await;
+        let outcomes = fifty_callers_at_once(&map, &loads, Err("not found")).await;
         assert!(outcomes.iter().all(|outcome| *outcome == Err("not found")));
         assert_eq!(loads_so_far(&loads), 1, "one load for the whole burst");
+        let failing = || counted(&loads, Duration::ZERO, Err("not found"));
         assert_eq!(map.get_or_load(7, failing).await, Err("not found"));
         assert_eq!(loads_so_far(&loads), 2, "the failure was not kept");
     }
