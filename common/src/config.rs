@@ -2,17 +2,37 @@
 //!
 //! Every setting has an environment variable (`DATABASE_URL`, `AMQP_URL`, the rest
 //! `VERIFY_…`) and a default that works against the local services, so a bare `cargo run`
-//! works. Each binary flattens the sections it needs into its own clap parser; tests build
-//! the sections in code through `Default`. Units are part of the names (`_secs`, `_ms`);
+//! works. Each default is written once, in its clap attribute. Each binary flattens the
+//! sections it needs into its own clap parser; tests build a section the same way with
+//! [`FromFlags::from_flags`], passing only the flags they override, so the environment
+//! applies to them as it does in production. Units are part of the names (`_secs`, `_ms`);
 //! code reads them as `Duration`s through the accessor methods.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Command, FromArgMatches, ValueEnum};
 use secrecy::SecretString;
 
 use crate::domain::{CodeSecret, OtpCodeLength, OtpError, OtpPolicy};
+
+/// Builds a settings section from command-line flags, as a binary that flattens it would:
+/// a flag wins over its environment variable, which wins over the default.
+pub trait FromFlags: Sized {
+    /// Parses `flags` (without a program name), then the environment, then the defaults.
+    ///
+    /// # Errors
+    /// The clap error naming the flag or variable whose value is refused.
+    fn from_flags(flags: &[&str]) -> Result<Self, clap::Error>;
+}
+
+impl<T: Args + FromArgMatches> FromFlags for T {
+    fn from_flags(flags: &[&str]) -> Result<Self, clap::Error> {
+        let command = T::augment_args(Command::new("settings").no_binary_name(true));
+        let matches = command.try_get_matches_from(flags)?;
+        T::from_arg_matches(&matches)
+    }
+}
 
 /// The secret used when `VERIFY_SECRET` is not set. Only for local runs: anyone who knows
 /// it can compute every code, so start-up warns loudly when it is in use.
@@ -67,18 +87,6 @@ impl DatabaseSettings {
     }
 }
 
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self {
-            url: std::env::var("DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/verify".to_owned()),
-            pool_size: 16,
-            pool_timeout_ms: 2_000,
-            startup_wait_secs: 60,
-        }
-    }
-}
-
 /// Where RabbitMQ is and how our queues are named.
 #[derive(Debug, Clone, Args)]
 pub struct RabbitSettings {
@@ -115,18 +123,6 @@ pub struct RabbitSettings {
 impl RabbitSettings {
     pub fn startup_wait(&self) -> Duration {
         Duration::from_secs(self.startup_wait_secs)
-    }
-}
-
-impl Default for RabbitSettings {
-    fn default() -> Self {
-        Self {
-            url: std::env::var("AMQP_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
-            queue_prefix: "verify".to_owned(),
-            queue_expires_secs: None,
-            startup_wait_secs: 60,
-        }
     }
 }
 
@@ -186,16 +182,6 @@ pub struct OtpSettings {
         default_value_t = 5
     )]
     pub max_checks: u32,
-}
-
-impl Default for OtpSettings {
-    fn default() -> Self {
-        Self {
-            code_length: 6,
-            ttl_secs: 600,
-            max_checks: 5,
-        }
-    }
 }
 
 impl OtpSettings {
@@ -276,21 +262,6 @@ impl std::fmt::Debug for ApiSettings {
             .field("outbox_interval_ms", &self.outbox_interval_ms)
             .field("outbox_min_age_ms", &self.outbox_min_age_ms)
             .finish_non_exhaustive()
-    }
-}
-
-impl Default for ApiSettings {
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            api_key: None,
-            send_limit: 5,
-            send_limit_window_secs: 600,
-            resend_interval_secs: 30,
-            shutdown_grace_secs: 20,
-            outbox_interval_ms: 5_000,
-            outbox_min_age_ms: 10_000,
-        }
     }
 }
 
@@ -377,21 +348,6 @@ pub struct WorkerSettings {
         default_value_t = 20
     )]
     pub shutdown_grace_secs: u64,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            concurrency: 1024,
-            retry_max_attempts: 25,
-            retry_base_ms: 1_000,
-            retry_cap_ms: 30_000,
-            retry_jitter: 0.2,
-            send_lease_secs: 60,
-            expiry_margin_secs: 15,
-            shutdown_grace_secs: 20,
-        }
-    }
 }
 
 impl WorkerSettings {
@@ -482,21 +438,6 @@ impl std::fmt::Debug for ProviderSettings {
     }
 }
 
-impl Default for ProviderSettings {
-    fn default() -> Self {
-        Self {
-            kind: ProviderKind::Log,
-            from: "Verify".to_owned(),
-            twilio_base_url: "https://api.twilio.com".to_owned(),
-            twilio_account_sid: String::new(),
-            twilio_auth_token: None,
-            http_url: "http://127.0.0.1:9090/send".to_owned(),
-            http_token: None,
-            timeout_ms: 10_000,
-        }
-    }
-}
-
 impl ProviderSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -504,17 +445,16 @@ impl ProviderSettings {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
-    #[default]
     Text,
     /// One JSON object per line, for log collectors.
     Json,
 }
 
 /// Logging settings; the level filter comes from `RUST_LOG`.
-#[derive(Debug, Clone, Args, Default)]
+#[derive(Debug, Clone, Args)]
 pub struct LogSettings {
     #[arg(
         long = "log-format",
@@ -523,4 +463,37 @@ pub struct LogSettings {
         default_value = "text"
     )]
     pub format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{ApiSettings, FromFlags, OtpSettings, WorkerSettings};
+
+    #[test]
+    fn a_section_without_flags_takes_the_defaults_of_its_attributes() {
+        let worker = WorkerSettings::from_flags(&[]).unwrap();
+        assert_eq!(worker.concurrency, 1024);
+        assert_eq!(worker.retry_max_attempts, 25);
+        assert_eq!(worker.send_lease(), Duration::from_secs(60));
+        let otp = OtpSettings::from_flags(&[]).unwrap();
+        assert_eq!((otp.code_length, otp.ttl_secs, otp.max_checks), (6, 600, 5));
+    }
+
+    #[test]
+    fn flags_override_only_what_they_name() {
+        let api = ApiSettings::from_flags(&["--addr", "127.0.0.1:0", "--send-limit", "9"]).unwrap();
+        assert_eq!(api.addr.port(), 0);
+        assert_eq!(api.send_limit, 9);
+        assert_eq!(api.resend_interval(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_refused_value_names_its_flag() {
+        let error = WorkerSettings::from_flags(&["--concurrency", "many"])
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("--concurrency"), "{error}");
+    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use crate::config::{DatabaseSettings, RabbitSettings};
+use crate::config::{DatabaseSettings, FromFlags, RabbitSettings};
 use crate::db;
 
 /// Key of the advisory lock serialising template creation across test processes.
@@ -74,7 +74,8 @@ impl TestDatabase {
     /// # Panics
     /// When Postgres cannot be reached or refuses: a test without its database must fail.
     pub async fn create() -> Self {
-        let base = DatabaseSettings::default();
+        let base = DatabaseSettings::from_flags(&[])
+            .unwrap_or_else(|e| panic!("the database settings do not parse: {e}"));
         let admin = admin_client(&base).await;
         let template = format!("verify_test_template_{:016x}", db::schema_fingerprint());
         ensure_template(&admin, &base, &template).await;
@@ -205,11 +206,10 @@ pub fn unique_queue_prefix() -> String {
 /// # Panics
 /// When RabbitMQ cannot be reached: a test without its broker must fail.
 pub async fn test_rabbit_settings() -> RabbitSettings {
-    let settings = RabbitSettings {
-        queue_prefix: unique_queue_prefix(),
-        queue_expires_secs: Some(600),
-        ..RabbitSettings::default()
-    };
+    let prefix = unique_queue_prefix();
+    let settings =
+        RabbitSettings::from_flags(&["--queue-prefix", &prefix, "--queue-expires-secs", "600"])
+            .unwrap_or_else(|e| panic!("the RabbitMQ settings do not parse: {e}"));
     if let Err(e) = crate::queue::connect(&settings.url, "verify-test-probe").await {
         panic!(
             "cannot reach RabbitMQ at {} ({e}); start it with scripts/services",

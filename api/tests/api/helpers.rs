@@ -9,12 +9,11 @@
 use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
-    ApiSettings, OtpSettings, ProviderKind, ProviderSettings, RabbitSettings, SecretSettings,
+    ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings, SecretSettings,
     WorkerSettings,
 };
 use verify_common::db::Pool;
@@ -41,29 +40,37 @@ pub struct TestOptions {
 }
 
 impl Default for TestOptions {
+    /// The settings every test starts from: each section parsed like the binaries parse
+    /// it, with only what tests need changed (ephemeral ports, the test key and
+    /// credentials, millisecond retry delays so retry tests are fast while the
+    /// schedule keeps its production shape).
     fn default() -> Self {
         Self {
-            sink: SinkSettings {
-                twilio_account_sid: Some(TWILIO_SID.to_owned()),
-                twilio_auth_token: Some(TWILIO_TOKEN.to_owned()),
-                ..SinkSettings::default()
-            },
-            api: ApiSettings {
-                addr: "127.0.0.1:0".parse().expect("a literal socket address"),
-                api_key: Some(SecretString::from(API_KEY)),
-                ..ApiSettings::default()
-            },
-            otp: OtpSettings::default(),
-            // Millisecond retry delays keep retry tests fast; the schedule's shape is the
-            // same as in production.
-            worker: WorkerSettings {
-                concurrency: 8,
-                retry_max_attempts: 4,
-                retry_base_ms: 50,
-                retry_cap_ms: 400,
-                shutdown_grace_secs: 2,
-                ..WorkerSettings::default()
-            },
+            sink: SinkSettings::from_flags(&[
+                "--addr",
+                "127.0.0.1:0",
+                "--twilio-account-sid",
+                TWILIO_SID,
+                "--twilio-auth-token",
+                TWILIO_TOKEN,
+            ])
+            .expect("the test sink flags parse"),
+            api: ApiSettings::from_flags(&["--addr", "127.0.0.1:0", "--api-key", API_KEY])
+                .expect("the test API flags parse"),
+            otp: OtpSettings::from_flags(&[]).expect("the OTP defaults parse"),
+            worker: WorkerSettings::from_flags(&[
+                "--concurrency",
+                "8",
+                "--retry-max-attempts",
+                "4",
+                "--retry-base-ms",
+                "50",
+                "--retry-cap-ms",
+                "400",
+                "--shutdown-grace-secs",
+                "2",
+            ])
+            .expect("the test worker flags parse"),
             start_worker: true,
         }
     }
@@ -106,9 +113,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let sink_log = sink.messages();
     tokio::spawn(sink.run_until_stopped(shutdown.clone()));
 
-    let secret = SecretSettings {
-        secret: Some(SecretString::from(SECRET)),
-    };
+    let secret = SecretSettings::from_flags(&["--secret", SECRET]).expect("the test secret parses");
     let app = Application::build(ApiConfig {
         database: database.settings.clone(),
         rabbit: rabbit.clone(),
@@ -126,15 +131,21 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         rabbit: rabbit.clone(),
         secret,
         worker: options.worker,
-        provider: ProviderSettings {
-            kind: ProviderKind::Twilio,
-            from: "+15005550006".to_owned(),
-            twilio_base_url: sink_url.clone(),
-            twilio_account_sid: TWILIO_SID.to_owned(),
-            twilio_auth_token: Some(SecretString::from(TWILIO_TOKEN)),
-            timeout_ms: 2_000,
-            ..ProviderSettings::default()
-        },
+        provider: ProviderSettings::from_flags(&[
+            "--sms-provider",
+            "twilio",
+            "--sms-from",
+            "+15005550006",
+            "--twilio-base-url",
+            &sink_url,
+            "--twilio-account-sid",
+            TWILIO_SID,
+            "--twilio-auth-token",
+            TWILIO_TOKEN,
+            "--provider-timeout-ms",
+            "2000",
+        ])
+        .expect("the test provider flags parse"),
     };
     let pool = verify_common::db::connect_pool(&database.settings)
         .await

@@ -430,7 +430,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_sink_client_reads_what_a_real_sink_records() {
-        let sink = Sink::bind(SinkSettings::default()).await.unwrap();
+        let sink = Sink::bind(SinkSettings::from_flags(&["--addr", "127.0.0.1:0"]).unwrap())
+            .await
+            .unwrap();
         let base = sink.base_url();
         let stop = CancellationToken::new();
         let server = tokio::spawn(sink.run_until_stopped(stop.clone()));

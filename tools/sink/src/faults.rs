@@ -265,7 +265,7 @@ mod tests {
     use crate::settings::{FailureMode, SinkSettings};
 
     fn quiet() -> FaultSettings {
-        FaultSettings::from(&SinkSettings::default())
+        FaultSettings::from(&SinkSettings::from_flags(&[]).unwrap())
     }
 
     fn parse(body: serde_json::Value) -> Result<ControlUpdate, ControlError> {

@@ -23,7 +23,7 @@
 //! use tokio_util::sync::CancellationToken;
 //! use verify_sink::{Sink, SinkSettings};
 //!
-//! let sink = Sink::bind(SinkSettings::default()).await?;
+//! let sink = Sink::bind(SinkSettings::from_flags(&["--addr", "127.0.0.1:0"])?).await?;
 //! let messages = sink.messages();
 //! let url = sink.base_url();
 //! let shutdown = CancellationToken::new();

@@ -218,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_sends_are_recorded_and_counted() {
         let p = provider(
-            FaultSettings::from(&SinkSettings::default()),
+            FaultSettings::from(&SinkSettings::from_flags(&[]).unwrap()),
             CancellationToken::new(),
         );
         let verdict = p.submit(message(&p)).await;
@@ -233,7 +233,7 @@ mod tests {
         let p = provider(
             FaultSettings {
                 failure_rate: 1.0,
-                ..FaultSettings::from(&SinkSettings::default())
+                ..FaultSettings::from(&SinkSettings::from_flags(&[]).unwrap())
             },
             CancellationToken::new(),
         );
@@ -257,7 +257,7 @@ mod tests {
                 fail_first: 1,
                 failure_mode: FailureMode::Hang,
                 hang_ms: 60_000,
-                ..FaultSettings::from(&SinkSettings::default())
+                ..FaultSettings::from(&SinkSettings::from_flags(&[]).unwrap())
             },
             stopping.clone(),
         );
@@ -279,7 +279,7 @@ mod tests {
         let p = provider(
             FaultSettings {
                 latency_ms: 50,
-                ..FaultSettings::from(&SinkSettings::default())
+                ..FaultSettings::from(&SinkSettings::from_flags(&[]).unwrap())
             },
             CancellationToken::new(),
         );

@@ -7,11 +7,20 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use verify_sink::{FailureMode, MessageLog, Sink, SinkSettings};
+use verify_sink::{MessageLog, Sink, SinkSettings};
 
 const ACCOUNT: &str = "AC00000000000000000000000000000001";
 const TOKEN: &str = "test-auth-token";
 const TO: &str = "+14155550100";
+
+/// Settings as `verify-sink --addr 127.0.0.1:0 FLAGS…` would have them.
+fn settings(flags: &[&str]) -> SinkSettings {
+    let flags: Vec<&str> = ["--addr", "127.0.0.1:0"]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    SinkSettings::from_flags(&flags).unwrap()
+}
 
 struct Running {
     url: String,
@@ -43,7 +52,7 @@ impl Running {
     }
 
     async fn quiet() -> Running {
-        Running::start(SinkSettings::default()).await
+        Running::start(settings(&[])).await
     }
 
     fn twilio_url(&self, account: &str) -> String {
@@ -171,11 +180,12 @@ async fn a_twilio_send_is_recorded_and_answered_201_with_a_message_sid() {
 
 #[tokio::test]
 async fn wrong_or_missing_credentials_are_refused_with_401_when_credentials_are_configured() {
-    let sink = Running::start(SinkSettings {
-        twilio_account_sid: Some(ACCOUNT.to_owned()),
-        twilio_auth_token: Some(TOKEN.to_owned()),
-        ..SinkSettings::default()
-    })
+    let sink = Running::start(settings(&[
+        "--twilio-account-sid",
+        ACCOUNT,
+        "--twilio-auth-token",
+        TOKEN,
+    ]))
     .await;
     let form = [("To", TO), ("From", "+15005550006"), ("Body", "hi")];
 
@@ -376,12 +386,7 @@ async fn messages_can_be_listed_by_number_with_or_without_the_plus() {
 
 #[tokio::test]
 async fn fail_first_two_fails_exactly_the_first_two_sends_with_the_configured_status() {
-    let sink = Running::start(SinkSettings {
-        fail_first: 2,
-        failure_status: 500,
-        ..SinkSettings::default()
-    })
-    .await;
+    let sink = Running::start(settings(&["--fail-first", "2", "--failure-status", "500"])).await;
     let mut statuses = Vec::new();
     for _ in 0..4 {
         statuses.push(sink.twilio_send(TO).await.status().as_u16());
@@ -398,11 +403,7 @@ async fn fail_first_two_fails_exactly_the_first_two_sends_with_the_configured_st
 
 #[tokio::test]
 async fn an_injected_failure_uses_each_apis_error_shape() {
-    let sink = Running::start(SinkSettings {
-        failure_rate: 1.0,
-        ..SinkSettings::default()
-    })
-    .await;
+    let sink = Running::start(settings(&["--failure-rate", "1.0"])).await;
     let twilio = sink.twilio_send(TO).await;
     assert_eq!(twilio.status(), StatusCode::SERVICE_UNAVAILABLE);
     let twilio = json_of(twilio).await;
@@ -420,12 +421,14 @@ async fn an_injected_failure_uses_each_apis_error_shape() {
 
 #[tokio::test]
 async fn a_429_failure_carries_retry_after() {
-    let sink = Running::start(SinkSettings {
-        fail_first: 2,
-        failure_status: 429,
-        retry_after_secs: 7,
-        ..SinkSettings::default()
-    })
+    let sink = Running::start(settings(&[
+        "--fail-first",
+        "2",
+        "--failure-status",
+        "429",
+        "--retry-after-secs",
+        "7",
+    ]))
     .await;
     let twilio = sink.twilio_send(TO).await;
     assert_eq!(twilio.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -508,11 +511,7 @@ async fn delete_clears_the_recorded_messages() {
 
 #[tokio::test]
 async fn latency_delays_each_send_without_serialising_them() {
-    let sink = Running::start(SinkSettings {
-        latency_ms: 300,
-        ..SinkSettings::default()
-    })
-    .await;
+    let sink = Running::start(settings(&["--latency-ms", "300"])).await;
     let started = Instant::now();
     let sends = (0..20).map(|_| sink.twilio_send(TO));
     let statuses: Vec<StatusCode> = futures_util::future::join_all(sends)
@@ -530,12 +529,14 @@ async fn latency_delays_each_send_without_serialising_them() {
 
 #[tokio::test]
 async fn hang_mode_holds_a_failing_send_then_answers_504() {
-    let sink = Running::start(SinkSettings {
-        fail_first: 1,
-        failure_mode: FailureMode::Hang,
-        hang_ms: 300,
-        ..SinkSettings::default()
-    })
+    let sink = Running::start(settings(&[
+        "--fail-first",
+        "1",
+        "--failure-mode",
+        "hang",
+        "--hang-ms",
+        "300",
+    ]))
     .await;
     let started = Instant::now();
     let response = sink.twilio_send(TO).await;
@@ -547,12 +548,14 @@ async fn hang_mode_holds_a_failing_send_then_answers_504() {
 
 #[tokio::test]
 async fn stopping_cuts_a_hanging_send_short() {
-    let sink = Running::start(SinkSettings {
-        fail_first: 1,
-        failure_mode: FailureMode::Hang,
-        hang_ms: 60_000,
-        ..SinkSettings::default()
-    })
+    let sink = Running::start(settings(&[
+        "--fail-first",
+        "1",
+        "--failure-mode",
+        "hang",
+        "--hang-ms",
+        "60000",
+    ]))
     .await;
     let client = sink.client.clone();
     let url = sink.twilio_url(ACCOUNT);
@@ -591,7 +594,7 @@ async fn health_and_unknown_routes_answer_json() {
 
 #[tokio::test]
 async fn a_sink_binds_to_an_ephemeral_port_and_reports_its_url() {
-    let sink = Sink::bind(SinkSettings::default()).await.unwrap();
+    let sink = Sink::bind(settings(&[])).await.unwrap();
     assert_ne!(sink.local_addr().port(), 0);
     assert_eq!(
         sink.base_url(),
@@ -603,7 +606,7 @@ async fn a_sink_binds_to_an_ephemeral_port_and_reports_its_url() {
 async fn invalid_settings_are_refused_at_bind() {
     let error = Sink::bind(SinkSettings {
         failure_rate: 2.0,
-        ..SinkSettings::default()
+        ..settings(&[])
     })
     .await
     .unwrap_err();
