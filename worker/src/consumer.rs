@@ -39,8 +39,8 @@ use verify_common::queue::{
     DeadLetterNote, JobHistory, QueueNames, SendSms, SmsPublisher, connect,
 };
 
-use crate::dead_letters::DeadLetterReason;
-use crate::deliver::{Deps, Outcome, deliver_sms};
+use crate::deliver::{Deps, deliver_sms};
+use crate::outcome::{DeadLetterReason, Outcome};
 
 /// Pause before requeueing a job whose outcome could not be recorded, so a database
 /// outage does not turn into a hot redelivery loop.

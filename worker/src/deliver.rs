@@ -24,7 +24,7 @@ use verify_common::domain::{CodeSecret, DeliveryId, DeliveryStatus, Verification
 use verify_common::group_commit::{BatchLimits, GroupCommit};
 use verify_common::queue::SendSms;
 
-use crate::dead_letters::DeadLetterReason;
+use crate::outcome::{DeadLetterReason, Outcome};
 use crate::providers::{OutgoingSms, ProviderError, SmsProvider};
 use crate::render::{RenderError, SmsRenderer};
 use crate::retry::RetryPolicy;
@@ -33,18 +33,6 @@ use crate::retry::RetryPolicy;
 /// it doubles up to [`RECORD_RETRY_MAX`].
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// What the consumer must do with the job's message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Finished (sent, closed as no longer wanted, or nothing to do): ack.
-    Done,
-    /// Try again after this delay: republish to a delay queue, then ack.
-    RetryLater(Duration),
-    /// The send failed for a reason an operator can fix (already recorded, where there
-    /// is a send to record it on): dead-letter the job with this reason.
-    DeadLetter(DeadLetterReason),
-}
 
 /// Claims of concurrent jobs, recorded together (see [`GroupCommit`]).
 pub type Claims = GroupCommit<DeliveryId, ClaimOutcome>;

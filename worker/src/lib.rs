@@ -7,16 +7,20 @@
 //! - [`startup`]: builds a worker from settings and runs it until shutdown.
 //! - [`consumer`]: the consume loop, concurrency bound and acknowledgement policy (the
 //!   only module that touches AMQP).
-//! - [`deliver`]: one job start to finish, returning an `Outcome`; knows nothing of AMQP.
-//! - [`dead_letters`]: why jobs are dead-lettered, and `verify-worker dlq list|replay`.
+//! - [`deliver`]: one job start to finish, returning an [`Outcome`](outcome::Outcome);
+//!   knows nothing of AMQP.
+//! - [`outcome`]: what delivering decided: done, retry later, or dead-letter with a
+//!   [`DeadLetterReason`](outcome::DeadLetterReason).
+//! - [`dlq`]: the operator's `verify-worker dlq list|replay`; off the send path.
 //! - [`render`]: template rendering with the derived code.
 //! - [`retry`]: the backoff policy.
 //! - [`providers`]: Twilio, generic HTTP/JSON and log-only providers.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
-pub mod dead_letters;
 pub mod deliver;
+pub mod dlq;
+pub mod outcome;
 pub mod providers;
 pub mod render;
 pub mod retry;

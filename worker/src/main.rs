@@ -10,9 +10,7 @@ use uuid::Uuid;
 use verify_common::config::LogSettings;
 use verify_common::domain::DeliveryId;
 use verify_common::telemetry::init_tracing;
-use verify_worker::dead_letters::{
-    ReplayOptions, ReplaySelection, list_dead_letters, replay_dead_letters,
-};
+use verify_worker::dlq::{ReplayOptions, ReplaySelection, list_dead_letters, replay_dead_letters};
 use verify_worker::{Worker, WorkerConfig};
 
 #[derive(Debug, Parser)]

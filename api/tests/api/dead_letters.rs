@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use verify_common::domain::{DeliveryId, VerificationStatus};
 use verify_common::queue::{DeadLetterBrowser, QueueNames, SmsPublisher, queue_depth};
-use verify_worker::dead_letters::{
+use verify_worker::dlq::{
     ReplayOptions, ReplaySelection, ReplayVerdict, SkipReason, list_dead_letters,
     replay_dead_letters,
 };

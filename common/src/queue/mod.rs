@@ -1,81 +1,29 @@
 //! RabbitMQ: the only module (with the worker's consumer) that uses lapin.
 //!
+//! - [`connection`]: connecting, the bound on every broker operation, and
+//!   [`QueueError`].
 //! - [`topology`]: exchange and queue names (with the deployment's prefix) and their
 //!   declaration, including the retry delay queues and the dead-letter queue.
 //! - [`messages`]: the job payload, versioned JSON that carries ids only, never a code.
+//! - [`headers`]: what travels in a job's headers: how often it was dead-lettered and
+//!   replayed, and why, when and by whom it was dead-lettered.
 //! - [`publisher`]: publishes jobs, retries and dead letters and waits for the broker's
 //!   confirm, reconnecting after a lost connection.
-//! - [`dead_letters`]: the headers a dead letter carries (why, when, by whom, how often)
-//!   and a browser that reads, replays or discards dead letters for operators.
+//! - [`dead_letters`]: a browser that reads, replays or discards dead letters for
+//!   operators.
+//!
+//! Each module uses only those listed before it, so none depends on this one.
 
+pub mod connection;
 pub mod dead_letters;
+pub mod headers;
 pub mod messages;
 pub mod publisher;
 pub mod topology;
 
-use std::time::Duration;
-
-use lapin::{Connection, ConnectionProperties};
-
-pub use dead_letters::{DeadLetter, DeadLetterBrowser, DeadLetterNote, JobHistory};
+pub use connection::{BROKER_TIMEOUT, QueueError, connect, queue_depth};
+pub use dead_letters::{DeadLetter, DeadLetterBrowser};
+pub use headers::{DeadLetterNote, JobHistory};
 pub use messages::{MessageError, SendSms};
 pub use publisher::SmsPublisher;
 pub use topology::QueueNames;
-
-/// Longest wait for a connection, a declaration or a publisher confirm.
-pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What can go wrong talking to RabbitMQ.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("cannot reach RabbitMQ: {0}")]
-    Connect(#[source] lapin::Error),
-    #[error("RabbitMQ operation failed: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("RabbitMQ did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("RabbitMQ refused the message: {0}")]
-    Rejected(String),
-}
-
-impl QueueError {
-    /// True when the broker could not be reached at all (as opposed to refusing an
-    /// operation): worth waiting out at start-up.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::Timeout(_))
-    }
-}
-
-/// Opens a connection named after the process role (shown in the management UI).
-///
-/// # Errors
-/// [`QueueError::Connect`] or [`QueueError::Timeout`].
-pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(BROKER_TIMEOUT, Connection::connect(url, properties))
-        .await
-        .map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))?
-        .map_err(QueueError::Connect)
-}
-
-/// Messages ready in one queue (a passive declare: the queue must exist). Used to inspect
-/// the dead-letter queue.
-///
-/// # Errors
-/// [`QueueError`] when the broker is unreachable or the queue does not exist.
-pub async fn queue_depth(url: &str, queue: &str) -> Result<u32, QueueError> {
-    let connection = connect(url, "verify-inspect").await?;
-    let channel = connection.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..lapin::options::QueueDeclareOptions::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
-    let _ = connection.close(200, "done".into()).await;
-    Ok(declared.message_count())
-}

@@ -14,9 +14,10 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{Mutex, RwLock};
 
-use super::dead_letters::{DeadLetterNote, JobHistory};
+use super::connection::{BROKER_TIMEOUT, QueueError, connect};
+use super::headers::{DeadLetterNote, JobHistory};
+use super::messages::SendSms;
 use super::topology::{QueueNames, SEND_ROUTING_KEY, declare};
-use super::{BROKER_TIMEOUT, QueueError, SendSms, connect};
 use crate::config::RabbitSettings;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.

@@ -18,7 +18,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use super::QueueError;
+use super::connection::QueueError;
 
 /// Routing key of send jobs on the work exchange.
 pub const SEND_ROUTING_KEY: &str = "send";

@@ -3,7 +3,8 @@
 
 use verify_common::domain::phone_number::mask;
 
-use super::{OutgoingSms, ProviderError};
+use super::error::ProviderError;
+use super::outgoing::OutgoingSms;
 
 /// Logs instead of sending.
 pub struct ConsoleProvider;

@@ -5,7 +5,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use verify_common::config::ProviderSettings;
 
-use super::{OutgoingSms, ProviderError, retry_after};
+use super::error::{ProviderError, retry_after};
+use super::outgoing::OutgoingSms;
 
 /// Sends through a generic HTTP/JSON endpoint.
 pub struct HttpProvider {

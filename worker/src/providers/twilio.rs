@@ -6,7 +6,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use verify_common::config::ProviderSettings;
 
-use super::{OutgoingSms, ProviderError, retry_after};
+use super::error::{ProviderError, retry_after};
+use super::outgoing::OutgoingSms;
 
 /// Sends through a Twilio-compatible API.
 pub struct TwilioProvider {

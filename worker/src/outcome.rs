@@ -1,0 +1,114 @@
+//! What delivering one job decided, for the consumer to carry out: [`Outcome`], and
+//! when the job is given up, the [`DeadLetterReason`] written on its dead letter.
+
+use std::fmt;
+use std::time::Duration;
+
+use verify_common::domain::DeliveryId;
+
+/// What the consumer must do with the job's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished (sent, closed as no longer wanted, or nothing to do): ack.
+    Done,
+    /// Try again after this delay: republish to a delay queue, then ack.
+    RetryLater(Duration),
+    /// The send failed for a reason an operator can fix (already recorded, where there
+    /// is a send to record it on): dead-letter the job with this reason.
+    DeadLetter(DeadLetterReason),
+}
+
+/// Why a worker gives up on a job and dead-letters it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The message is not a send job this build can read.
+    UnreadablePayload(String),
+    /// The job names a delivery that does not exist.
+    DeliveryMissing(DeliveryId),
+    /// The verification's template was deleted.
+    TemplateMissing(i64),
+    /// The template cannot be rendered with the verification's variables.
+    RenderFailed(String),
+    /// The provider refused the message for good (a 4xx other than 408/429).
+    ProviderRejected(String),
+    /// Every allowed attempt failed with a transient error.
+    AttemptsExhausted { attempts: u32, last_error: String },
+    /// A transient error, and the code would expire before the next attempt.
+    ExpiresBeforeRetry(String),
+}
+
+impl DeadLetterReason {
+    /// A stable machine code, written to the `x-verify-reason-code` header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnreadablePayload(_) => "unreadable_payload",
+            Self::DeliveryMissing(_) => "delivery_missing",
+            Self::TemplateMissing(_) => "template_missing",
+            Self::RenderFailed(_) => "render_failed",
+            Self::ProviderRejected(_) => "provider_rejected",
+            Self::AttemptsExhausted { .. } => "attempts_exhausted",
+            Self::ExpiresBeforeRetry(_) => "expires_before_retry",
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnreadablePayload(error) | Self::RenderFailed(error) => f.write_str(error),
+            Self::ProviderRejected(error) => f.write_str(error),
+            Self::DeliveryMissing(id) => write!(f, "delivery {id} does not exist"),
+            Self::TemplateMissing(id) => write!(f, "template {id} no longer exists"),
+            Self::AttemptsExhausted {
+                attempts,
+                last_error,
+            } => write!(f, "gave up after {attempts} attempts: {last_error}"),
+            Self::ExpiresBeforeRetry(error) => write!(
+                f,
+                "gave up: the code expires before the next attempt ({error})"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use verify_common::domain::DeliveryId;
+
+    use super::DeadLetterReason;
+
+    #[test]
+    fn every_reason_has_its_own_stable_code() {
+        let reasons = [
+            DeadLetterReason::UnreadablePayload("bad".into()),
+            DeadLetterReason::DeliveryMissing(DeliveryId::generate()),
+            DeadLetterReason::TemplateMissing(7),
+            DeadLetterReason::RenderFailed("missing variable".into()),
+            DeadLetterReason::ProviderRejected("400".into()),
+            DeadLetterReason::AttemptsExhausted {
+                attempts: 3,
+                last_error: "503".into(),
+            },
+            DeadLetterReason::ExpiresBeforeRetry("503".into()),
+        ];
+        let codes: Vec<&str> = reasons.iter().map(DeadLetterReason::code).collect();
+        assert_eq!(
+            codes,
+            [
+                "unreadable_payload",
+                "delivery_missing",
+                "template_missing",
+                "render_failed",
+                "provider_rejected",
+                "attempts_exhausted",
+                "expires_before_retry"
+            ]
+        );
+        assert_eq!(
+            reasons[2].to_string(),
+            "template 7 no longer exists",
+            "the text recorded as the send's last error"
+        );
+        assert_eq!(reasons[5].to_string(), "gave up after 3 attempts: 503");
+    }
+}
