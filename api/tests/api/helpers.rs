@@ -23,9 +23,9 @@ use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
 use verify_worker::{Worker, WorkerConfig};
 
 pub const API_KEY: &str = "test-api-key-0123456789";
-const SECRET: &str = "test-secret-for-code-derivation";
+pub const SECRET: &str = "test-secret-for-code-derivation";
 const TWILIO_SID: &str = "ACtest0000000000000000000000000000";
-const TWILIO_TOKEN: &str = "test-auth-token";
+pub const TWILIO_TOKEN: &str = "test-auth-token";
 /// How long helpers wait for asynchronous effects (an SMS arriving, a status changing).
 pub const WAIT: Duration = Duration::from_secs(15);
 
