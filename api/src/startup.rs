@@ -8,7 +8,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings,
+    ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings, redact_url,
 };
 use verify_common::db::verifications::SendLimit;
 use verify_common::db::{self, DbError};
@@ -54,10 +54,7 @@ impl Application {
     /// When a dependency cannot be reached or the address cannot be bound; the message
     /// names which.
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
-        let secret = config
-            .secret
-            .code_secret()
-            .context("VERIFY_SECRET is invalid")?;
+        let secret = config.secret.code_secret()?;
         let otp = config
             .otp
             .policy()
@@ -169,19 +166,5 @@ impl Application {
         outbox_stop.cancel();
         let _ = outbox.await;
         Ok(())
-    }
-}
-
-/// A URL with its password replaced, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }

@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Command, FromArgMatches, ValueEnum};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
+use crate::domain::otp::MIN_SECRET_LEN;
 use crate::domain::{CodeSecret, OtpCodeLength, OtpError, OtpPolicy};
 
 /// Builds a settings section from command-line flags, as a binary that flattens it would:
@@ -34,16 +35,78 @@ impl<T: Args + FromArgMatches> FromFlags for T {
     }
 }
 
-/// The secret used when `VERIFY_SECRET` is not set. Only for local runs: anyone who knows
-/// it can compute every code, so start-up warns loudly when it is in use.
+/// The public development secret: what a development run (`--dev`) derives codes from
+/// when `VERIFY_SECRET` is not set. It is in the source, so anyone can compute every code
+/// made with it; without `--dev` the API and workers refuse to start on it.
 pub const DEV_SECRET: &str = "insecure-development-secret-do-not-use";
+
+/// A URL with its password replaced by `***`, for messages and logs: the password of the
+/// user part (`scheme://user:password@host`) and any `password=` parameter, whether in the
+/// query string or in a Postgres `key=value` connection string.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let authority_start = scheme_end + 3;
+        // The user part ends at the last '@' before the path's query or fragment, so an
+        // '@' inside the password or the query does not cut it short.
+        let before_query = out[authority_start..]
+            .find(['?', '#'])
+            .map_or(out.len(), |i| authority_start + i);
+        if let Some(at) = out[authority_start..before_query].rfind('@') {
+            let at = authority_start + at;
+            if let Some(colon) = out[authority_start..at].find(':') {
+                out.replace_range(authority_start + colon + 1..at, "***");
+            }
+        }
+    }
+    redact_password_parameters(&out)
+}
+
+/// Replaces the value of every `password=` parameter (`&`-separated query or
+/// whitespace-separated `key=value` pairs, quoted or not) with `***`.
+fn redact_password_parameters(text: &str) -> String {
+    const KEY: &str = "password=";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.to_ascii_lowercase().find(KEY) {
+        let starts_parameter = found == 0 || rest[..found].ends_with(['?', '&', ' ', '\t', '\n']);
+        let value_start = found + KEY.len();
+        out.push_str(&rest[..value_start]);
+        rest = &rest[value_start..];
+        if !starts_parameter {
+            continue;
+        }
+        let value_end = if let Some(quoted) = rest.strip_prefix('\'') {
+            // A quoted value ends at the next quote not escaped by a backslash.
+            let mut end = quoted.len();
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '\'' if !escaped => {
+                        end = i;
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            (1 + end + 1).min(rest.len())
+        } else {
+            rest.find(['&', '#', ' ', '\t', '\n']).unwrap_or(rest.len())
+        };
+        out.push_str("***");
+        rest = &rest[value_end..];
+    }
+    out.push_str(rest);
+    out
+}
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(value.to_owned()))
 }
 
-/// Where Postgres is and how many connections to keep.
-#[derive(Debug, Clone, Args)]
+/// Where Postgres is and how many connections to keep. `Debug` hides the URL's password.
+#[derive(Clone, Args)]
 pub struct DatabaseSettings {
     /// Postgres connection URL; the database is created if it does not exist.
     #[arg(
@@ -77,6 +140,17 @@ pub struct DatabaseSettings {
     pub startup_wait_secs: u64,
 }
 
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout_ms", &self.pool_timeout_ms)
+            .field("startup_wait_secs", &self.startup_wait_secs)
+            .finish()
+    }
+}
+
 impl DatabaseSettings {
     pub fn pool_timeout(&self) -> Duration {
         Duration::from_millis(self.pool_timeout_ms)
@@ -87,8 +161,8 @@ impl DatabaseSettings {
     }
 }
 
-/// Where RabbitMQ is and how our queues are named.
-#[derive(Debug, Clone, Args)]
+/// Where RabbitMQ is and how our queues are named. `Debug` hides the URL's password.
+#[derive(Clone, Args)]
 pub struct RabbitSettings {
     /// AMQP connection URL.
     #[arg(
@@ -120,45 +194,89 @@ pub struct RabbitSettings {
     pub startup_wait_secs: u64,
 }
 
+impl std::fmt::Debug for RabbitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSettings")
+            .field("url", &redact_url(&self.url))
+            .field("queue_prefix", &self.queue_prefix)
+            .field("queue_expires_secs", &self.queue_expires_secs)
+            .field("startup_wait_secs", &self.startup_wait_secs)
+            .finish()
+    }
+}
+
 impl RabbitSettings {
     pub fn startup_wait(&self) -> Duration {
         Duration::from_secs(self.startup_wait_secs)
     }
 }
 
-/// The server key codes are derived from.
+/// Why the code secret cannot be used; each message names the setting to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "VERIFY_SECRET is not set: set it to a random value of at least {MIN_SECRET_LEN} bytes, \
+         the same for the API and every worker, or pass --dev (VERIFY_DEV=true) for a \
+         development run, where codes come from the public development secret"
+    )]
+    Missing,
+    #[error(
+        "VERIFY_SECRET is the public development secret, which anyone can compute codes \
+         with: set a random value of your own, or pass --dev (VERIFY_DEV=true) for a \
+         development run"
+    )]
+    PublicDevelopmentSecret,
+    #[error("VERIFY_SECRET is invalid: {0}")]
+    Invalid(#[source] OtpError),
+}
+
+/// The server key codes are derived from, and whether this is a development run.
 #[derive(Clone, Args)]
 pub struct SecretSettings {
     /// Server secret (at least 16 bytes) keying code derivation. Must be the same for the
-    /// API and every worker. Unset → a development default and a loud warning.
+    /// API and every worker. Required unless `--dev` is given.
     #[arg(long = "secret", env = "VERIFY_SECRET", value_parser = parse_secret, hide_env_values = true)]
     pub secret: Option<SecretString>,
+    /// A development run: without VERIFY_SECRET, derive codes from the public development
+    /// secret (anyone can compute them). Never in production.
+    #[arg(long = "dev", env = "VERIFY_DEV")]
+    pub dev: bool,
 }
 
 impl std::fmt::Debug for SecretSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretSettings")
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("dev", &self.dev)
             .finish()
     }
 }
 
 impl SecretSettings {
-    /// The configured secret, or the development default (with a warning in the log).
+    /// The configured secret; in a development run without one, the public development
+    /// secret (with a warning in the log).
     ///
     /// # Errors
-    /// [`OtpError::SecretTooShort`] for a configured secret under 16 bytes.
-    pub fn code_secret(&self) -> Result<CodeSecret, OtpError> {
-        match &self.secret {
-            Some(secret) => CodeSecret::parse(secret.clone()),
-            None => {
-                tracing::warn!(
-                    "VERIFY_SECRET is not set: using the built-in development secret. Anyone \
-                     who knows it can compute every code. Set VERIFY_SECRET in production."
-                );
-                CodeSecret::parse(SecretString::from(DEV_SECRET))
+    /// [`SecretError::Missing`] without a secret outside a development run,
+    /// [`SecretError::PublicDevelopmentSecret`] for [`DEV_SECRET`] itself outside one, and
+    /// [`SecretError::Invalid`] for a secret under 16 bytes.
+    pub fn code_secret(&self) -> Result<CodeSecret, SecretError> {
+        let secret = match (&self.secret, self.dev) {
+            (Some(secret), false) if secret.expose_secret() == DEV_SECRET => {
+                return Err(SecretError::PublicDevelopmentSecret);
             }
-        }
+            (Some(secret), _) => secret.clone(),
+            (None, true) => {
+                tracing::warn!(
+                    "development run without VERIFY_SECRET: codes come from the public \
+                     development secret, so anyone can compute them. Never use --dev \
+                     (VERIFY_DEV) in production."
+                );
+                SecretString::from(DEV_SECRET)
+            }
+            (None, false) => return Err(SecretError::Missing),
+        };
+        CodeSecret::parse(secret).map_err(SecretError::Invalid)
     }
 }
 
@@ -469,7 +587,12 @@ pub struct LogSettings {
 mod tests {
     use std::time::Duration;
 
-    use super::{ApiSettings, FromFlags, OtpSettings, WorkerSettings};
+    use secrecy::ExposeSecret;
+
+    use super::{
+        ApiSettings, DEV_SECRET, DatabaseSettings, FromFlags, OtpSettings, RabbitSettings,
+        SecretError, SecretSettings, WorkerSettings, redact_url,
+    };
 
     #[test]
     fn a_section_without_flags_takes_the_defaults_of_its_attributes() {
@@ -495,5 +618,89 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.to_string().contains("--concurrency"), "{error}");
+    }
+
+    #[test]
+    fn without_a_secret_only_a_development_run_starts() {
+        let missing = SecretSettings::from_flags(&[]).unwrap().code_secret();
+        assert_eq!(missing.err(), Some(SecretError::Missing));
+        let dev = SecretSettings::from_flags(&["--dev"]).unwrap();
+        assert!(dev.code_secret().is_ok());
+    }
+
+    #[test]
+    fn the_public_development_secret_is_refused_outside_a_development_run() {
+        let public = SecretSettings::from_flags(&["--secret", DEV_SECRET]).unwrap();
+        assert_eq!(
+            public.code_secret().err(),
+            Some(SecretError::PublicDevelopmentSecret)
+        );
+        let dev = SecretSettings::from_flags(&["--secret", DEV_SECRET, "--dev"]).unwrap();
+        assert!(dev.code_secret().is_ok());
+    }
+
+    #[test]
+    fn a_configured_secret_is_used_and_a_short_one_refused() {
+        let own = SecretSettings::from_flags(&["--secret", "an-operator-chosen-secret"]).unwrap();
+        assert!(own.code_secret().is_ok());
+        assert_eq!(
+            own.secret.as_ref().map(|s| s.expose_secret().to_owned()),
+            Some("an-operator-chosen-secret".to_owned())
+        );
+        let short = SecretSettings::from_flags(&["--secret", "short"]).unwrap();
+        assert!(matches!(short.code_secret(), Err(SecretError::Invalid(_))));
+        assert!(!format!("{own:?}").contains("an-operator-chosen-secret"));
+    }
+
+    #[test]
+    fn redact_url_hides_every_password_and_keeps_the_rest() {
+        let cases = [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            (
+                "postgres://verify:s3cr%40t@db:5432/verify?sslmode=require",
+                "postgres://verify:***@db:5432/verify?sslmode=require",
+            ),
+            ("postgres://u:p@ss@db/verify", "postgres://u:***@db/verify"),
+            (
+                "postgres://u:pw@db/verify?options=-c%20x%3D1&application_name=a@b",
+                "postgres://u:***@db/verify?options=-c%20x%3D1&application_name=a@b",
+            ),
+            (
+                "postgres://u@db/verify?password=pw&sslmode=disable",
+                "postgres://u@db/verify?password=***&sslmode=disable",
+            ),
+            (
+                "host=db user=verify PASSWORD=pw dbname=verify",
+                "host=db user=verify PASSWORD=*** dbname=verify",
+            ),
+            (
+                "host=db password='a b\\' c' dbname=verify",
+                "host=db password=*** dbname=verify",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:5432/verify",
+                "postgres://postgres@127.0.0.1:5432/verify",
+            ),
+            ("not a url", "not a url"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn settings_debug_never_prints_a_url_password() {
+        let database =
+            DatabaseSettings::from_flags(&["--database-url", "postgres://u:dbpass@db/verify"])
+                .unwrap();
+        let rabbit =
+            RabbitSettings::from_flags(&["--amqp-url", "amqp://u:mqpass@mq:5672/%2f"]).unwrap();
+        let printed = format!("{database:?} {rabbit:?}");
+        assert!(!printed.contains("dbpass"), "{printed}");
+        assert!(!printed.contains("mqpass"), "{printed}");
+        assert!(printed.contains("postgres://u:***@db/verify"), "{printed}");
     }
 }

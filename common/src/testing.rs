@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use crate::config::{DatabaseSettings, FromFlags, RabbitSettings};
+use crate::config::{DatabaseSettings, FromFlags, RabbitSettings, redact_url};
 use crate::db;
 
 /// Key of the advisory lock serialising template creation across test processes.
@@ -27,10 +27,12 @@ pub struct TestDatabase {
 }
 
 fn admin_config(base: &DatabaseSettings) -> tokio_postgres::Config {
-    let mut config: tokio_postgres::Config = base
-        .url
-        .parse()
-        .unwrap_or_else(|e| panic!("DATABASE_URL {:?} is not a Postgres URL: {e}", base.url));
+    let mut config: tokio_postgres::Config = base.url.parse().unwrap_or_else(|e| {
+        panic!(
+            "DATABASE_URL {:?} is not a Postgres URL: {e}",
+            redact_url(&base.url)
+        )
+    });
     config.dbname("postgres");
     config.connect_timeout(Duration::from_secs(5));
     config
@@ -40,7 +42,7 @@ async fn admin_client(base: &DatabaseSettings) -> tokio_postgres::Client {
     let (client, connection) = admin_config(base).connect(NoTls).await.unwrap_or_else(|e| {
         panic!(
             "cannot reach Postgres at {} ({e}); start it with scripts/services",
-            base.url
+            redact_url(&base.url)
         )
     });
     tokio::spawn(connection);
@@ -213,7 +215,7 @@ pub async fn test_rabbit_settings() -> RabbitSettings {
     if let Err(e) = crate::queue::connect(&settings.url, "verify-test-probe").await {
         panic!(
             "cannot reach RabbitMQ at {} ({e}); start it with scripts/services",
-            settings.url
+            redact_url(&settings.url)
         );
     }
     settings

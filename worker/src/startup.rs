@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, WorkerSettings,
+    DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, WorkerSettings, redact_url,
 };
 use verify_common::db::{self, DbError};
 use verify_common::dependency::wait_for;
@@ -45,10 +45,7 @@ impl Worker {
     /// # Errors
     /// When settings are invalid or a dependency cannot be reached; the message says which.
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
-        let secret = config
-            .secret
-            .code_secret()
-            .context("VERIFY_SECRET is invalid")?;
+        let secret = config.secret.code_secret()?;
         Sender::parse(&config.provider.from).map_err(|e| {
             anyhow::anyhow!("VERIFY_SMS_FROM {:?} is invalid: {e}", config.provider.from)
         })?;
@@ -67,7 +64,7 @@ impl Worker {
             || db::connect_pool(&database),
         )
         .await
-        .context("connecting to Postgres")?;
+        .with_context(|| format!("connecting to Postgres at {}", redact_url(&database.url)))?;
         let publisher = wait_for(
             "RabbitMQ",
             config.rabbit.startup_wait(),
@@ -75,7 +72,12 @@ impl Worker {
             || SmsPublisher::connect(&config.rabbit, "verify-worker-publisher"),
         )
         .await
-        .context("connecting to RabbitMQ")?;
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ at {}",
+                redact_url(&config.rabbit.url)
+            )
+        })?;
         let deps = Deps {
             claims: record_claims(pool.clone(), config.worker.send_lease()),
             finishes: record_finishes(pool),

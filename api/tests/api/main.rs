@@ -12,5 +12,6 @@ mod helpers;
 mod idempotency;
 mod outbox;
 mod portatext;
+mod startup;
 mod templates;
 mod verifications;

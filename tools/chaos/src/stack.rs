@@ -33,6 +33,9 @@ pub struct StackConfig {
 /// The running processes.
 pub struct Stack {
     config: StackConfig,
+    /// The code secret every process of this run shares (restarted ones too); random, so
+    /// no code of a run can be computed from anything in the repository.
+    secret: String,
     http: reqwest::Client,
     sink: Option<Process>,
     api: Option<Process>,
@@ -55,8 +58,13 @@ impl Stack {
                 );
             }
         }
+        let secret: String = rand::random::<[u8; 32]>()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
         Ok(Self {
             config,
+            secret,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()?,
@@ -92,7 +100,7 @@ impl Stack {
             .env("DATABASE_URL", &c.database_url)
             .env("AMQP_URL", &c.amqp_url)
             .env("VERIFY_API_ADDR", format!("127.0.0.1:{}", c.api_port))
-            .env("VERIFY_SECRET", "chaos-secret-0123456789abcdef0123456789")
+            .env("VERIFY_SECRET", &self.secret)
             .env("VERIFY_API_KEY", API_KEY)
             .env("VERIFY_SMS_PROVIDER", "twilio")
             .env("VERIFY_TWILIO_BASE_URL", self.sink_url())

@@ -1,0 +1,71 @@
+//! What the API and the workers refuse to start with. Each refusal names the setting to
+//! change, and happens before anything is served or consumed.
+
+use secrecy::SecretString;
+use verify_api::{ApiConfig, Application};
+use verify_common::config::{DEV_SECRET, FromFlags, SecretSettings};
+use verify_common::testing::{TestDatabase, test_rabbit_settings};
+use verify_worker::{Worker, WorkerConfig};
+
+/// Configurations of an API and a worker on a database and queues of their own, with
+/// `secret` as their secret settings.
+async fn configs(secret: SecretSettings) -> (ApiConfig, WorkerConfig) {
+    let database = TestDatabase::create().await;
+    let rabbit = test_rabbit_settings().await;
+    let mut api = ApiConfig::from_flags(&["--addr", "127.0.0.1:0"]).unwrap();
+    api.database = database.settings.clone();
+    api.rabbit = rabbit.clone();
+    api.secret = secret.clone();
+    let mut worker = WorkerConfig::from_flags(&[]).unwrap();
+    worker.database = database.settings;
+    worker.rabbit = rabbit;
+    worker.secret = secret;
+    (api, worker)
+}
+
+/// The start-up error of each process, or `None` where it started.
+async fn refusals(secret: SecretSettings) -> [Option<String>; 2] {
+    let (api, worker) = configs(secret).await;
+    let api = Application::build(api).await.err();
+    let worker = Worker::build(worker).await.err();
+    [api, worker].map(|error| error.map(|e| format!("{e:#}")))
+}
+
+#[tokio::test]
+async fn without_a_secret_neither_the_api_nor_a_worker_starts_outside_a_development_run() {
+    let secret = SecretSettings {
+        secret: None,
+        dev: false,
+    };
+
+    for refusal in refusals(secret).await {
+        let message = refusal.expect("started without VERIFY_SECRET");
+        assert!(message.contains("VERIFY_SECRET is not set"), "{message}");
+        assert!(message.contains("VERIFY_DEV"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn the_public_development_secret_is_refused_outside_a_development_run() {
+    let secret = SecretSettings {
+        secret: Some(SecretString::from(DEV_SECRET)),
+        dev: false,
+    };
+
+    for refusal in refusals(secret).await {
+        let message = refusal.expect("started on the public development secret");
+        assert!(message.contains("public development secret"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_development_run_starts_without_a_secret() {
+    let secret = SecretSettings {
+        secret: None,
+        dev: true,
+    };
+
+    let refusals = refusals(secret).await;
+
+    assert_eq!(refusals, [None, None]);
+}
