@@ -10,8 +10,13 @@
 //! dead-lettered with a [`DeadLetterReason`], so it can be replayed once fixed. A send
 //! that is simply no longer wanted (its verification ended or expires too soon) is
 //! closed and its job acked: there is nothing to replay.
+//!
+//! Its two outside parties are traits: the [`SendLedger`] where sends are claimed and
+//! attempts recorded (Postgres through the group commit in a worker), and the
+//! [`SmsSender`] that reaches the provider. The unit tests below drive every outcome
+//! through fakes of both, without a database, a broker or a network.
 
-use std::sync::Arc;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -25,7 +30,7 @@ use verify_common::group_commit::{BatchLimits, GroupCommit};
 use verify_common::queue::SendSms;
 
 use crate::outcome::{DeadLetterReason, Outcome};
-use crate::providers::{OutgoingSms, ProviderError, SmsProvider};
+use crate::providers::{OutgoingSms, ProviderError, SmsProvider, SmsSender};
 use crate::render::{RenderError, SmsRenderer};
 use crate::retry::RetryPolicy;
 
@@ -34,10 +39,31 @@ use crate::retry::RetryPolicy;
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// Where sends are claimed and their attempts recorded: Postgres through the group
+/// commit in a worker ([`GroupCommitLedger`]), a fake in unit tests, so every outcome of
+/// [`deliver_sms`] can be shown without a database.
+pub trait SendLedger: Send + Sync {
+    /// Claims a send for one attempt (see [`deliveries::claim_deliveries`]).
+    ///
+    /// # Errors
+    /// [`DbError`]: nothing was claimed.
+    fn claim(&self, id: DeliveryId) -> impl Future<Output = Result<ClaimOutcome, DbError>> + Send;
+
+    /// Records how an attempt ended; `false` when the send was taken over by another
+    /// worker meanwhile (see [`deliveries::finish_attempts`]).
+    ///
+    /// # Errors
+    /// [`DbError`]: nothing was recorded.
+    fn finish(
+        &self,
+        attempt: FinishedAttempt,
+    ) -> impl Future<Output = Result<bool, DbError>> + Send;
+}
+
 /// Claims of concurrent jobs, recorded together (see [`GroupCommit`]).
-pub type Claims = GroupCommit<DeliveryId, ClaimOutcome>;
+type Claims = GroupCommit<DeliveryId, ClaimOutcome>;
 /// Ends of concurrent attempts, recorded together; `false` where the send was taken over.
-pub type Finishes = GroupCommit<FinishedAttempt, bool>;
+type Finishes = GroupCommit<FinishedAttempt, bool>;
 
 /// Up to 64 jobs per statement, two statements of each kind at once (so claims and records
 /// use at most 4 of the pool's connections), each batch waiting 2 ms for company: see the
@@ -48,27 +74,49 @@ const BATCH_LIMITS: BatchLimits = BatchLimits {
     linger: Duration::from_millis(2),
 };
 
-/// Starts the batcher of claims, each with a lease of `lease`.
-pub fn record_claims(pool: Pool, lease: Duration) -> Claims {
-    GroupCommit::start(BATCH_LIMITS, move |ids: Vec<DeliveryId>| {
-        let pool = pool.clone();
-        async move { deliveries::claim_deliveries(&pool, &ids, lease).await }
-    })
+/// The worker's ledger: the claims of concurrent jobs are recorded together, and so are
+/// the ends of their attempts, one statement per batch.
+pub struct GroupCommitLedger {
+    claims: Claims,
+    finishes: Finishes,
 }
 
-/// Starts the batcher of attempts' ends.
-pub fn record_finishes(pool: Pool) -> Finishes {
-    GroupCommit::start(BATCH_LIMITS, move |batch: Vec<FinishedAttempt>| {
-        let pool = pool.clone();
-        async move { deliveries::finish_attempts(&pool, &batch).await }
-    })
+impl GroupCommitLedger {
+    /// Starts the two batchers; each claim holds its send for `lease`.
+    pub fn start(pool: Pool, lease: Duration) -> Self {
+        let claiming = pool.clone();
+        Self {
+            claims: GroupCommit::start(BATCH_LIMITS, move |ids: Vec<DeliveryId>| {
+                let pool = claiming.clone();
+                async move { deliveries::claim_deliveries(&pool, &ids, lease).await }
+            }),
+            finishes: GroupCommit::start(BATCH_LIMITS, move |batch: Vec<FinishedAttempt>| {
+                let pool = pool.clone();
+                async move { deliveries::finish_attempts(&pool, &batch).await }
+            }),
+        }
+    }
 }
 
-/// What delivering needs, shared by all tasks of a worker.
-pub struct Deps {
-    pub claims: Claims,
-    pub finishes: Finishes,
-    pub provider: SmsProvider,
+impl SendLedger for GroupCommitLedger {
+    fn claim(&self, id: DeliveryId) -> impl Future<Output = Result<ClaimOutcome, DbError>> + Send {
+        self.claims.submit(id)
+    }
+
+    fn finish(
+        &self,
+        attempt: FinishedAttempt,
+    ) -> impl Future<Output = Result<bool, DbError>> + Send {
+        self.finishes.submit(attempt)
+    }
+}
+
+/// What delivering needs, shared by all tasks of a worker: the ledger and the provider
+/// are the worker's own ([`GroupCommitLedger`], [`SmsProvider`]) unless a test injects
+/// others.
+pub struct Deps<L = GroupCommitLedger, P = SmsProvider> {
+    pub ledger: L,
+    pub provider: P,
     pub renderer: SmsRenderer,
     pub secret: CodeSecret,
     pub retry: RetryPolicy,
@@ -81,8 +129,11 @@ pub struct Deps {
 ///
 /// # Errors
 /// [`DbError`] when Postgres fails: nothing was recorded, so the job must be retried.
-pub async fn deliver_sms(job: &SendSms, deps: &Arc<Deps>) -> Result<Outcome, DbError> {
-    let send = match deps.claims.submit(job.delivery_id).await? {
+pub async fn deliver_sms<L: SendLedger, P: SmsSender>(
+    job: &SendSms,
+    deps: &Deps<L, P>,
+) -> Result<Outcome, DbError> {
+    let send = match deps.ledger.claim(job.delivery_id).await? {
         ClaimOutcome::Claimed(send) => send,
         ClaimOutcome::AlreadyFinished(status) => {
             tracing::debug!(delivery = %job.delivery_id, ?status, "duplicate job for a finished send");
@@ -103,7 +154,10 @@ pub async fn deliver_sms(job: &SendSms, deps: &Arc<Deps>) -> Result<Outcome, DbE
     attempt(&send, deps).await
 }
 
-async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
+async fn attempt<L: SendLedger, P: SmsSender>(
+    send: &ClaimedSend,
+    deps: &Deps<L, P>,
+) -> Result<Outcome, DbError> {
     let now = Utc::now();
     let status = send.verification_status.at(send.expires_at, now);
     if status != VerificationStatus::Pending {
@@ -205,9 +259,9 @@ async fn attempt(send: &ClaimedSend, deps: &Deps) -> Result<Outcome, DbError> {
 /// Records a failure an operator can fix, then has the job dead-lettered so it can be
 /// replayed. If another worker took the send over meanwhile, its result stands and this
 /// job is simply finished.
-async fn dead_letter(
+async fn dead_letter<L: SendLedger, P: SmsSender>(
     send: &ClaimedSend,
-    deps: &Deps,
+    deps: &Deps<L, P>,
     reason: DeadLetterReason,
     outcome: &str,
 ) -> Result<Outcome, DbError> {
@@ -220,9 +274,9 @@ async fn dead_letter(
 
 /// Records a permanent failure. Returns whether it was recorded (false: the send was
 /// taken over by another worker, whose result stands).
-async fn fail(
+async fn fail<L: SendLedger, P: SmsSender>(
     send: &ClaimedSend,
-    deps: &Deps,
+    deps: &Deps<L, P>,
     reason: String,
     outcome: &str,
 ) -> Result<bool, DbError> {
@@ -250,7 +304,11 @@ async fn fail(
 /// no worker would send it again anyway). The job stays unacknowledged meanwhile, so no
 /// other worker gets it; if one does take the send over through a duplicate job, the
 /// guarded update refuses our late result.
-async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Result<bool, DbError> {
+async fn finish<L: SendLedger, P: SmsSender>(
+    send: &ClaimedSend,
+    deps: &Deps<L, P>,
+    record: &AttemptRecord,
+) -> Result<bool, DbError> {
     let code_lifetime = (send.expires_at - Utc::now()).to_std().unwrap_or_default();
     let give_up_at = Instant::now() + code_lifetime.max(deps.lease);
     let mut pause = RECORD_RETRY_FIRST;
@@ -260,7 +318,7 @@ async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Resu
             attempt: send.attempt,
             record: record.clone(),
         };
-        match deps.finishes.submit(finished).await {
+        match deps.ledger.finish(finished).await {
             Ok(true) => return Ok(true),
             // Our lease ran out and another worker took the send over: its result stands.
             Ok(false) => {
@@ -274,5 +332,497 @@ async fn finish(send: &ClaimedSend, deps: &Deps, record: &AttemptRecord) -> Resu
             }
             Err(error) => return Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use secrecy::SecretString;
+    use verify_common::db::DbError;
+    use verify_common::db::deliveries::{ClaimOutcome, ClaimedSend, FinishedAttempt};
+    use verify_common::domain::{
+        CodeSecret, DeliveryId, DeliveryStatus, OtpCode, OtpCodeLength, PhoneNumber, Variables,
+        VerificationId, VerificationStatus,
+    };
+    use verify_common::queue::SendSms;
+
+    use super::{Deps, SendLedger, deliver_sms};
+    use crate::outcome::{DeadLetterReason, Outcome};
+    use crate::providers::{OutgoingSms, ProviderError, SmsSender};
+    use crate::render::SmsRenderer;
+    use crate::retry::RetryPolicy;
+
+    const SECRET: &str = "unit-test-secret-0123456789";
+    const MARGIN: Duration = Duration::from_secs(15);
+
+    /// A ledger that answers one claim as told and writes nothing down but the ends of
+    /// attempts, answering each as told (recorded, unless a test says otherwise).
+    struct FakeLedger {
+        claim: Mutex<Option<Result<ClaimOutcome, DbError>>>,
+        finish_answers: Mutex<VecDeque<Result<bool, DbError>>>,
+        finished: Mutex<Vec<FinishedAttempt>>,
+    }
+
+    impl FakeLedger {
+        fn claiming(outcome: ClaimOutcome) -> Self {
+            Self {
+                claim: Mutex::new(Some(Ok(outcome))),
+                finish_answers: Mutex::new(VecDeque::new()),
+                finished: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn finished(&self) -> Vec<FinishedAttempt> {
+            self.finished.lock().unwrap().clone()
+        }
+    }
+
+    impl SendLedger for FakeLedger {
+        async fn claim(&self, _id: DeliveryId) -> Result<ClaimOutcome, DbError> {
+            self.claim
+                .lock()
+                .unwrap()
+                .take()
+                .expect("deliver_sms claims once per job")
+        }
+
+        async fn finish(&self, attempt: FinishedAttempt) -> Result<bool, DbError> {
+            let answer = self.finish_answers.lock().unwrap().pop_front();
+            let answer = answer.unwrap_or(Ok(true));
+            if matches!(answer, Ok(true)) {
+                self.finished.lock().unwrap().push(attempt);
+            }
+            answer
+        }
+    }
+
+    /// A provider that gives one answer to every message and keeps what it was handed.
+    struct ScriptedProvider {
+        answer: Result<String, ProviderError>,
+        handed: Mutex<Vec<(String, String, String)>>,
+    }
+
+    impl ScriptedProvider {
+        fn answering(answer: Result<String, ProviderError>) -> Self {
+            Self {
+                answer,
+                handed: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn handed(&self) -> Vec<(String, String, String)> {
+            self.handed.lock().unwrap().clone()
+        }
+    }
+
+    impl SmsSender for ScriptedProvider {
+        async fn send(&self, sms: &OutgoingSms<'_>) -> Result<String, ProviderError> {
+            self.handed.lock().unwrap().push((
+                sms.to.to_owned(),
+                sms.from.to_owned(),
+                sms.body.to_owned(),
+            ));
+            self.answer.clone()
+        }
+    }
+
+    fn transient(reason: &str, retry_after: Option<Duration>) -> ProviderError {
+        ProviderError::Transient {
+            reason: reason.to_owned(),
+            retry_after,
+        }
+    }
+
+    /// Attempt `attempt` of a pending verification's send with the built-in English text,
+    /// its code valid for ten more minutes.
+    fn claimed(attempt: i32) -> ClaimedSend {
+        ClaimedSend {
+            delivery_id: DeliveryId::generate(),
+            attempt,
+            verification_id: VerificationId::generate(),
+            verification_status: VerificationStatus::Pending,
+            to: PhoneNumber::parse("+14155550100").unwrap(),
+            expires_at: Utc::now() + chrono::Duration::minutes(10),
+            code_nonce: vec![7; 32],
+            code_length: OtpCodeLength::parse(6).unwrap(),
+            variables: Variables::default(),
+            template_id: None,
+            template_body: None,
+            locale: None,
+            sender: None,
+        }
+    }
+
+    fn deps(ledger: FakeLedger, provider: ScriptedProvider) -> Deps<FakeLedger, ScriptedProvider> {
+        Deps {
+            ledger,
+            provider,
+            renderer: SmsRenderer::default(),
+            secret: CodeSecret::parse(SecretString::from(SECRET)).unwrap(),
+            // No jitter, so the expected delay is exact.
+            retry: RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(1),
+                jitter: 0.0,
+            },
+            lease: Duration::from_secs(60),
+            expiry_margin: MARGIN,
+            default_from: "Verify".to_owned(),
+        }
+    }
+
+    /// Delivers the job of `send` with the provider answering `answer`.
+    async fn deliver(
+        send: &ClaimedSend,
+        answer: Result<String, ProviderError>,
+    ) -> (Outcome, Deps<FakeLedger, ScriptedProvider>) {
+        let deps = deps(
+            FakeLedger::claiming(ClaimOutcome::Claimed(Box::new(send.clone()))),
+            ScriptedProvider::answering(answer),
+        );
+        let outcome = deliver_sms(&SendSms::new(send.delivery_id), &deps)
+            .await
+            .unwrap();
+        (outcome, deps)
+    }
+
+    /// The one attempt a test recorded.
+    fn only_record(deps: &Deps<FakeLedger, ScriptedProvider>) -> FinishedAttempt {
+        let finished = deps.ledger.finished();
+        assert_eq!(finished.len(), 1, "{finished:?}");
+        finished.into_iter().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_send_the_provider_accepts_is_recorded_as_sent_with_the_code_in_its_text() {
+        let send = claimed(1);
+
+        let (outcome, deps) = deliver(&send, Ok("SM123".to_owned())).await;
+
+        assert_eq!(outcome, Outcome::Done);
+        let code = OtpCode::derive(
+            &deps.secret,
+            send.verification_id.as_uuid(),
+            &send.code_nonce,
+            send.code_length,
+        )
+        .unwrap();
+        assert_eq!(
+            deps.provider.handed(),
+            [(
+                "+14155550100".to_owned(),
+                "Verify".to_owned(),
+                format!(
+                    "Your verification code is {}. It expires in 10 minutes.",
+                    code.expose()
+                )
+            )]
+        );
+        let finished = only_record(&deps);
+        assert_eq!((finished.id, finished.attempt), (send.delivery_id, 1));
+        assert_eq!(finished.record.next, DeliveryStatus::Sent);
+        assert_eq!(
+            finished.record.provider_message_id.as_deref(),
+            Some("SM123")
+        );
+        assert_eq!(finished.record.log_entry["outcome"], "sent");
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_recorded_as_retrying_and_retried_after_the_policy_delay() {
+        for (attempt, delay_ms) in [(1, 100), (2, 200)] {
+            let send = claimed(attempt);
+
+            let (outcome, deps) =
+                deliver(&send, Err(transient("provider answered 503", None))).await;
+
+            let delay = Duration::from_millis(delay_ms);
+            assert_eq!(outcome, Outcome::RetryLater(delay), "attempt {attempt}");
+            let finished = only_record(&deps);
+            assert_eq!(finished.record.next, DeliveryStatus::Retrying);
+            assert_eq!(finished.record.retry_in, Some(delay));
+            assert_eq!(
+                finished.record.error.as_deref(),
+                Some("provider answered 503")
+            );
+            assert_eq!(finished.record.log_entry["outcome"], "transient_error");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_longer_than_the_policy_delay_is_waited_out() {
+        let send = claimed(1);
+        let asked = Duration::from_secs(3);
+
+        let (outcome, deps) =
+            deliver(&send, Err(transient("provider answered 429", Some(asked)))).await;
+
+        assert_eq!(outcome, Outcome::RetryLater(asked));
+        assert_eq!(only_record(&deps).record.retry_in, Some(asked));
+    }
+
+    /// The reasons a send is given up on, each with the attempt log's outcome and whether
+    /// the provider was called.
+    #[tokio::test]
+    async fn each_reason_to_give_up_fails_the_send_and_dead_letters_its_job() {
+        let mut template_deleted = claimed(1);
+        template_deleted.template_id = Some(7);
+        let mut variable_missing = claimed(1);
+        variable_missing.template_id = Some(8);
+        variable_missing.template_body = Some("{{shop}}: {{code}}".to_owned());
+        let mut expires_soon = claimed(1);
+        // Sendable now (20 s left, the margin is 15 s), but the provider asks for 10 s
+        // before the next attempt, which would leave only 10.
+        expires_soon.expires_at = Utc::now() + chrono::Duration::seconds(20);
+        let cases = [
+            (
+                "provider refuses",
+                claimed(1),
+                Err(ProviderError::Permanent {
+                    reason: "provider answered 400: bad number".to_owned(),
+                }),
+                "provider_rejected",
+                "permanent_error",
+                true,
+            ),
+            (
+                "last attempt fails",
+                claimed(3),
+                Err(transient("provider answered 503", None)),
+                "attempts_exhausted",
+                "transient_error",
+                true,
+            ),
+            (
+                "retry too close to expiry",
+                expires_soon,
+                Err(transient(
+                    "provider answered 429",
+                    Some(Duration::from_secs(10)),
+                )),
+                "expires_before_retry",
+                "transient_error",
+                true,
+            ),
+            (
+                "template deleted",
+                template_deleted,
+                Ok("never".to_owned()),
+                "template_missing",
+                "render_error",
+                false,
+            ),
+            (
+                "variable missing",
+                variable_missing,
+                Ok("never".to_owned()),
+                "render_failed",
+                "render_error",
+                false,
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (case, send, answer, code, logged, called) in cases {
+            let (outcome, deps) = deliver(&send, answer).await;
+
+            let Outcome::DeadLetter(reason) = &outcome else {
+                failures.push(format!("{case}: {outcome:?}"));
+                continue;
+            };
+            let finished = deps.ledger.finished();
+            let recorded = match finished.as_slice() {
+                [one] => one,
+                _ => {
+                    failures.push(format!("{case}: recorded {finished:?}"));
+                    continue;
+                }
+            };
+            let reason_text = reason.to_string();
+            if reason.code() != code
+                || recorded.record.next != DeliveryStatus::Failed
+                || recorded.record.error.as_deref() != Some(reason_text.as_str())
+                || recorded.record.log_entry["outcome"] != logged
+                || deps.provider.handed().is_empty() == called
+            {
+                failures.push(format!(
+                    "{case}: {} {reason_text:?}, recorded {:?} {:?} {}, provider called: {}",
+                    reason.code(),
+                    recorded.record.next,
+                    recorded.record.error,
+                    recorded.record.log_entry["outcome"],
+                    !deps.provider.handed().is_empty()
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[tokio::test]
+    async fn the_reasons_name_what_went_wrong() {
+        let mut template_deleted = claimed(1);
+        template_deleted.template_id = Some(7);
+        let (outcome, _) = deliver(&template_deleted, Ok("never".to_owned())).await;
+        assert_eq!(
+            outcome,
+            Outcome::DeadLetter(DeadLetterReason::TemplateMissing(7))
+        );
+
+        let (outcome, _) =
+            deliver(&claimed(3), Err(transient("provider answered 503", None))).await;
+        assert_eq!(
+            outcome,
+            Outcome::DeadLetter(DeadLetterReason::AttemptsExhausted {
+                attempts: 3,
+                last_error: "provider answered 503".to_owned()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_for_a_missing_send_is_dead_lettered_and_nothing_is_recorded() {
+        let id = DeliveryId::generate();
+        let deps = deps(
+            FakeLedger::claiming(ClaimOutcome::Missing),
+            ScriptedProvider::answering(Ok("never".to_owned())),
+        );
+
+        let outcome = deliver_sms(&SendSms::new(id), &deps).await.unwrap();
+
+        assert_eq!(
+            outcome,
+            Outcome::DeadLetter(DeadLetterReason::DeliveryMissing(id))
+        );
+        assert!(deps.ledger.finished().is_empty());
+        assert!(deps.provider.handed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_job_for_a_finished_send_is_done_without_sending() {
+        for status in [DeliveryStatus::Sent, DeliveryStatus::Failed] {
+            let deps = deps(
+                FakeLedger::claiming(ClaimOutcome::AlreadyFinished(status)),
+                ScriptedProvider::answering(Ok("never".to_owned())),
+            );
+
+            let outcome = deliver_sms(&SendSms::new(DeliveryId::generate()), &deps)
+                .await
+                .unwrap();
+
+            assert_eq!(outcome, Outcome::Done, "{status:?}");
+            assert!(deps.ledger.finished().is_empty(), "{status:?}");
+            assert!(deps.provider.handed().is_empty(), "{status:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_for_a_send_another_worker_holds_is_retried_just_after_its_lease_runs_out() {
+        let deps = deps(
+            FakeLedger::claiming(ClaimOutcome::HeldElsewhere {
+                lease_remaining: Duration::from_secs(5),
+            }),
+            ScriptedProvider::answering(Ok("never".to_owned())),
+        );
+
+        let outcome = deliver_sms(&SendSms::new(DeliveryId::generate()), &deps)
+            .await
+            .unwrap();
+
+        assert_eq!(outcome, Outcome::RetryLater(Duration::from_secs(6)));
+        assert!(deps.ledger.finished().is_empty());
+        assert!(deps.provider.handed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_send_no_longer_wanted_is_closed_as_failed_without_sending_and_not_dead_lettered() {
+        let mut canceled = claimed(1);
+        canceled.verification_status = VerificationStatus::Canceled;
+        let mut expiring = claimed(1);
+        expiring.expires_at = Utc::now() + chrono::Duration::seconds(10);
+        for (case, send, why) in [
+            (
+                "canceled",
+                canceled,
+                "not sent: the verification is canceled",
+            ),
+            ("expiring", expiring, "not sent: the code expires too soon"),
+        ] {
+            let (outcome, deps) = deliver(&send, Ok("never".to_owned())).await;
+
+            assert_eq!(outcome, Outcome::Done, "{case}");
+            assert!(deps.provider.handed().is_empty(), "{case}");
+            let finished = only_record(&deps);
+            assert_eq!(finished.record.next, DeliveryStatus::Failed, "{case}");
+            assert_eq!(finished.record.error.as_deref(), Some(why), "{case}");
+            assert_eq!(finished.record.log_entry["outcome"], "skipped", "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_on_a_send_taken_over_meanwhile_is_not_dead_lettered() {
+        let send = claimed(1);
+        let deps = deps(
+            FakeLedger::claiming(ClaimOutcome::Claimed(Box::new(send.clone()))),
+            ScriptedProvider::answering(Err(ProviderError::Permanent {
+                reason: "provider answered 400".to_owned(),
+            })),
+        );
+        deps.ledger
+            .finish_answers
+            .lock()
+            .unwrap()
+            .push_back(Ok(false));
+
+        let outcome = deliver_sms(&SendSms::new(send.delivery_id), &deps)
+            .await
+            .unwrap();
+
+        assert_eq!(outcome, Outcome::Done);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outcome_is_recorded_once_postgres_is_back_rather_than_dropped() {
+        let send = claimed(1);
+        let deps = deps(
+            FakeLedger::claiming(ClaimOutcome::Claimed(Box::new(send.clone()))),
+            ScriptedProvider::answering(Ok("SM1".to_owned())),
+        );
+        for _ in 0..2 {
+            deps.ledger
+                .finish_answers
+                .lock()
+                .unwrap()
+                .push_back(Err(DbError::Unavailable("connection refused".to_owned())));
+        }
+
+        let outcome = deliver_sms(&SendSms::new(send.delivery_id), &deps)
+            .await
+            .unwrap();
+
+        assert_eq!(outcome, Outcome::Done);
+        assert_eq!(deps.provider.handed().len(), 1, "sent once, recorded late");
+        assert_eq!(only_record(&deps).record.next, DeliveryStatus::Sent);
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_fails_is_an_error_so_the_job_is_tried_again() {
+        let deps = deps(
+            FakeLedger {
+                claim: Mutex::new(Some(Err(DbError::Unavailable("down".to_owned())))),
+                finish_answers: Mutex::new(VecDeque::new()),
+                finished: Mutex::new(Vec::new()),
+            },
+            ScriptedProvider::answering(Ok("never".to_owned())),
+        );
+
+        let result = deliver_sms(&SendSms::new(DeliveryId::generate()), &deps).await;
+
+        assert!(matches!(result, Err(DbError::Unavailable(_))), "{result:?}");
+        assert!(deps.provider.handed().is_empty());
     }
 }

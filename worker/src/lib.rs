@@ -15,6 +15,8 @@
 //! - [`render`]: template rendering with the derived code.
 //! - [`retry`]: the backoff policy.
 //! - [`providers`]: Twilio, generic HTTP/JSON and log-only providers.
+//! - `testing` (feature `test-support`): the workers of a system under test, and a drain
+//!   that runs the pipeline until nothing is left to do.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
@@ -25,5 +27,7 @@ pub mod providers;
 pub mod render;
 pub mod retry;
 pub mod startup;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use startup::{Worker, WorkerConfig};

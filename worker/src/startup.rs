@@ -13,8 +13,10 @@ use verify_common::dependency::wait_for;
 use verify_common::domain::Sender;
 use verify_common::queue::{QueueError, SmsPublisher};
 
+#[cfg(feature = "test-support")]
+use crate::consumer::dispatcher::Dispatcher;
 use crate::consumer::{Consumer, worker_identity};
-use crate::deliver::{Deps, record_claims, record_finishes};
+use crate::deliver::{Deps, GroupCommitLedger};
 use crate::providers::SmsProvider;
 use crate::render::SmsRenderer;
 use crate::retry::RetryPolicy;
@@ -79,8 +81,7 @@ impl Worker {
             )
         })?;
         let deps = Deps {
-            claims: record_claims(pool.clone(), config.worker.send_lease()),
-            finishes: record_finishes(pool),
+            ledger: GroupCommitLedger::start(pool, config.worker.send_lease()),
             provider: SmsProvider::from_settings(&config.provider)?,
             renderer: SmsRenderer::default(),
             secret,
@@ -104,5 +105,14 @@ impl Worker {
     /// Consumes until `shutdown` is cancelled, then finishes in-flight sends.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         self.consumer.run(shutdown).await;
+    }
+
+    /// Instead of consuming, runs jobs one at a time on request (see [`Dispatcher`]).
+    ///
+    /// # Errors
+    /// [`QueueError`] when RabbitMQ cannot be reached.
+    #[cfg(feature = "test-support")]
+    pub async fn into_dispatcher(self) -> Result<Dispatcher, QueueError> {
+        Dispatcher::open(self.consumer).await
     }
 }

@@ -4,7 +4,8 @@
 //! `spawn_app()` starts the fake SMS provider (`verify-sink`) on port 0, the API on port
 //! 0 and a worker whose Twilio provider points at the sink, all sharing one
 //! cancellation token. Methods speak in the test's terms: post a verification, read the
-//! SMS, check the code.
+//! SMS, check the code. [`TestApp::drain`] runs the pipeline until nothing is left to
+//! do, so a test can assert what did *not* happen without sleeping.
 
 use std::time::Duration;
 
@@ -13,14 +14,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
-    ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings, SecretSettings,
-    WorkerSettings,
+    ApiSettings, FromFlags, OtpSettings, ProviderSettings, SecretSettings, WorkerSettings,
 };
 use verify_common::db::Pool;
 use verify_common::telemetry::init_test_tracing;
 use verify_common::testing::{TestDatabase, test_rabbit_settings};
 use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
-use verify_worker::{Worker, WorkerConfig};
+use verify_worker::WorkerConfig;
+use verify_worker::testing::TestWorkers;
 
 pub const API_KEY: &str = "test-api-key-0123456789";
 pub const SECRET: &str = "test-secret-for-code-derivation";
@@ -82,9 +83,8 @@ pub struct TestApp {
     pub client: Client,
     pub pool: Pool,
     pub sink: MessageLog,
-    pub rabbit: RabbitSettings,
     pub database: TestDatabase,
-    worker_config: WorkerConfig,
+    workers: TestWorkers,
     shutdown: CancellationToken,
 }
 
@@ -155,9 +155,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         client: Client::new(),
         pool,
         sink: sink_log,
-        rabbit,
         database,
-        worker_config,
+        workers: TestWorkers::new(worker_config, shutdown.clone()).await,
         shutdown,
     };
     if options.start_worker {
@@ -169,10 +168,18 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
 impl TestApp {
     /// Starts a worker process-equivalent (several may run at once).
     pub async fn start_worker(&self) {
-        let worker = Worker::build(self.worker_config.clone())
+        self.workers.start().await;
+    }
+
+    /// Runs the pipeline until nothing is left to do: every job, retry and duplicate has
+    /// run to its acknowledgement and every send is sent or failed (the API's own
+    /// publishes included). Running workers are paused meanwhile. Fails the test after
+    /// [`WAIT`].
+    pub async fn drain(&self) {
+        self.workers
+            .drain(WAIT)
             .await
-            .expect("building a worker");
-        tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
+            .unwrap_or_else(|e| panic!("draining the pipeline: {e}"));
     }
 
     pub fn url(&self, path: &str) -> String {

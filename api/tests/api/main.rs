@@ -5,8 +5,6 @@
 mod auth;
 mod bad_inputs;
 mod checks;
-mod dead_letters;
-mod delivery;
 mod health;
 mod helpers;
 mod idempotency;

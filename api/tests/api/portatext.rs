@@ -344,6 +344,7 @@ async fn a_wrong_api_key_answers_401_in_the_portatext_shape() {
 
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_portatext_error(&response.json().await.unwrap());
+    app.drain().await;
     assert!(app.sink.is_empty());
 }
 

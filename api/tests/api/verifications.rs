@@ -60,6 +60,31 @@ async fn the_verification_shows_its_send_with_status_attempts_and_provider_messa
 }
 
 #[tokio::test]
+async fn the_verification_shows_a_send_the_provider_refused_as_failed_with_its_error() {
+    let mut options = TestOptions::default();
+    options.sink.failure_rate = 1.0;
+    options.sink.failure_status = 400;
+    let app = spawn_app_with(options).await;
+    let created = app
+        .start_verification(&json!({ "to": phone_number(7) }))
+        .await;
+    let id = created["id"].as_str().unwrap();
+
+    app.drain().await;
+
+    let verification = app.get_verification(id).await;
+    assert_eq!(verification["delivery_status"], "failed");
+    let send = &verification["sends"][0];
+    assert_eq!(send["status"], "failed");
+    assert_eq!(send["attempts"], 1);
+    assert_eq!(send["attempt_log"][0]["outcome"], "permanent_error");
+    let error = send["last_error"].as_str().unwrap();
+    assert!(error.contains("400"), "{error}");
+    assert!(send["provider_message_id"].is_null());
+    assert!(app.sink.is_empty());
+}
+
+#[tokio::test]
 async fn no_code_appears_in_postgres_or_in_the_api_responses() {
     let app = spawn_app().await;
     let to = phone_number(3);

@@ -478,3 +478,24 @@ pub async fn rearm_delivery(pool: &Pool, id: DeliveryId) -> Result<(), DbError> 
     }
     Ok(())
 }
+
+/// How many sends are not finished: waiting to be claimed, being sent, or waiting to be
+/// retried. Zero means no send is waiting for a worker (a drained pipeline).
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn count_unfinished(pool: &Pool) -> Result<i64, DbError> {
+    let unfinished: Vec<&str> = DeliveryStatus::ALL
+        .into_iter()
+        .filter(|status| !status.is_terminal())
+        .map(DeliveryStatus::as_str)
+        .collect();
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM sms_deliveries WHERE status = ANY($1)",
+            &[&unfinished],
+        )
+        .await?;
+    Ok(row.get(0))
+}

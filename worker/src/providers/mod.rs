@@ -10,6 +10,7 @@ mod http;
 mod outgoing;
 mod twilio;
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +21,19 @@ pub use error::{ProviderError, retry_after};
 pub use http::HttpProvider;
 pub use outgoing::OutgoingSms;
 pub use twilio::TwilioProvider;
+
+/// Hands one message to an SMS provider and answers its message id. [`SmsProvider`]
+/// is the configured one; unit tests of delivering script their own.
+pub trait SmsSender: Send + Sync {
+    /// Sends one message; returns the provider's message id.
+    ///
+    /// # Errors
+    /// [`ProviderError`], classified for the retry policy.
+    fn send(
+        &self,
+        sms: &OutgoingSms<'_>,
+    ) -> impl Future<Output = Result<String, ProviderError>> + Send;
+}
 
 /// The configured provider.
 pub enum SmsProvider {
@@ -46,12 +60,10 @@ impl SmsProvider {
             ProviderKind::Log => Self::Console(ConsoleProvider),
         })
     }
+}
 
-    /// Sends one message; returns the provider's message id.
-    ///
-    /// # Errors
-    /// [`ProviderError`], classified for the retry policy.
-    pub async fn send(&self, sms: &OutgoingSms<'_>) -> Result<String, ProviderError> {
+impl SmsSender for SmsProvider {
+    async fn send(&self, sms: &OutgoingSms<'_>) -> Result<String, ProviderError> {
         match self {
             Self::Twilio(p) => p.send(sms).await,
             Self::Http(p) => p.send(sms).await,

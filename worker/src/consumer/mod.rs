@@ -18,6 +18,12 @@
 //!
 //! A lost connection ends the session; the worker reconnects with backoff. Messages
 //! in flight on the old channel are redelivered by the broker.
+//!
+//! With the `test-support` feature, [`dispatcher`] runs jobs one at a time on request
+//! through the same [`settle`], so tests can run the pipeline until it is empty.
+
+#[cfg(feature = "test-support")]
+pub mod dispatcher;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,7 +200,12 @@ impl Consumer {
 }
 
 /// Runs one job and acknowledges its message according to the outcome.
-async fn settle(delivery: Delivery, deps: &Arc<Deps>, publisher: &SmsPublisher, identity: &str) {
+pub(crate) async fn settle(
+    delivery: Delivery,
+    deps: &Arc<Deps>,
+    publisher: &SmsPublisher,
+    identity: &str,
+) {
     let job = match SendSms::decode(&delivery.data) {
         Ok(job) => job,
         Err(error) => {
@@ -203,7 +214,7 @@ async fn settle(delivery: Delivery, deps: &Arc<Deps>, publisher: &SmsPublisher, 
             return;
         }
     };
-    match deliver_sms(&job, deps).await {
+    match deliver_sms(&job, deps.as_ref()).await {
         Ok(Outcome::Done) => ack(&delivery).await,
         Ok(Outcome::RetryLater(delay)) => {
             let history = JobHistory::from_properties(&delivery.properties);
