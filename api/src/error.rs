@@ -47,11 +47,12 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("send JSON with Content-Type: application/json")]
     UnsupportedMediaType,
-    /// The request is well-formed but contradicts an earlier one.
+    /// The request is well-formed, but what it asks for is refused: it contradicts an
+    /// earlier one, or its text could not be sent as it is.
     #[error("{message}")]
     Unprocessable {
         code: &'static str,
-        field: &'static str,
+        field: String,
         message: String,
     },
     /// The request is valid but the resource's state does not allow it.
@@ -74,6 +75,19 @@ impl ApiError {
     /// A field-level validation error.
     pub fn invalid(code: &'static str, field: impl Into<String>, message: impl ToString) -> Self {
         Self::InvalidField {
+            code,
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A 422 about a field.
+    pub fn unprocessable(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl ToString,
+    ) -> Self {
+        Self::Unprocessable {
             code,
             field: field.into(),
             message: message.to_string(),

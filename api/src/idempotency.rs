@@ -49,11 +49,11 @@ pub fn claim(
 
 /// The 422 for a key reused with a different body.
 pub fn key_reused() -> ApiError {
-    ApiError::Unprocessable {
-        code: "idempotency_key_reused",
-        field: HEADER,
-        message: "this Idempotency-Key was used with a different request body".to_owned(),
-    }
+    ApiError::unprocessable(
+        "idempotency_key_reused",
+        HEADER,
+        "this Idempotency-Key was used with a different request body",
+    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use verify_common::db::templates::{self, TemplateFields, TemplateRecord};
 use verify_common::domain::{
     SmsShape, TemplateBody, TemplateDescription, TemplateError, TemplateLocale, TemplateName,
-    Variables,
+    VariableError, Variables,
 };
 
 use crate::error::ApiError;
@@ -25,14 +25,19 @@ pub struct TemplateInput {
     pub text: Option<String>,
 }
 
-/// Maps a template problem to the request field it concerns.
+/// Maps a template problem to the request field it concerns: 422 for characters that
+/// could disguise the message, 400 for the rest.
 pub fn template_error(error: TemplateError) -> ApiError {
+    if let TemplateError::UnsafeCharacter(_) = error {
+        return ApiError::unprocessable("unsafe_characters", "text", error);
+    }
     let (code, field) = match &error {
         TemplateError::InvalidName => ("invalid_template_name", "name"),
         TemplateError::DescriptionTooLong => ("invalid_description", "description"),
         TemplateError::InvalidLocale => ("invalid_locale", "locale"),
         TemplateError::MissingVariable(_) => ("missing_variable", "variables"),
         TemplateError::EmptyBody
+        | TemplateError::UnsafeCharacter(_)
         | TemplateError::BodyTooLong
         | TemplateError::MissingCode
         | TemplateError::ControlCharacter
@@ -44,6 +49,18 @@ pub fn template_error(error: TemplateError) -> ApiError {
         return ApiError::invalid(code, format!("variables.{name}"), &error);
     }
     ApiError::invalid(code, field, &error)
+}
+
+/// Maps a variables problem to the field it names (`variables.brand`): 422 for
+/// characters that could disguise the message, 400 for the rest.
+pub fn variable_error(error: VariableError) -> ApiError {
+    let field = error.field();
+    match error {
+        VariableError::UnsafeCharacter { .. } => {
+            ApiError::unprocessable("unsafe_characters", field, error)
+        }
+        _ => ApiError::invalid("invalid_variables", field, error),
+    }
 }
 
 fn validate(

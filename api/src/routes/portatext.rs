@@ -27,7 +27,7 @@ use crate::auth::presented_key;
 use crate::body::{limited_body, parse_json};
 use crate::error::{ApiError, with_retry_after};
 use crate::idempotency;
-use crate::operations::templates::{self as template_ops, TemplateInput};
+use crate::operations::templates::{self as template_ops, TemplateInput, variable_error};
 use crate::operations::verifications::{self as ops, CheckTarget, StartRequest};
 use crate::state::{AppState, with_state};
 use crate::views::{TemplateView, VerificationView};
@@ -201,8 +201,7 @@ async fn start(
             )?;
             let variables = match &request.variables {
                 Some(Value::Array(items)) if items.is_empty() => Variables::default(),
-                Some(value) => Variables::parse(value)
-                    .map_err(|e| ApiError::invalid("invalid_variables", e.field(), &e))?,
+                Some(value) => Variables::parse(value).map_err(variable_error)?,
                 None => Variables::default(),
             };
             let sender = request

@@ -12,7 +12,7 @@ use super::{MAX_BODY_BYTES, respond};
 use crate::auth::presented_key;
 use crate::body::{content_type, limited_body, parse_json, require_json};
 use crate::error::ApiError;
-use crate::operations::templates::{self as ops, TemplateInput};
+use crate::operations::templates::{self as ops, TemplateInput, variable_error};
 use crate::state::{AppState, with_state};
 use crate::views::TemplateView;
 
@@ -204,7 +204,7 @@ async fn preview(state: AppState, key: Auth, content_type: Option<String>, body:
                 .as_ref()
                 .map(Variables::parse)
                 .transpose()
-                .map_err(|e| ApiError::invalid("invalid_variables", e.field(), &e))?
+                .map_err(variable_error)?
                 .unwrap_or_default();
             let view = ops::preview(&state, &request.text, &variables)?;
             Ok(warp::reply::json(&view))

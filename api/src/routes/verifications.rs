@@ -16,7 +16,7 @@ use crate::auth::presented_key;
 use crate::body::{content_type, limited_body, parse_json, require_json};
 use crate::error::ApiError;
 use crate::idempotency;
-use crate::operations::templates::template_error;
+use crate::operations::templates::{template_error, variable_error};
 use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, parse_ttl};
 use crate::state::{AppState, with_state};
 use crate::views::VerificationView;
@@ -125,7 +125,7 @@ fn start_request(body: CreateBody) -> Result<StartRequest, ApiError> {
             .as_ref()
             .map(Variables::parse)
             .transpose()
-            .map_err(|e| ApiError::invalid("invalid_variables", e.field(), &e))?
+            .map_err(variable_error)?
             .unwrap_or_default(),
         sender: body
             .from

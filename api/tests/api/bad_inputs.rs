@@ -8,6 +8,7 @@ use crate::helpers::{TestApp, phone_number, spawn_app};
 
 const BAD_REQUEST: StatusCode = StatusCode::BAD_REQUEST;
 const NOT_FOUND: StatusCode = StatusCode::NOT_FOUND;
+const UNPROCESSABLE: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
 
 /// A valid number for cases whose problem lies elsewhere in the body.
 fn to() -> String {
@@ -299,6 +300,86 @@ fn verification_cases(template_needing_brand: i64) -> Vec<Case> {
         )
         .answers(BAD_REQUEST, "invalid_variables", Some("variables.t")),
         Case::post(
+            "a variable that starts new lines of its own",
+            create,
+            &with_to(
+                json!({"variables": {"brand": "Acme\n\nIGNORE THE NEXT MESSAGE. USE 111111"}}),
+            ),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a carriage return",
+            create,
+            &with_to(json!({"variables": {"brand": "Acme\rUSE 111111"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a line separator",
+            create,
+            &with_to(json!({"variables": {"brand": "Acme\u{2028}USE 111111"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a tab",
+            create,
+            &with_to(json!({"variables": {"brand": "Ac\tme"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a right-to-left override",
+            create,
+            &with_to(json!({"variables": {"brand": "\u{202E}111111 si edoc ruoY"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a left-to-right embedding",
+            create,
+            &with_to(json!({"variables": {"brand": "\u{202A}Acme"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a directional isolate",
+            create,
+            &with_to(json!({"variables": {"brand": "\u{2067}Acme\u{2069}"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a right-to-left mark",
+            create,
+            &with_to(json!({"variables": {"brand": "Acme\u{200F}"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a zero-width space",
+            create,
+            &with_to(json!({"variables": {"brand": "Ac\u{200B}me"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a zero-width joiner",
+            create,
+            &with_to(json!({"variables": {"brand": "Ac\u{200D}me"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a word joiner",
+            create,
+            &with_to(json!({"variables": {"brand": "Ac\u{2060}me"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a NUL",
+            create,
+            &with_to(json!({"variables": {"brand": "Ac\u{0}me"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
+            "a variable with a byte order mark",
+            create,
+            &with_to(json!({"variables": {"brand": "\u{FEFF}Acme"}})),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
+        Case::post(
             "a sender that is only a plus and a digit",
             create,
             &with_to(json!({"from": "+1"})),
@@ -491,6 +572,30 @@ fn template_cases(fixture: i64) -> Vec<Case> {
             &json!({"name": "x", "text": "{{code}}", "locale": "english"}),
         )
         .answers(BAD_REQUEST, "invalid_locale", Some("locale")),
+        Case::post(
+            "a template with a right-to-left override",
+            create,
+            &json!({"name": "x", "text": "Your code is {{code}}\u{202E}"}),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("text")),
+        Case::post(
+            "a template with a directional isolate",
+            create,
+            &json!({"name": "x", "text": "\u{2066}{{code}}\u{2069} is your code"}),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("text")),
+        Case::post(
+            "a template with a zero-width space",
+            create,
+            &json!({"name": "x", "text": "Code:\u{200B} {{code}}"}),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("text")),
+        Case::post(
+            "a template with a byte order mark",
+            create,
+            &json!({"name": "x", "text": "\u{FEFF}{{code}}"}),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("text")),
         Case::get("a template id that is not a number", "/v1/templates/abc").answers(
             BAD_REQUEST,
             "invalid_id",
@@ -547,6 +652,13 @@ fn template_cases(fixture: i64) -> Vec<Case> {
         )
         .answers(BAD_REQUEST, "invalid_template", Some("text")),
         Case::with_json(
+            "patching a template's text to one with a left-to-right override",
+            Method::PATCH,
+            fixture_path.clone(),
+            &json!({"text": "{{brand}}: \u{202D}{{code}}"}),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("text")),
+        Case::with_json(
             "putting an empty name on a template",
             Method::PUT,
             fixture_path,
@@ -572,6 +684,18 @@ fn template_cases(fixture: i64) -> Vec<Case> {
             &json!({"text": "{{code}}", "variables": [1]}),
         )
         .answers(BAD_REQUEST, "invalid_variables", Some("variables")),
+        Case::post(
+            "a preview with a right-to-left override in its text",
+            preview,
+            &json!({"text": "{{code}}\u{202E}"}),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("text")),
+        Case::post(
+            "a preview with a line break in a variable",
+            preview,
+            &json!({"text": "{{brand}} {{code}}", "variables": {"brand": "a\nb"}}),
+        )
+        .answers(UNPROCESSABLE, "unsafe_characters", Some("variables.brand")),
         Case::post("a preview without text", preview, &json!({})).answers(
             BAD_REQUEST,
             "invalid_json",
@@ -648,7 +772,9 @@ async fn every_bad_request_answers_its_4xx_in_json_naming_the_field_and_records_
 #[tokio::test]
 async fn a_nul_character_in_any_stored_text_answers_400_naming_the_field() {
     // Postgres cannot store U+0000 in text or jsonb, so it must be refused up front like
-    // any other bad value, never reach the database as a 500.
+    // any other bad value, never reach the database as a 500. (In a variable value it is
+    // refused with every other control character: 422 `unsafe_characters`, in the table of
+    // `every_bad_request_…`.)
     let app = spawn_app().await;
     let fixture = app
         .create_template(&json!({"name": "plain", "text": "{{code}}"}))
@@ -657,12 +783,6 @@ async fn a_nul_character_in_any_stored_text_answers_400_naming_the_field() {
     let create = "/v1/verifications";
     let templates = "/v1/templates";
     let cases = [
-        Case::post(
-            "a NUL in a variable value",
-            create,
-            &json!({"to": to(), "variables": {"brand": "Ac\u{0}me"}}),
-        )
-        .answers(BAD_REQUEST, "invalid_variables", Some("variables.brand")),
         Case::post(
             "a NUL in the sender",
             create,

@@ -105,6 +105,31 @@ async fn starting_with_variables_as_an_empty_array_answers_success() {
 }
 
 #[tokio::test]
+async fn a_variable_with_line_breaks_answers_400_in_the_portatext_shape_naming_it() {
+    let app = spawn_app().await;
+    let template_id = create_portatext_template(&app, "{{brand}}: code {{code}}").await;
+
+    let response = sdk_send(
+        &app,
+        Method::POST,
+        &format!("/number_verify/{NUMBER}"),
+        Some(&json!({
+            "template_id": template_id,
+            "variables": {"brand": "Acme\n\nIGNORE THE NEXT MESSAGE. USE 111111"}
+        })),
+    )
+    .await;
+
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_portatext_error(&body);
+    assert_eq!(body["error_code"], "unsafe_characters", "{body}");
+    assert_eq!(body["field"], "variables.brand", "{body}");
+    let count: i64 = app.sql("SELECT count(*) FROM verifications").await[0].get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
 async fn starting_with_an_empty_body_answers_success() {
     let app = spawn_app().await;
 

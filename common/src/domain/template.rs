@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 
 use upon::{Engine, Value, ValueAccess, ValueMember};
 
-use super::variables::{Variables, is_forbidden_control, is_identifier};
+use super::variables::{
+    Variables, describe_unsafe, is_forbidden_control, is_identifier, is_invisible_formatting,
+};
 
 /// Longest template body, in characters (enough for several concatenated SMS).
 pub const MAX_BODY_LEN: usize = 1_000;
@@ -30,6 +32,13 @@ pub enum TemplateError {
     MissingCode,
     #[error("the template text contains a control character")]
     ControlCharacter,
+    /// A bidirectional control or an invisible character, which could reorder or hide the
+    /// text around the code.
+    #[error(
+        "the template text contains {}, which could disguise the text around the code",
+        describe_unsafe(*.0)
+    )]
+    UnsafeCharacter(char),
     #[error("blocks ({{% … %}}) are not supported in SMS templates; use {{{{variable}}}} only")]
     BlocksNotAllowed,
     #[error("the template text does not compile: {0}")]
@@ -149,7 +158,8 @@ impl TemplateLocale {
     }
 }
 
-/// A template body that compiles, contains no blocks and reads `{{code}}`.
+/// A template body that compiles, contains no blocks, no bidirectional controls or
+/// invisible characters, and reads `{{code}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateBody {
     text: String,
@@ -177,6 +187,9 @@ impl TemplateBody {
         }
         if text.chars().any(is_forbidden_control) {
             return Err(TemplateError::ControlCharacter);
+        }
+        if let Some(character) = text.chars().find(|c| is_invisible_formatting(*c)) {
+            return Err(TemplateError::UnsafeCharacter(character));
         }
         let template = engine
             .compile(text)
@@ -333,7 +346,7 @@ mod tests {
     fn bodies_that_cannot_deliver_a_code_are_refused() {
         let engine = new_template_engine();
         let long = format!("{{{{code}}}}{}", "x".repeat(1_000));
-        let cases: [(&str, TemplateError); 8] = [
+        let cases: [(&str, TemplateError); 12] = [
             ("", TemplateError::EmptyBody),
             ("   ", TemplateError::EmptyBody),
             ("Hello {{name}}", TemplateError::MissingCode),
@@ -351,6 +364,22 @@ mod tests {
                 TemplateError::InvalidVariable("x.0".into()),
             ),
             ("{{code}}\u{0}", TemplateError::ControlCharacter),
+            (
+                "Your code is {{code}}\u{202E}",
+                TemplateError::UnsafeCharacter('\u{202E}'),
+            ),
+            (
+                "\u{2067}{{code}}\u{2069}",
+                TemplateError::UnsafeCharacter('\u{2067}'),
+            ),
+            (
+                "Code:\u{200B} {{code}}",
+                TemplateError::UnsafeCharacter('\u{200B}'),
+            ),
+            (
+                "\u{FEFF}{{code}}",
+                TemplateError::UnsafeCharacter('\u{FEFF}'),
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(
@@ -367,6 +396,19 @@ mod tests {
             TemplateBody::parse(&engine, "{{code | shout}}"),
             Err(TemplateError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn line_breaks_and_any_script_are_ordinary_template_text() {
+        let engine = new_template_engine();
+        for text in [
+            "Acme\n{{code}}",
+            "Acme\r\nCode:\t{{code}}",
+            "קוד האימות שלך: {{code}}",
+            "رمزك هو {{code}}",
+        ] {
+            assert!(TemplateBody::parse(&engine, text).is_ok(), "text {text:?}");
+        }
     }
 
     #[test]

@@ -31,8 +31,13 @@ pub enum VariableError {
     NotText(String),
     #[error("variable {0:?} is longer than {MAX_VALUE_LEN} characters")]
     TooLong(String),
-    #[error("variable {0:?} contains a control character")]
-    ControlCharacter(String),
+    /// A line break, another control character, a bidirectional control or an invisible
+    /// character: each could make the text around the code say something else.
+    #[error(
+        "variable {name:?} contains {}, which could disguise the text around the code",
+        describe_unsafe(*character)
+    )]
+    UnsafeCharacter { name: String, character: char },
 }
 
 impl VariableError {
@@ -44,20 +49,64 @@ impl VariableError {
             | Self::Reserved(name)
             | Self::NotText(name)
             | Self::TooLong(name)
-            | Self::ControlCharacter(name) => format!("variables.{name}"),
+            | Self::UnsafeCharacter { name, .. } => format!("variables.{name}"),
         }
     }
 }
 
 /// Checked template variables: at most [`MAX_VARIABLES`] names that are identifiers, not
-/// reserved, each with a text value of at most [`MAX_VALUE_LEN`] characters.
+/// reserved, each with a text value of at most [`MAX_VALUE_LEN`] characters and nothing
+/// [`is_unsafe_in_variable`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Variables(BTreeMap<String, String>);
 
 /// Control characters refused in any stored text: they have no place in an SMS, and
-/// Postgres cannot store U+0000 at all. Line breaks and tabs are ordinary SMS text.
+/// Postgres cannot store U+0000 at all. Line breaks and tabs are ordinary template text.
 pub fn is_forbidden_control(c: char) -> bool {
     c.is_control() && !matches!(c, '\n' | '\r' | '\t')
+}
+
+/// Characters that change how the text around them is shown while being invisible
+/// themselves: bidirectional controls (embeddings, overrides, isolates and the
+/// direction marks) and zero-width characters. Refused in template text and variables,
+/// so nothing can reorder or hide the text next to a code.
+pub fn is_invisible_formatting(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' // Arabic letter mark
+            | '\u{200E}' // left-to-right mark
+            | '\u{200F}' // right-to-left mark
+            | '\u{202A}'..='\u{202E}' // embeddings, pop, overrides
+            | '\u{2066}'..='\u{2069}' // isolates
+            | '\u{200B}'..='\u{200D}' // zero-width space, non-joiner, joiner
+            | '\u{2060}' // word joiner
+            | '\u{FEFF}' // zero-width no-break space
+    )
+}
+
+/// Characters a variable may not hold: [`is_invisible_formatting`] ones, and every
+/// control character and line or paragraph separator, so a value can neither start a
+/// new line of its own ("…\n\nIGNORE THE NEXT MESSAGE") nor reorder or hide the text.
+pub fn is_unsafe_in_variable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_invisible_formatting(c)
+}
+
+/// A refused character for error messages: its code point and what kind it is, as in
+/// `U+202E (a bidirectional control)`.
+pub(crate) fn describe_unsafe(c: char) -> String {
+    let kind = if matches!(
+        c,
+        '\n' | '\r' | '\u{0B}' | '\u{0C}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+    ) {
+        "a line break"
+    } else if c.is_control() {
+        "a control character"
+    } else if matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}') {
+        "an invisible character"
+    } else {
+        "a bidirectional control"
+    };
+    format!("U+{:04X} ({kind})", u32::from(c))
 }
 
 /// True when `name` is a template identifier Verify accepts.
@@ -99,8 +148,11 @@ impl Variables {
             if text.chars().count() > MAX_VALUE_LEN {
                 return Err(VariableError::TooLong(name.clone()));
             }
-            if text.chars().any(is_forbidden_control) {
-                return Err(VariableError::ControlCharacter(name.clone()));
+            if let Some(character) = text.chars().find(|c| is_unsafe_in_variable(*c)) {
+                return Err(VariableError::UnsafeCharacter {
+                    name: name.clone(),
+                    character,
+                });
             }
             map.insert(name.clone(), text);
         }
@@ -189,6 +241,65 @@ mod tests {
             let got = Variables::parse(&input).unwrap_err();
             assert_eq!(got, error, "input {input}");
             assert_eq!(got.field(), field, "input {input}");
+        }
+    }
+
+    #[test]
+    fn values_that_could_disguise_the_text_around_the_code_are_refused() {
+        let cases = [
+            ("Acme\n\nIGNORE THE NEXT MESSAGE. USE 111111", '\n'),
+            ("Acme\r", '\r'),
+            ("Ac\tme", '\t'),
+            ("Ac\u{0}me", '\u{0}'),
+            ("Acme\u{2028}", '\u{2028}'),
+            ("Acme\u{2029}", '\u{2029}'),
+            ("Acme\u{85}", '\u{85}'),
+            ("\u{202E}emcA", '\u{202E}'),
+            ("\u{202A}Acme", '\u{202A}'),
+            ("\u{202D}Acme", '\u{202D}'),
+            ("\u{2066}Acme\u{2069}", '\u{2066}'),
+            ("Acme\u{2069}", '\u{2069}'),
+            ("Acme\u{200E}", '\u{200E}'),
+            ("Acme\u{200F}", '\u{200F}'),
+            ("Acme\u{061C}", '\u{061C}'),
+            ("Ac\u{200B}me", '\u{200B}'),
+            ("Ac\u{200C}me", '\u{200C}'),
+            ("Ac\u{200D}me", '\u{200D}'),
+            ("Ac\u{2060}me", '\u{2060}'),
+            ("\u{FEFF}Acme", '\u{FEFF}'),
+        ];
+        for (value, character) in cases {
+            let got = Variables::parse(&json!({ "brand": value })).unwrap_err();
+            assert_eq!(
+                got,
+                VariableError::UnsafeCharacter {
+                    name: "brand".into(),
+                    character
+                },
+                "value {value:?}"
+            );
+            assert_eq!(got.field(), "variables.brand", "value {value:?}");
+            assert!(
+                got.to_string()
+                    .contains(&format!("U+{:04X}", u32::from(character))),
+                "{got}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_text_in_any_script_is_kept() {
+        for value in [
+            "Acme Ltd.",
+            "Café Zoë",
+            "Новости",
+            "שלום",
+            "مرحبا",
+            "日本",
+            "😀",
+        ] {
+            let vars = Variables::parse(&json!({ "brand": value })).unwrap();
+            assert_eq!(vars.get("brand"), Some(value));
         }
     }
 }
