@@ -173,17 +173,15 @@ async fn attempt<L: SendLedger, P: SmsSender>(
     }
     let text = match deps.renderer.render(send, &deps.secret, now) {
         Ok(text) => text,
-        Err(RenderError::TemplateDeleted(id)) => {
-            return dead_letter(
-                send,
-                deps,
-                DeadLetterReason::TemplateMissing(id),
-                "render_error",
-            )
-            .await;
-        }
         Err(error) => {
-            let reason = DeadLetterReason::RenderFailed(error.to_string());
+            let reason = match error {
+                RenderError::TemplateDeleted(id) => DeadLetterReason::TemplateMissing(id),
+                RenderError::InvalidLocale(locale) => DeadLetterReason::LocaleInvalid(locale),
+                RenderError::UnsupportedLocale(locale) => {
+                    DeadLetterReason::LocaleUnsupported(locale)
+                }
+                error => DeadLetterReason::RenderFailed(error.to_string()),
+            };
             return dead_letter(send, deps, reason, "render_error").await;
         }
     };
@@ -576,6 +574,10 @@ mod tests {
         let mut variable_missing = claimed(1);
         variable_missing.template_id = Some(8);
         variable_missing.template_body = Some("{{shop}}: {{code}}".to_owned());
+        let mut locale_unsupported = claimed(1);
+        locale_unsupported.locale = Some("sw-KE".to_owned());
+        let mut locale_invalid = claimed(1);
+        locale_invalid.locale = Some("english".to_owned());
         let mut expires_soon = claimed(1);
         // Sendable now (20 s left, the margin is 15 s), but the provider asks for 10 s
         // before the next attempt, which would leave only 10.
@@ -623,6 +625,22 @@ mod tests {
                 variable_missing,
                 Ok("never".to_owned()),
                 "render_failed",
+                "render_error",
+                false,
+            ),
+            (
+                "locale without built-in text",
+                locale_unsupported,
+                Ok("never".to_owned()),
+                "locale_unsupported",
+                "render_error",
+                false,
+            ),
+            (
+                "locale that does not parse",
+                locale_invalid,
+                Ok("never".to_owned()),
+                "locale_invalid",
                 "render_error",
                 false,
             ),

@@ -27,6 +27,11 @@ pub enum DeadLetterReason {
     DeliveryMissing(DeliveryId),
     /// The verification's template was deleted.
     TemplateMissing(i64),
+    /// The verification's stored locale is not a language tag.
+    LocaleInvalid(String),
+    /// The verification names no template and this build has no built-in text for its
+    /// locale.
+    LocaleUnsupported(String),
     /// The template cannot be rendered with the verification's variables.
     RenderFailed(String),
     /// The provider refused the message for good (a 4xx other than 408/429).
@@ -44,6 +49,8 @@ impl DeadLetterReason {
             Self::UnreadablePayload(_) => "unreadable_payload",
             Self::DeliveryMissing(_) => "delivery_missing",
             Self::TemplateMissing(_) => "template_missing",
+            Self::LocaleInvalid(_) => "locale_invalid",
+            Self::LocaleUnsupported(_) => "locale_unsupported",
             Self::RenderFailed(_) => "render_failed",
             Self::ProviderRejected(_) => "provider_rejected",
             Self::AttemptsExhausted { .. } => "attempts_exhausted",
@@ -59,6 +66,12 @@ impl fmt::Display for DeadLetterReason {
             Self::ProviderRejected(error) => f.write_str(error),
             Self::DeliveryMissing(id) => write!(f, "delivery {id} does not exist"),
             Self::TemplateMissing(id) => write!(f, "template {id} no longer exists"),
+            Self::LocaleInvalid(locale) => {
+                write!(f, "the stored locale {locale:?} is not a language tag")
+            }
+            Self::LocaleUnsupported(locale) => {
+                write!(f, "there is no built-in text for locale {locale}")
+            }
             Self::AttemptsExhausted {
                 attempts,
                 last_error,
@@ -83,6 +96,8 @@ mod tests {
             DeadLetterReason::UnreadablePayload("bad".into()),
             DeadLetterReason::DeliveryMissing(DeliveryId::generate()),
             DeadLetterReason::TemplateMissing(7),
+            DeadLetterReason::LocaleInvalid("english".into()),
+            DeadLetterReason::LocaleUnsupported("sw-KE".into()),
             DeadLetterReason::RenderFailed("missing variable".into()),
             DeadLetterReason::ProviderRejected("400".into()),
             DeadLetterReason::AttemptsExhausted {
@@ -98,6 +113,8 @@ mod tests {
                 "unreadable_payload",
                 "delivery_missing",
                 "template_missing",
+                "locale_invalid",
+                "locale_unsupported",
                 "render_failed",
                 "provider_rejected",
                 "attempts_exhausted",
@@ -109,6 +126,10 @@ mod tests {
             "template 7 no longer exists",
             "the text recorded as the send's last error"
         );
-        assert_eq!(reasons[5].to_string(), "gave up after 3 attempts: 503");
+        assert_eq!(
+            reasons[4].to_string(),
+            "there is no built-in text for locale sw-KE"
+        );
+        assert_eq!(reasons[7].to_string(), "gave up after 3 attempts: 503");
     }
 }

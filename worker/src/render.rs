@@ -1,4 +1,10 @@
 //! Turning a claimed send into the SMS text.
+//!
+//! A send without a template gets the built-in text of its verification's locale, or
+//! English when it has none. A locale that does not parse or has no built-in text is an
+//! error, never a quiet switch to English: the person asked for their language, and an
+//! operator can put it right (give the verification a template, or a build that has
+//! the text) and replay the job.
 
 use chrono::{DateTime, Utc};
 use upon::Engine;
@@ -8,11 +14,18 @@ use verify_common::domain::{
     new_template_engine,
 };
 
-/// Why a send cannot be rendered. Both are permanent for that send.
+/// The language of a verification that names no locale.
+const DEFAULT_LANGUAGE: &str = "en";
+
+/// Why a send cannot be rendered. Each is permanent for that send.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("template {0} no longer exists")]
     TemplateDeleted(i64),
+    #[error("the stored locale {0:?} is not a language tag")]
+    InvalidLocale(String),
+    #[error("there is no built-in text for locale {0}")]
+    UnsupportedLocale(String),
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("the stored code material is unusable: {0}")]
@@ -37,7 +50,8 @@ impl SmsRenderer {
     /// locale) with the code, the minutes left and the verification's own variables.
     ///
     /// # Errors
-    /// [`RenderError`] when the template is gone or a variable is missing.
+    /// [`RenderError`] when the template is gone, the locale has no built-in text or a
+    /// variable is missing.
     pub fn render(
         &self,
         send: &ClaimedSend,
@@ -47,17 +61,7 @@ impl SmsRenderer {
         let text = match (send.template_id, &send.template_body) {
             (Some(_), Some(body)) => body.clone(),
             (Some(id), None) => return Err(RenderError::TemplateDeleted(id)),
-            (None, _) => {
-                let language = send
-                    .locale
-                    .as_deref()
-                    .and_then(|l| TemplateLocale::parse(l).ok())
-                    .map_or_else(|| "en".to_owned(), |l| l.language().to_owned());
-                default_template_text(&language)
-                    .or_else(|| default_template_text("en"))
-                    .unwrap_or_default()
-                    .to_owned()
-            }
+            (None, _) => built_in_text(send.locale.as_deref())?.to_owned(),
         };
         let body = TemplateBody::parse(&self.engine, &text)?;
         let code = OtpCode::derive(
@@ -70,5 +74,90 @@ impl SmsRenderer {
         let seconds_left = (send.expires_at - now).num_seconds().max(0);
         let minutes_left = u64::try_from(seconds_left).unwrap_or(0).div_ceil(60);
         Ok(body.render(&self.engine, code.expose(), minutes_left, &send.variables)?)
+    }
+}
+
+/// The built-in text for a send without a template: its locale's language, English when
+/// the verification named no locale.
+///
+/// # Errors
+/// [`RenderError::InvalidLocale`] or [`RenderError::UnsupportedLocale`]; never a fallback.
+fn built_in_text(stored: Option<&str>) -> Result<&'static str, RenderError> {
+    let Some(stored) = stored else {
+        return default_template_text(DEFAULT_LANGUAGE)
+            .ok_or_else(|| RenderError::UnsupportedLocale(DEFAULT_LANGUAGE.to_owned()));
+    };
+    let locale =
+        TemplateLocale::parse(stored).map_err(|_| RenderError::InvalidLocale(stored.to_owned()))?;
+    default_template_text(locale.language())
+        .ok_or_else(|| RenderError::UnsupportedLocale(locale.as_str().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use secrecy::SecretString;
+    use verify_common::db::deliveries::ClaimedSend;
+    use verify_common::domain::{
+        CodeSecret, DeliveryId, OtpCodeLength, PhoneNumber, Variables, VerificationId,
+        VerificationStatus,
+    };
+
+    use super::{RenderError, SmsRenderer};
+
+    /// A pending send without a template, stored with `locale`.
+    fn send_with_locale(locale: Option<&str>) -> ClaimedSend {
+        ClaimedSend {
+            delivery_id: DeliveryId::generate(),
+            attempt: 1,
+            verification_id: VerificationId::generate(),
+            verification_status: VerificationStatus::Pending,
+            to: PhoneNumber::parse("+14155550100").unwrap(),
+            expires_at: Utc::now() + chrono::Duration::minutes(10),
+            code_nonce: vec![7; 32],
+            code_length: OtpCodeLength::parse(6).unwrap(),
+            variables: Variables::default(),
+            template_id: None,
+            template_body: None,
+            locale: locale.map(str::to_owned),
+            sender: None,
+        }
+    }
+
+    fn render(locale: Option<&str>) -> Result<String, RenderError> {
+        let secret = CodeSecret::parse(SecretString::from("unit-test-secret-0123456789")).unwrap();
+        SmsRenderer::default().render(&send_with_locale(locale), &secret, Utc::now())
+    }
+
+    #[test]
+    fn a_send_gets_the_built_in_text_of_its_locale_and_english_without_one() {
+        let cases = [
+            (None, "Your verification code is "),
+            (Some("en-GB"), "Your verification code is "),
+            (Some("es-MX"), "Tu código de verificación es "),
+            (Some("pt_br"), "Seu código de verificação é "),
+        ];
+        for (locale, start) in cases {
+            let text = render(locale).unwrap();
+            assert!(text.starts_with(start), "{locale:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_locale_without_built_in_text_is_an_error_not_english() {
+        let error = render(Some("sw-KE")).unwrap_err();
+        assert!(
+            matches!(&error, RenderError::UnsupportedLocale(locale) if locale == "sw-KE"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_stored_locale_that_does_not_parse_is_an_error_not_english() {
+        let error = render(Some("english")).unwrap_err();
+        assert!(
+            matches!(&error, RenderError::InvalidLocale(locale) if locale == "english"),
+            "{error:?}"
+        );
     }
 }

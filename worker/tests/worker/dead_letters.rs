@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use verify_common::domain::{DeliveryId, DeliveryStatus, VerificationId};
+use verify_common::domain::{DeliveryId, DeliveryStatus, TemplateLocale, VerificationId};
 use verify_common::queue::DeadLetterBrowser;
 use verify_worker::dlq::{list_dead_letters, replay_dead_letters};
 
@@ -170,4 +170,28 @@ async fn an_unreadable_payload_is_dead_lettered_byte_for_byte_and_replay_refuses
     assert!(report.to_string().contains("refused, unreadable_payload"));
     wait_for_dead_letters(&worker, 1).await;
     assert!(worker.sink.is_empty());
+}
+
+#[tokio::test]
+async fn a_locale_without_built_in_text_fails_the_send_instead_of_sending_english() {
+    let worker = spawn_worker().await;
+    let mut new = new_verification(&phone_number(4));
+    // Accepted when it was recorded; this build has no text for it.
+    new.locale = Some(TemplateLocale::parse("sw-KE").unwrap());
+    let started = worker.start(new).await;
+
+    worker.drain().await;
+
+    let send = worker.newest_send(started.verification_id).await;
+    assert_eq!(send.status, DeliveryStatus::Failed);
+    assert_eq!(outcomes(&send), ["render_error"]);
+    assert_eq!(
+        send.last_error.as_deref(),
+        Some("there is no built-in text for locale sw-KE")
+    );
+    assert!(worker.sink.is_empty(), "{:?}", worker.sink.all());
+    let listing = list_dead_letters(&worker.rabbit, 10).await.unwrap();
+    assert_eq!(listing.letters.len(), 1);
+    assert_eq!(listing.letters[0].delivery_id, Some(started.delivery_id));
+    assert_eq!(listing.letters[0].reason_code, "locale_unsupported");
 }
