@@ -4,10 +4,12 @@
 //! template database migrated once per schema version, so creating one costs a file copy
 //! instead of a migration run. Template creation is guarded by an advisory lock so
 //! parallel test processes do not race. Databases are named `test_<unix time>_<random>`;
-//! each run sweeps only `test_` databases more than an hour old, so concurrent runs never
-//! drop each other's. When Postgres or RabbitMQ is missing, tests fail loudly with the
+//! each test process sweeps only `test_` databases more than an hour old, so concurrent
+//! runs never drop each other's, and it sweeps beside its tests rather than in front of
+//! them. When Postgres or RabbitMQ is missing, tests fail loudly with the
 //! address they tried: they never skip.
 
+use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::NoTls;
@@ -81,7 +83,7 @@ impl TestDatabase {
         let admin = admin_client(&base).await;
         let template = format!("verify_test_template_{:016x}", db::schema_fingerprint());
         ensure_template(&admin, &base, &template).await;
-        sweep_stale_databases(&admin).await;
+        start_sweeping_stale_databases(&base);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -167,14 +169,48 @@ async fn ensure_template(admin: &tokio_postgres::Client, base: &DatabaseSettings
         .expect("releasing the template lock");
 }
 
+/// Starts, once per test process, a sweep of the `test_` databases more than an hour old,
+/// oldest first, on a thread of its own. Every `DROP DATABASE` waits for a checkpoint, so
+/// with hundreds of leftovers a sweep takes minutes; done in front of each test (as it
+/// was), it held every test of a process up for all of them. Whatever is left when the
+/// process exits is the next process's to drop. Best effort: a sweep that cannot connect
+/// fails no test.
+fn start_sweeping_stale_databases(base: &DatabaseSettings) {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let config = admin_config(base);
+        let sweeper = std::thread::Builder::new()
+            .name("stale-test-databases".to_owned())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    let Ok((admin, connection)) = config.connect(NoTls).await else {
+                        return;
+                    };
+                    tokio::spawn(connection);
+                    sweep_stale_databases(&admin).await;
+                });
+            });
+        // Without a thread there is no sweep this time; the tests go on regardless.
+        drop(sweeper);
+    });
+}
+
 async fn sweep_stale_databases(admin: &tokio_postgres::Client) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
+    // The names start with their creation time, all with the same number of digits, so
+    // name order is age order: the oldest go first.
     let Ok(rows) = admin
         .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%' ORDER BY datname",
             &[],
         )
         .await
@@ -188,12 +224,13 @@ async fn sweep_stale_databases(admin: &tokio_postgres::Client) {
             .nth(1)
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(now);
-        if now.saturating_sub(created) > 3_600 {
-            // Best effort: another run may be sweeping the same database.
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await;
+        if now.saturating_sub(created) <= 3_600 {
+            continue;
         }
+        // Best effort: another process may be sweeping the same database.
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
     }
 }
 
