@@ -103,14 +103,21 @@ impl TestWorkers {
     /// # Errors
     /// [`DrainError::NotDrained`] when that does not happen `within`; the others when a
     /// dependency fails.
+    ///
+    /// # Panics
+    /// When a background worker panicked, with its panic; or when one cannot be started
+    /// again.
     pub async fn drain(&self, within: Duration) -> Result<usize, DrainError> {
         let mut running = self.running.lock().await;
         let stopped = running.len();
         for worker in running.drain(..) {
             worker.stop.cancel();
-            // A worker that panicked has nothing left to hand back; the drain runs its
-            // jobs, redelivered, like any others.
-            let _ = worker.task.await;
+            if let Err(error) = worker.task.await
+                && error.is_panic()
+            {
+                // A worker that panicked fails the test that drains it.
+                std::panic::resume_unwind(error.into_panic());
+            }
         }
         let result = self.run_until_drained(within).await;
         for _ in 0..stopped {

@@ -14,12 +14,15 @@ use super::{Consumer, settle};
 /// Runs a worker's jobs one at a time on request instead of consuming them.
 pub struct Dispatcher {
     consumer: Consumer,
-    connection: lapin::Connection,
+    // Kept so the connection lives as long as its channel; both close when the
+    // dispatcher is dropped.
+    _connection: lapin::Connection,
     channel: lapin::Channel,
     names: QueueNames,
 }
 
 impl Dispatcher {
+    /// Opens a channel of its own for `consumer`'s jobs and declares the topology.
     pub(crate) async fn open(consumer: Consumer) -> Result<Self, QueueError> {
         let names = QueueNames::new(&consumer.rabbit.queue_prefix);
         let connection = connect(&consumer.rabbit.url, "verify-worker-dispatcher").await?;
@@ -32,7 +35,7 @@ impl Dispatcher {
         .await?;
         Ok(Self {
             consumer,
-            connection,
+            _connection: connection,
             channel,
             names,
         })
@@ -89,14 +92,5 @@ impl Dispatcher {
             waiting += declared.message_count();
         }
         Ok(waiting)
-    }
-
-    /// Closes the channel and the connection.
-    pub async fn close(self) {
-        let _ = self.channel.close(200, "dispatcher closing".into()).await;
-        let _ = self
-            .connection
-            .close(200, "dispatcher closing".into())
-            .await;
     }
 }
