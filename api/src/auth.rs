@@ -1,18 +1,18 @@
-//! API-key authentication: `X-Api-Key: KEY` or `Authorization: Bearer KEY`.
+//! API-key authentication: decides who is calling from the key a request presents
+//! (`X-Api-Key: KEY` or `Authorization: Bearer KEY`, read by the routes' `caller`
+//! extractor). This is the one place that turns a key into a [`Caller`].
 //!
 //! A presented key is hashed and compared with the configured key's hash, then looked up
 //! among stored hashes. Positive lookups are cached briefly so a busy client costs no
 //! database round trip per request; a revoked key stops working within that time. Requests
 //! presenting one key at the same moment share a single lookup.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use verify_common::db::{DbError, Pool, api_keys};
 use verify_common::domain::api_key::hash_api_key;
-use warp::Filter;
 
 use crate::error::ApiError;
 use crate::expiring::ExpiringMap;
@@ -72,26 +72,4 @@ impl ApiKeys {
             Err(ApiError::Unauthorized("invalid API key"))
         }
     }
-}
-
-/// Extracts the presented key, if any, from either header. Never rejects: handlers decide.
-pub fn presented_key() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
-    warp::header::optional::<String>("x-api-key")
-        .or(warp::any().map(|| None))
-        .unify()
-        .and(
-            warp::header::optional::<String>("authorization")
-                .or(warp::any().map(|| None))
-                .unify(),
-        )
-        .map(|api_key: Option<String>, authorization: Option<String>| {
-            api_key.map(|k| k.trim().to_owned()).or_else(|| {
-                authorization.and_then(|value| {
-                    let (scheme, token) = value.trim().split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| token.trim().to_owned())
-                })
-            })
-        })
 }

@@ -1,26 +1,21 @@
 //! Reading request bodies: bounded in size (also for chunked uploads, which carry no
 //! Content-Length), and parsed as JSON with errors that name the offending field.
 
-use std::convert::Infallible;
-
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use warp::Filter;
 
 use crate::error::ApiError;
 
-/// The body, read up to `limit` bytes; longer bodies are an error, not a truncation.
-pub fn limited_body(
-    limit: usize,
-) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = Infallible> + Clone {
-    warp::body::stream()
-        .then(move |stream| collect_limited(stream, limit))
-        .or(warp::any().map(|| Ok(Bytes::new())))
-        .unify()
-}
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-async fn collect_limited<S, B>(stream: S, limit: usize) -> Result<Bytes, ApiError>
+/// The body, read up to `limit` bytes; longer bodies are an error, not a truncation.
+///
+/// # Errors
+/// [`ApiError::PayloadTooLarge`] past `limit`; [`ApiError::InvalidJson`] when the body
+/// cannot be read (the client sent a broken chunked encoding, say).
+pub async fn collect_limited<S, B>(stream: S, limit: usize) -> Result<Bytes, ApiError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -43,13 +38,6 @@ where
         }
     }
     Ok(collected.freeze())
-}
-
-/// The request's Content-Type, to refuse non-JSON bodies with 415.
-pub fn content_type() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
-    warp::header::optional::<String>("content-type")
-        .or(warp::any().map(|| None))
-        .unify()
 }
 
 /// Refuses bodies declared as something other than JSON. A missing Content-Type is

@@ -1,8 +1,10 @@
 //! `ApiError`: the only error handlers return, and how every failure becomes a response.
 //!
 //! Each variant has an HTTP status and a stable machine `code` that clients can match on.
-//! The body is `{"error": {"code", "message", "field"}}`. Internal errors are logged with
-//! their whole cause chain and answered opaquely.
+//! The body is `{"error": {"code", "message", "field"}}`. Internal errors are answered
+//! opaquely; whoever turns an error into a response calls [`ApiError::log`] once, so
+//! internal errors reach the log with their whole cause chain. This module depends on no
+//! other module of the crate.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -32,6 +34,16 @@ pub enum ApiError {
         field: String,
         message: String,
     },
+    /// A header is present but unusable (not visible ASCII, or not of its form).
+    #[error("{message}")]
+    InvalidHeader {
+        code: &'static str,
+        header: String,
+        message: String,
+    },
+    /// The query string cannot be read.
+    #[error("{message}")]
+    InvalidQuery { message: String },
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{what} not found")]
@@ -94,10 +106,23 @@ impl ApiError {
         }
     }
 
+    /// A header that is present but cannot be read as visible ASCII text. It is refused,
+    /// never taken for absent, so a client learns its header was not understood.
+    pub fn unreadable_header(code: &'static str, header: &'static str) -> Self {
+        Self::InvalidHeader {
+            code,
+            header: header.to_owned(),
+            message: format!("the {header} header must be visible ASCII text"),
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidJson { .. } | Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidJson { .. }
+            | Self::InvalidField { .. }
+            | Self::InvalidHeader { .. }
+            | Self::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -116,10 +141,12 @@ impl ApiError {
         match self {
             Self::InvalidJson { .. } => "invalid_json",
             Self::InvalidField { code, .. }
+            | Self::InvalidHeader { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
             | Self::Unprocessable { code, .. }
             | Self::TooManyRequests { code, .. } => code,
+            Self::InvalidQuery { .. } => "invalid_query",
             Self::Unauthorized(_) => "unauthorized",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -135,6 +162,7 @@ impl ApiError {
         match self {
             Self::InvalidJson { field, .. } => field.as_deref(),
             Self::InvalidField { field, .. } => Some(field),
+            Self::InvalidHeader { header, .. } => Some(header),
             Self::Unprocessable { field, .. } => Some(field),
             _ => None,
         }
@@ -160,7 +188,10 @@ impl ApiError {
         }
     }
 
-    fn log(&self) {
+    /// Writes the error to the log if it is the server's fault or a dependency's: internal
+    /// errors with their cause chain, outages as warnings. Client mistakes are not logged
+    /// (their answer says everything). Call it once, where the error becomes a response.
+    pub fn log(&self) {
         match self {
             Self::Internal(error) => tracing::error!(error = ?error, "request failed"),
             Self::Unavailable(reason) => tracing::warn!(%reason, "dependency unavailable"),
@@ -208,9 +239,10 @@ pub fn with_retry_after(mut response: Response, retry_after: Option<Duration>) -
     response
 }
 
-impl Reply for ApiError {
-    fn into_response(self) -> Response {
-        self.log();
+impl ApiError {
+    /// The error's JSON answer, with `Retry-After` for 429 and 503. It logs nothing: see
+    /// [`ApiError::log`].
+    pub fn to_response(&self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
@@ -224,45 +256,52 @@ impl Reply for ApiError {
     }
 }
 
-/// Turns routing failures (no route, wrong method, unreadable body) into the same JSON
-/// shape as handler errors. Handler errors never become rejections.
+/// Turns routing failures (no route, wrong method, a request warp itself could not read)
+/// into the same JSON shape as handler errors. Handler and extractor errors never get
+/// here: each route family answers those in its own shape. A rejection of a kind not
+/// listed is a defect of the routes, so it is logged and answered as an internal error.
 pub async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ApiError::RouteNotFound
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::PayloadTooLarge {
-            limit: crate::routes::MAX_BODY_BYTES,
-        }
     } else if rejection
         .find::<warp::reject::UnsupportedMediaType>()
         .is_some()
     {
         ApiError::UnsupportedMediaType
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::InvalidJson {
-            message: format!("invalid query string: {e}"),
-            field: None,
-        }
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::InvalidJson {
+        ApiError::InvalidHeader {
+            code: "invalid_header",
+            header: e.name().to_owned(),
             message: e.to_string(),
-            field: None,
+        }
+    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::InvalidHeader {
+            code: "missing_header",
+            header: e.name().to_owned(),
+            message: e.to_string(),
+        }
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::InvalidQuery {
+            message: format!("the query string cannot be read: {e}"),
         }
     } else {
-        tracing::warn!(?rejection, "unhandled rejection");
-        ApiError::RouteNotFound
+        ApiError::Internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
     };
+    error.log();
     let status = error.status();
     let retry_after = error.retry_after();
     // Routing failures also carry PortaText's error fields, because their paths cannot be
     // told apart here and PortaText SDKs read `success` and `error_description`.
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "success": false,
         "error_description": [error.public_message()],
         "error": {"code": error.code(), "message": error.public_message()},
     });
+    if let Some(field) = error.field() {
+        body["error"]["field"] = serde_json::Value::from(field);
+    }
     let response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
     Ok(with_retry_after(response, retry_after))
 }

@@ -5,7 +5,9 @@
 //! SMS provider: that is the workers' job.
 //!
 //! - [`startup`]: builds the application from settings and serves until shutdown.
-//! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes.
+//! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
+//!   table of every route ([`ENDPOINTS`]) and the extractors they share (caller, bodies,
+//!   ids).
 //! - `operations`: what each request does, shared by both route shapes.
 //! - `group_commit`: records concurrent start requests together, one statement per batch.
 //! - `outbox`: publishing jobs after commit, and re-publishing any the broker never
@@ -14,8 +16,9 @@
 //! - `idempotency`: `Idempotency-Key` handling for start requests.
 //! - `expiring`: the bounded, time-limited map behind the API's caches.
 //! - `template_cache`: parsed templates for validating start requests without a query.
-//! - `auth`, `body`, `state`, `views`: API keys, bounded JSON bodies, shared state and
-//!   response representations.
+//! - `auth`: who is calling, from the API key a request presents.
+//! - `body`, `state`, `views`: bounded JSON bodies, shared state and response
+//!   representations.
 #![forbid(unsafe_code)]
 
 mod auth;
@@ -35,4 +38,5 @@ mod views;
 pub mod keys;
 pub mod startup;
 
+pub use routes::{ENDPOINTS, Endpoint, Family};
 pub use startup::{ApiConfig, Application};

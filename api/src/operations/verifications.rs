@@ -51,6 +51,11 @@ pub fn parse_ttl(seconds: i64) -> Result<Duration, ApiError> {
     }
 }
 
+/// Phone-number errors as a 400 naming `field`.
+pub fn phone_error(field: &str, error: &verify_common::domain::PhoneNumberError) -> ApiError {
+    ApiError::invalid("invalid_phone_number", field, error)
+}
+
 fn not_found() -> ApiError {
     ApiError::NotFound {
         code: "verification_not_found",

@@ -15,11 +15,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
+    let healthz = endpoint!(Probe GET "healthz")
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
+    let readyz = endpoint!(Probe GET "readyz")
         .and(with_state(state))
         .then(readiness);
     healthz.or(readyz).unify()

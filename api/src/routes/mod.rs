@@ -1,43 +1,50 @@
 //! The HTTP surface: native `/v1` routes, PortaText-compatible routes and health probes.
-//! Each resource module builds its filters; this module combines them and adds request
-//! logging and the rejection handler for routing failures.
+//!
+//! - `table`: every route ([`ENDPOINTS`]) and `endpoint!`, which declares them.
+//! - `extract`: the extractors every family shares (caller, bodies, `Idempotency-Key`,
+//!   ids); handlers take a `Caller`, so no handler can be reached without one.
+//! - `native`: the `/v1` answer shape; `verifications` and `templates` are its routes.
+//! - `portatext`: PortaText's routes and answer shape; `health`: the probes.
+//!
+//! This module combines the families, answers each family's refusals in its own error
+//! shape, and adds request logging and the handler for routing failures.
 
+#[macro_use]
+mod table;
+
+mod extract;
 mod health;
+mod native;
 mod portatext;
 mod templates;
 mod verifications;
 
 use warp::Filter;
-use warp::reply::{Reply, Response};
+use warp::reply::Reply;
 
-use crate::error::{ApiError, handle_rejection};
+pub use table::{ENDPOINTS, Endpoint, Family};
+
+use crate::error::handle_rejection;
 use crate::state::AppState;
-
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Every route of the API.
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
-    health::routes(state.clone())
-        .or(verifications::routes(state.clone()))
-        .unify()
+    let native = verifications::routes(state.clone())
         .or(templates::routes(state.clone()))
+        .unify();
+    health::routes(state.clone())
+        .or(extract::answering_refusals(native, native::error_response))
         .unify()
-        .or(portatext::routes(state))
+        .or(extract::answering_refusals(
+            portatext::routes(state),
+            portatext::error_response,
+        ))
         .unify()
         .recover(handle_rejection)
         .unify()
         .with(warp::log::custom(log_request))
-}
-
-/// Turns a handler's result into a response.
-pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
-    match result {
-        Ok(reply) => reply.into_response(),
-        Err(error) => error.into_response(),
-    }
 }
 
 fn log_request(info: warp::log::Info<'_>) {

@@ -1,6 +1,7 @@
 //! Native template routes under `/v1/templates`.
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::json;
 use verify_common::domain::Variables;
@@ -8,9 +9,9 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::{MAX_BODY_BYTES, respond};
-use crate::auth::presented_key;
-use crate::body::{content_type, limited_body, parse_json, require_json};
+use super::extract;
+use super::native::respond;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::operations::templates::{self as ops, TemplateInput, variable_error};
 use crate::state::{AppState, with_state};
@@ -60,56 +61,53 @@ impl From<TemplateBodyJson> for TemplateInput {
     }
 }
 
-/// Parses a template id from the path.
-///
-/// # Errors
-/// 400 `invalid_id`.
-pub fn parse_template_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::invalid(
-            "invalid_id",
-            "id",
-            "the template id must be a positive integer",
-        )
-    })
-}
-
-type Auth = Option<String>;
-type Body = Result<Bytes, ApiError>;
-
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    let base = warp::any().and(with_state(state)).and(presented_key());
-    let with_body = content_type().and(limited_body(MAX_BODY_BYTES));
-    let list = warp::path!("v1" / "templates")
-        .and(warp::get())
-        .and(base.clone())
+    let caller = extract::caller(Arc::clone(&state.api_keys));
+    let state = with_state(state);
+    let list = endpoint!(Native GET "v1" / "templates")
+        .and(caller.clone())
+        .and(state.clone())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .then(list);
-    let create = warp::path!("v1" / "templates")
-        .and(warp::post())
-        .and(base.clone())
-        .and(with_body.clone())
-        .then(create);
-    let preview = warp::path!("v1" / "templates" / "preview")
-        .and(warp::post())
-        .and(base.clone())
-        .and(with_body.clone())
-        .then(preview);
-    let get = warp::path!("v1" / "templates" / String)
-        .and(warp::get())
-        .and(base.clone())
-        .then(get);
-    let update = warp::path!("v1" / "templates" / String)
-        .and(warp::patch().or(warp::put()).unify())
-        .and(base.clone())
-        .and(with_body)
-        .then(update);
-    let delete = warp::path!("v1" / "templates" / String)
-        .and(warp::delete())
-        .and(base)
-        .then(delete);
+        .then(list)
+        .map(respond);
+    let create = endpoint!(Native POST "v1" / "templates")
+        .and(caller.clone())
+        .and(state.clone())
+        .and(extract::json())
+        .then(create)
+        .map(respond);
+    let preview = endpoint!(Native POST "v1" / "templates" / "preview")
+        .and(caller.clone())
+        .and(state.clone())
+        .and(extract::json())
+        .then(preview)
+        .map(respond);
+    let get = endpoint!(Native GET "v1" / "templates" / String)
+        .and(caller.clone())
+        .and_then(extract::template_id)
+        .untuple_one()
+        .and(state.clone())
+        .then(get)
+        .map(respond);
+    let update = endpoint!(Native PATCH "v1" / "templates" / String)
+        .or(endpoint!(Native PUT "v1" / "templates" / String))
+        .unify()
+        .and(caller.clone())
+        .and_then(extract::template_id)
+        .untuple_one()
+        .and(state.clone())
+        .and(extract::json())
+        .then(update)
+        .map(respond);
+    let delete = endpoint!(Native DELETE "v1" / "templates" / String)
+        .and(caller)
+        .and_then(extract::template_id)
+        .untuple_one()
+        .and(state)
+        .then(delete)
+        .map(respond);
     list.or(create)
         .unify()
         .or(preview)
@@ -129,25 +127,19 @@ fn template_reply(
     warp::reply::with_status(warp::reply::json(&TemplateView::new(record)), status).into_response()
 }
 
-async fn list(state: AppState, key: Auth, query: String) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            let query: ListQuery = serde_urlencoded_query(&query)?;
-            let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-            if !(1..=MAX_PAGE).contains(&limit) {
-                return Err(ApiError::invalid(
-                    "invalid_limit",
-                    "limit",
-                    format!("limit must be between 1 and {MAX_PAGE}"),
-                ));
-            }
-            let records = ops::list_templates(&state, query.after.unwrap_or(0), limit).await?;
-            let views: Vec<TemplateView> = records.iter().map(TemplateView::new).collect();
-            Ok(warp::reply::json(&json!({ "templates": views })))
-        }
-        .await,
-    )
+async fn list(_caller: Caller, state: AppState, query: String) -> Result<impl Reply, ApiError> {
+    let query: ListQuery = serde_urlencoded_query(&query)?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "invalid_limit",
+            "limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let records = ops::list_templates(&state, query.after.unwrap_or(0), limit).await?;
+    let views: Vec<TemplateView> = records.iter().map(TemplateView::new).collect();
+    Ok(warp::reply::json(&json!({ "templates": views })))
 }
 
 /// Parses `after`/`limit` from a raw query string, naming the bad parameter.
@@ -180,77 +172,47 @@ fn serde_urlencoded_query(raw: &str) -> Result<ListQuery, ApiError> {
     Ok(query)
 }
 
-async fn create(state: AppState, key: Auth, content_type: Option<String>, body: Body) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            require_json(content_type.as_deref())?;
-            let input: TemplateBodyJson = parse_json(&body?)?;
-            let record = ops::create_template(&state, input.into()).await?;
-            Ok(template_reply(StatusCode::CREATED, &record))
-        }
-        .await,
-    )
+async fn create(
+    _caller: Caller,
+    state: AppState,
+    input: TemplateBodyJson,
+) -> Result<impl Reply, ApiError> {
+    let record = ops::create_template(&state, input.into()).await?;
+    Ok(template_reply(StatusCode::CREATED, &record))
 }
 
-async fn preview(state: AppState, key: Auth, content_type: Option<String>, body: Body) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            require_json(content_type.as_deref())?;
-            let request: PreviewBody = parse_json(&body?)?;
-            let variables = request
-                .variables
-                .as_ref()
-                .map(Variables::parse)
-                .transpose()
-                .map_err(variable_error)?
-                .unwrap_or_default();
-            let view = ops::preview(&state, &request.text, &variables)?;
-            Ok(warp::reply::json(&view))
-        }
-        .await,
-    )
+async fn preview(
+    _caller: Caller,
+    state: AppState,
+    request: PreviewBody,
+) -> Result<impl Reply, ApiError> {
+    let variables = request
+        .variables
+        .as_ref()
+        .map(Variables::parse)
+        .transpose()
+        .map_err(variable_error)?
+        .unwrap_or_default();
+    let view = ops::preview(&state, &request.text, &variables)?;
+    Ok(warp::reply::json(&view))
 }
 
-async fn get(id: String, state: AppState, key: Auth) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            let record = ops::find_template(&state, parse_template_id(&id)?).await?;
-            Ok(template_reply(StatusCode::OK, &record))
-        }
-        .await,
-    )
+async fn get(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
+    let record = ops::find_template(&state, id).await?;
+    Ok(template_reply(StatusCode::OK, &record))
 }
 
 async fn update(
-    id: String,
+    _caller: Caller,
+    id: i64,
     state: AppState,
-    key: Auth,
-    content_type: Option<String>,
-    body: Body,
-) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            require_json(content_type.as_deref())?;
-            let id = parse_template_id(&id)?;
-            let input: TemplateBodyJson = parse_json(&body?)?;
-            let record = ops::update_template(&state, id, input.into()).await?;
-            Ok(template_reply(StatusCode::OK, &record))
-        }
-        .await,
-    )
+    input: TemplateBodyJson,
+) -> Result<impl Reply, ApiError> {
+    let record = ops::update_template(&state, id, input.into()).await?;
+    Ok(template_reply(StatusCode::OK, &record))
 }
 
-async fn delete(id: String, state: AppState, key: Auth) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            ops::delete_template(&state, parse_template_id(&id)?).await?;
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        .await,
-    )
+async fn delete(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
+    ops::delete_template(&state, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,9 +1,9 @@
 //! Native verification routes under `/v1/verifications`.
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde::Deserialize;
-use uuid::Uuid;
 use verify_common::domain::{
     OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
 };
@@ -11,13 +11,15 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::{MAX_BODY_BYTES, respond};
-use crate::auth::presented_key;
-use crate::body::{content_type, limited_body, parse_json, require_json};
+use super::extract::{self, JsonBody};
+use super::native::respond;
+use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::idempotency;
+use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{template_error, variable_error};
-use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, parse_ttl};
+use crate::operations::verifications::{
+    self as ops, CheckTarget, StartRequest, parse_ttl, phone_error,
+};
 use crate::state::{AppState, with_state};
 use crate::views::VerificationView;
 
@@ -46,56 +48,53 @@ struct CheckByNumberBody {
     code: String,
 }
 
-/// Phone-number errors as a 400 naming `field`.
-pub fn phone_error(field: &str, error: &verify_common::domain::PhoneNumberError) -> ApiError {
-    ApiError::invalid("invalid_phone_number", field, error)
-}
-
-fn parse_id(raw: &str) -> Result<VerificationId, ApiError> {
-    Uuid::parse_str(raw)
-        .map(VerificationId::from_uuid)
-        .map_err(|_| ApiError::invalid("invalid_id", "id", "the verification id is not a UUID"))
-}
-
-/// Everything the routes here need before the handler runs: state, auth, and for
-/// requests with a body, its content type and bytes.
-type Auth = Option<String>;
-type Body = Result<Bytes, ApiError>;
-
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    let base = warp::any().and(with_state(state)).and(presented_key());
-    let with_body = content_type().and(limited_body(MAX_BODY_BYTES));
-
-    let create = warp::path!("v1" / "verifications")
-        .and(warp::post())
-        .and(base.clone())
-        .and(idempotency_key())
-        .and(with_body.clone())
-        .then(create);
-    let check_by_number = warp::path!("v1" / "verifications" / "check")
-        .and(warp::post())
-        .and(base.clone())
-        .and(with_body.clone())
-        .then(check_by_number);
-    let get = warp::path!("v1" / "verifications" / String)
-        .and(warp::get())
-        .and(base.clone())
-        .then(get);
-    let check = warp::path!("v1" / "verifications" / String / "check")
-        .and(warp::post())
-        .and(base.clone())
-        .and(with_body)
-        .then(check_by_id);
-    let resend = warp::path!("v1" / "verifications" / String / "resend")
-        .and(warp::post())
-        .and(base.clone())
-        .then(resend);
-    let cancel = warp::path!("v1" / "verifications" / String / "cancel")
-        .and(warp::post())
-        .and(base)
-        .then(cancel);
+    let caller = extract::caller(Arc::clone(&state.api_keys));
+    let state = with_state(state);
+    let create = endpoint!(Native POST "v1" / "verifications")
+        .and(caller.clone())
+        .and(state.clone())
+        .and(extract::json_with_raw())
+        .and(extract::idempotency_key())
+        .then(create)
+        .map(respond);
+    let check_by_number = endpoint!(Native POST "v1" / "verifications" / "check")
+        .and(caller.clone())
+        .and(state.clone())
+        .and(extract::json())
+        .then(check_by_number)
+        .map(respond);
+    let get = endpoint!(Native GET "v1" / "verifications" / String)
+        .and(caller.clone())
+        .and_then(extract::verification_id)
+        .untuple_one()
+        .and(state.clone())
+        .then(get)
+        .map(respond);
+    let check = endpoint!(Native POST "v1" / "verifications" / String / "check")
+        .and(caller.clone())
+        .and_then(extract::verification_id)
+        .untuple_one()
+        .and(state.clone())
+        .and(extract::json())
+        .then(check_by_id)
+        .map(respond);
+    let resend = endpoint!(Native POST "v1" / "verifications" / String / "resend")
+        .and(caller.clone())
+        .and_then(extract::verification_id)
+        .untuple_one()
+        .and(state.clone())
+        .then(resend)
+        .map(respond);
+    let cancel = endpoint!(Native POST "v1" / "verifications" / String / "cancel")
+        .and(caller)
+        .and_then(extract::verification_id)
+        .untuple_one()
+        .and(state)
+        .then(cancel)
+        .map(respond);
     create
         .or(check_by_number)
         .unify()
@@ -142,14 +141,6 @@ fn start_request(body: CreateBody) -> Result<StartRequest, ApiError> {
     })
 }
 
-/// The `Idempotency-Key` header, if sent.
-pub fn idempotency_key()
--> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
-    warp::header::optional::<String>("idempotency-key")
-        .or(warp::any().map(|| None))
-        .unify()
-}
-
 /// A 202 with a verification's JSON and its `Location`.
 fn accepted(json: &serde_json::Value) -> Response {
     let mut response =
@@ -177,31 +168,17 @@ fn verification_reply(
 }
 
 async fn create(
+    caller: Caller,
     state: AppState,
-    key: Auth,
-    idempotency_key: Option<String>,
-    content_type: Option<String>,
-    body: Body,
-) -> Response {
-    respond(
-        async {
-            let caller = state.api_keys.authenticate(key).await?;
-            require_json(content_type.as_deref())?;
-            let body = body?;
-            let request = start_request(parse_json(&body)?)?;
-            let claim = match idempotency_key {
-                Some(header) => {
-                    let canonical: serde_json::Value = parse_json(&body)?;
-                    idempotency::claim(caller, Some(header), "v1/verifications", &canonical)?
-                }
-                None => None,
-            };
-            let json =
-                ops::start_verification_answer(&state, request, claim.as_ref(), view_json).await?;
-            Ok(accepted(&json))
-        }
-        .await,
-    )
+    body: JsonBody<CreateBody>,
+    idempotency_key: Option<IdempotencyKey>,
+) -> Result<impl Reply, ApiError> {
+    let request = start_request(body.value)?;
+    let claim = idempotency_key
+        .map(|key| idempotency::claim(caller, key, "v1/verifications", &body.raw))
+        .transpose()?;
+    let json = ops::start_verification_answer(&state, request, claim.as_ref(), view_json).await?;
+    Ok(accepted(&json))
 }
 
 fn view_json(
@@ -212,74 +189,45 @@ fn view_json(
         .unwrap_or(serde_json::Value::Null)
 }
 
-async fn get(id: String, state: AppState, key: Auth) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            let found = ops::find_verification(&state, parse_id(&id)?).await?;
-            Ok(verification_reply(StatusCode::OK, found))
-        }
-        .await,
-    )
+async fn get(_caller: Caller, id: VerificationId, state: AppState) -> Result<impl Reply, ApiError> {
+    let found = ops::find_verification(&state, id).await?;
+    Ok(verification_reply(StatusCode::OK, found))
 }
 
 async fn check_by_id(
-    id: String,
+    _caller: Caller,
+    id: VerificationId,
     state: AppState,
-    key: Auth,
-    content_type: Option<String>,
-    body: Body,
-) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            require_json(content_type.as_deref())?;
-            let id = parse_id(&id)?;
-            let request: CheckBody = parse_json(&body?)?;
-            let view = ops::check_code(&state, CheckTarget::Id(id), &request.code).await?;
-            Ok(warp::reply::json(&view))
-        }
-        .await,
-    )
+    request: CheckBody,
+) -> Result<impl Reply, ApiError> {
+    let view = ops::check_code(&state, CheckTarget::Id(id), &request.code).await?;
+    Ok(warp::reply::json(&view))
 }
 
 async fn check_by_number(
+    _caller: Caller,
     state: AppState,
-    key: Auth,
-    content_type: Option<String>,
-    body: Body,
-) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            require_json(content_type.as_deref())?;
-            let request: CheckByNumberBody = parse_json(&body?)?;
-            let to = PhoneNumber::parse(&request.to).map_err(|e| phone_error("to", &e))?;
-            let view = ops::check_code(&state, CheckTarget::Number(to), &request.code).await?;
-            Ok(warp::reply::json(&view))
-        }
-        .await,
-    )
+    request: CheckByNumberBody,
+) -> Result<impl Reply, ApiError> {
+    let to = PhoneNumber::parse(&request.to).map_err(|e| phone_error("to", &e))?;
+    let view = ops::check_code(&state, CheckTarget::Number(to), &request.code).await?;
+    Ok(warp::reply::json(&view))
 }
 
-async fn resend(id: String, state: AppState, key: Auth) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            let resent = ops::resend(&state, parse_id(&id)?).await?;
-            Ok(verification_reply(StatusCode::ACCEPTED, resent))
-        }
-        .await,
-    )
+async fn resend(
+    _caller: Caller,
+    id: VerificationId,
+    state: AppState,
+) -> Result<impl Reply, ApiError> {
+    let resent = ops::resend(&state, id).await?;
+    Ok(verification_reply(StatusCode::ACCEPTED, resent))
 }
 
-async fn cancel(id: String, state: AppState, key: Auth) -> Response {
-    respond(
-        async {
-            state.api_keys.authenticate(key).await?;
-            let canceled = ops::cancel(&state, parse_id(&id)?).await?;
-            Ok(verification_reply(StatusCode::OK, canceled))
-        }
-        .await,
-    )
+async fn cancel(
+    _caller: Caller,
+    id: VerificationId,
+    state: AppState,
+) -> Result<impl Reply, ApiError> {
+    let canceled = ops::cancel(&state, id).await?;
+    Ok(verification_reply(StatusCode::OK, canceled))
 }

@@ -1,10 +1,12 @@
 //! API-key authentication: the configured key and stored keys, in `X-Api-Key` or as a
 //! bearer token; requests without a valid key are refused with a JSON 401.
 
-use reqwest::{Response, StatusCode};
+use reqwest::header::HeaderValue;
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use verify_api::keys::{create_key, list_keys, revoke_key};
+use verify_api::{ENDPOINTS, Endpoint, Family};
 
 use crate::helpers::{API_KEY, TestApp, spawn_app};
 
@@ -236,4 +238,115 @@ async fn the_health_probes_need_no_key() {
 
     assert_eq!(healthz.status(), StatusCode::OK);
     assert_eq!(readyz.status(), StatusCode::OK);
+}
+
+/// Sends `endpoint` (every path parameter set to "1", a JSON body) with `headers`, and
+/// describes how the answer differs from the family's 401, or from a probe's 200.
+async fn refusal_problems(
+    app: &TestApp,
+    endpoint: &Endpoint,
+    headers: &[(&str, &str)],
+) -> Vec<String> {
+    let method = Method::from_bytes(endpoint.method.as_bytes()).unwrap();
+    let path = endpoint.path.replace("{}", "1");
+    let mut request = app
+        .client
+        .request(method, app.url(&path))
+        .header("content-type", "application/json")
+        .body("{}");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let mut problems = Vec::new();
+    let expected = if endpoint.family.needs_key() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    if status != expected {
+        problems.push(format!("status {status}, expected {expected}"));
+    }
+    match endpoint.family {
+        Family::Native if body["error"]["code"] != "unauthorized" => {
+            problems.push(format!("not the native 401 body: {body}"));
+        }
+        Family::PortaText if body["success"] != false || !body["error_description"].is_array() => {
+            problems.push(format!("not the PortaText 401 body: {body}"));
+        }
+        _ => {}
+    }
+    problems
+        .into_iter()
+        .map(|problem| {
+            format!(
+                "{} {} {headers:?}: {problem}",
+                endpoint.method, endpoint.path
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_route_that_needs_a_key_refuses_requests_without_a_valid_one() {
+    let app = spawn_app().await;
+    let mut failures = Vec::new();
+
+    for endpoint in ENDPOINTS {
+        for headers in [
+            &[][..],
+            &[("x-api-key", "not-the-key")][..],
+            &[("authorization", "Bearer not-the-key")][..],
+        ] {
+            failures.extend(refusal_problems(&app, endpoint, headers).await);
+        }
+    }
+
+    let keyed = ENDPOINTS.iter().filter(|e| e.family.needs_key()).count();
+    assert!(keyed >= 19, "only {keyed} routes need a key");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let count: i64 = app.sql("SELECT count(*) FROM templates").await[0].get(0);
+    assert_eq!(count, 0, "a refused request changed something");
+}
+
+#[tokio::test]
+async fn an_unreadable_api_key_header_answers_400_naming_the_header() {
+    let app = spawn_app().await;
+    for (header, name) in [
+        ("x-api-key", "X-Api-Key"),
+        ("authorization", "Authorization"),
+    ] {
+        let value = HeaderValue::from_bytes("Bearer ключ".as_bytes()).unwrap();
+
+        let response = app
+            .client
+            .get(app.url("/v1/templates"))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{header}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_header", "{body}");
+        assert_eq!(body["error"]["field"], name, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_path_still_answers_404_and_a_wrong_method_405_without_a_key() {
+    let app = spawn_app().await;
+
+    let unknown = app.client.get(app.url("/v1/nothing")).send().await.unwrap();
+    let wrong_method = app
+        .client
+        .delete(app.url("/v1/verifications"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
 }

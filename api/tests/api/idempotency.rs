@@ -140,3 +140,81 @@ async fn a_malformed_key_answers_400_naming_the_header() {
     assert_eq!(body["error"]["code"], "invalid_idempotency_key");
     assert_eq!(body["error"]["field"], "Idempotency-Key");
 }
+
+/// Posts `body` to `path` with an `Idempotency-Key` of raw bytes (not visible ASCII).
+async fn post_with_raw_key(
+    app: &TestApp,
+    path: &str,
+    key: &[u8],
+    body: &Value,
+) -> reqwest::Response {
+    app.request(reqwest::Method::POST, path)
+        .header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(key).unwrap(),
+        )
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_ascii_answers_400_and_creates_nothing() {
+    let app = spawn_app().await;
+    let body = json!({ "to": phone_number(7) });
+
+    let first = post_with_raw_key(&app, "/v1/verifications", "ключ-1".as_bytes(), &body).await;
+    let second = post_with_raw_key(&app, "/v1/verifications", "ключ-1".as_bytes(), &body).await;
+
+    for response in [first, second] {
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_idempotency_key", "{body}");
+        assert_eq!(body["error"]["field"], "Idempotency-Key", "{body}");
+    }
+    let count: i64 = app.sql("SELECT count(*) FROM verifications").await[0].get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_ascii_answers_400_on_the_portatext_start_route_in_its_shape() {
+    let app = spawn_app().await;
+
+    let response = post_with_raw_key(
+        &app,
+        "/number_verify/14155550107",
+        "ключ-1".as_bytes(),
+        &json!({}),
+    )
+    .await;
+
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["error_code"], "invalid_idempotency_key", "{body}");
+    assert!(body["error_description"].is_array(), "{body}");
+    let count: i64 = app.sql("SELECT count(*) FROM verifications").await[0].get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn an_unreadable_content_type_answers_400_naming_the_header() {
+    let app = spawn_app().await;
+
+    let response = app
+        .request(reqwest::Method::POST, "/v1/verifications")
+        .header(
+            "content-type",
+            reqwest::header::HeaderValue::from_bytes("application/json; ä".as_bytes()).unwrap(),
+        )
+        .body(json!({ "to": phone_number(8) }).to_string())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_header", "{body}");
+    assert_eq!(body["error"]["field"], "Content-Type", "{body}");
+}

@@ -8,6 +8,7 @@ mod checks;
 mod health;
 mod helpers;
 mod idempotency;
+mod modules;
 mod outbox;
 mod portatext;
 mod startup;

@@ -1,0 +1,244 @@
+//! Extractors shared by every route family (native `/v1` and PortaText): who is calling,
+//! the JSON body, the `Idempotency-Key` and the ids in paths.
+//!
+//! Each extractor yields a typed value or refuses the request with an [`ApiError`] carried
+//! in a [`Refusal`] rejection; each family turns refusals into its own error shape with
+//! [`answering_refusals`], so handlers only ever see valid input. Routes apply them after
+//! the path and method matched (an unknown path still answers 404, a wrong method 405) and
+//! extract the [`Caller`] first, so a request without a valid key learns nothing more, not
+//! even that its id or body is malformed. A header that is present but unreadable is
+//! refused naming the header; it is never taken for an absent one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+use verify_common::domain::{PhoneNumber, VerificationId};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::auth::{ApiKeys, Caller};
+use crate::body::{MAX_BODY_BYTES, collect_limited, parse_json, require_json};
+use crate::error::ApiError;
+use crate::idempotency::{self, IdempotencyKey};
+use crate::operations::verifications::phone_error;
+
+/// A request refused by an extractor; the family's [`answering_refusals`] answers it.
+#[derive(Debug)]
+pub struct Refusal(ApiError);
+
+impl warp::reject::Reject for Refusal {}
+
+fn refuse(error: ApiError) -> Rejection {
+    warp::reject::custom(Refusal(error))
+}
+
+/// Answers the refusals of `routes` with `answer` (the family's error shape) and passes
+/// every other rejection on, so routing failures still reach the global handler.
+pub fn answering_refusals<F>(
+    routes: F,
+    answer: fn(&ApiError) -> Response,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
+where
+    F: Filter<Extract = (Response,), Error = Rejection> + Clone,
+{
+    routes
+        .recover(move |rejection: Rejection| async move {
+            match rejection.find::<Refusal>() {
+                Some(Refusal(error)) => Ok(answer(error)),
+                None => Err(rejection),
+            }
+        })
+        .unify()
+}
+
+/// A header value that is present but not visible ASCII text.
+#[derive(Debug, Clone, Copy)]
+struct Unreadable;
+
+/// A header's text: `Ok(None)` when absent, `Err(Unreadable)` when it is not visible ASCII.
+fn header_text(
+    name: &'static str,
+) -> impl Filter<Extract = (Result<Option<String>, Unreadable>,), Error = std::convert::Infallible> + Copy
+{
+    warp::header::optional::<String>(name)
+        .map(Ok)
+        .or_else(|_| async { Ok::<_, std::convert::Infallible>((Err(Unreadable),)) })
+}
+
+/// A header's text, `None` when absent; an unreadable value is refused with the error
+/// `unreadable` builds, naming the header.
+fn text_header(
+    name: &'static str,
+    unreadable: fn() -> ApiError,
+) -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Copy {
+    header_text(name).and_then(move |text: Result<Option<String>, Unreadable>| async move {
+        text.map_err(|Unreadable| refuse(unreadable()))
+    })
+}
+
+/// The authenticated caller. Refuses with 401 for a missing or unknown key, 400 for an
+/// unreadable key header and 503 when the key store cannot be read.
+pub fn caller(keys: Arc<ApiKeys>) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    header_text("x-api-key")
+        .and(header_text("authorization"))
+        .and_then(move |api_key, authorization| {
+            let keys = Arc::clone(&keys);
+            async move {
+                let presented = presented_key(api_key, authorization).map_err(refuse)?;
+                keys.authenticate(presented).await.map_err(refuse)
+            }
+        })
+}
+
+/// The key in `X-Api-Key`, else the token of `Authorization: Bearer`; `None` when neither
+/// is sent (another authorization scheme carries no key of ours). Only the header that
+/// carries the key is required to be readable.
+fn presented_key(
+    api_key: Result<Option<String>, Unreadable>,
+    authorization: Result<Option<String>, Unreadable>,
+) -> Result<Option<String>, ApiError> {
+    match api_key {
+        Ok(Some(key)) => Ok(Some(key.trim().to_owned())),
+        Err(Unreadable) => Err(ApiError::unreadable_header("invalid_header", "X-Api-Key")),
+        Ok(None) => match authorization {
+            Err(Unreadable) => Err(ApiError::unreadable_header(
+                "invalid_header",
+                "Authorization",
+            )),
+            Ok(value) => Ok(value.and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            })),
+        },
+    }
+}
+
+/// A parsed JSON body and the bytes it was parsed from (idempotency hashes those).
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+/// The body, at most [`MAX_BODY_BYTES`].
+fn bounded_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Copy {
+    warp::body::stream().and_then(|stream| async move {
+        collect_limited(stream, MAX_BODY_BYTES)
+            .await
+            .map_err(refuse)
+    })
+}
+
+/// A JSON body of type `T` with its bytes. The Content-Type must be JSON or absent; an
+/// empty body, malformed JSON or a wrong field is refused naming the field.
+pub fn json_with_raw<T>() -> impl Filter<Extract = (JsonBody<T>,), Error = Rejection> + Copy
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    text_header("content-type", || {
+        ApiError::unreadable_header("invalid_header", "Content-Type")
+    })
+    .and_then(|content_type: Option<String>| async move {
+        require_json(content_type.as_deref()).map_err(refuse)
+    })
+    .untuple_one()
+    .and(bounded_body())
+    .and_then(|raw: Bytes| async move {
+        parse_json(&raw)
+            .map(|value| JsonBody { value, raw })
+            .map_err(refuse)
+    })
+}
+
+/// A JSON body of type `T`, as [`json_with_raw`] without the bytes.
+pub fn json<T>() -> impl Filter<Extract = (T,), Error = Rejection> + Copy
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    json_with_raw().map(|body: JsonBody<T>| body.value)
+}
+
+/// A JSON body as PortaText's SDKs send it: any Content-Type, and an empty body means
+/// `T::default()`.
+pub fn lenient_json<T>() -> impl Filter<Extract = (JsonBody<T>,), Error = Rejection> + Copy
+where
+    T: DeserializeOwned + Default + Send + 'static,
+{
+    bounded_body().and_then(|raw: Bytes| async move {
+        let value = if raw.iter().all(u8::is_ascii_whitespace) {
+            Ok(T::default())
+        } else {
+            parse_json(&raw)
+        };
+        value.map(|value| JsonBody { value, raw }).map_err(refuse)
+    })
+}
+
+/// The `Idempotency-Key`, if sent. A key that is unreadable or not of the key's form is
+/// refused with 400 `invalid_idempotency_key`: ignoring it would turn a client's retries
+/// into duplicate verifications and duplicate SMS.
+pub fn idempotency_key()
+-> impl Filter<Extract = (Option<IdempotencyKey>,), Error = Rejection> + Copy {
+    text_header("idempotency-key", idempotency::invalid_key).and_then(
+        |value: Option<String>| async move {
+            value
+                .as_deref()
+                .map(IdempotencyKey::parse)
+                .transpose()
+                .map_err(refuse)
+        },
+    )
+}
+
+/// A verification id from the path, parsed once the caller is known: chain it after
+/// [`caller`] with `.and_then(verification_id).untuple_one()`.
+///
+/// # Errors
+/// 400 `invalid_id` when the segment is not a UUID.
+pub async fn verification_id(
+    raw: String,
+    caller: Caller,
+) -> Result<(Caller, VerificationId), Rejection> {
+    Uuid::parse_str(&raw)
+        .map(|id| (caller, VerificationId::from_uuid(id)))
+        .map_err(|_| {
+            refuse(ApiError::invalid(
+                "invalid_id",
+                "id",
+                "the verification id is not a UUID",
+            ))
+        })
+}
+
+/// A template id from the path, parsed once the caller is known (as [`verification_id`]).
+///
+/// # Errors
+/// 400 `invalid_id` unless the segment is a positive integer.
+pub async fn template_id(raw: String, caller: Caller) -> Result<(Caller, i64), Rejection> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(|id| (caller, id))
+        .ok_or_else(|| {
+            refuse(ApiError::invalid(
+                "invalid_id",
+                "id",
+                "the template id must be a positive integer",
+            ))
+        })
+}
+
+/// A phone number from a PortaText path (`+` optional), parsed once the caller is known
+/// (as [`verification_id`]).
+///
+/// # Errors
+/// 400 `invalid_phone_number` naming `number`.
+pub async fn path_number(raw: String, caller: Caller) -> Result<(Caller, PhoneNumber), Rejection> {
+    PhoneNumber::parse_international(&raw)
+        .map(|number| (caller, number))
+        .map_err(|e| refuse(phone_error("number", &e)))
+}
