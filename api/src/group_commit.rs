@@ -4,7 +4,7 @@
 //! transaction flushed to disk when it commits. Done per request, that was most of
 //! Postgres' work under load, and Postgres was the bottleneck; in batches, one statement
 //! and one commit serve every request that arrived meanwhile
-//! ([`verifications::insert_verifications`]).
+//! ([`starts::insert_verifications`]).
 //!
 //! The jobs of the sends created are handed to the outbox here, as soon as their batch
 //! commits, so a send whose requester went away meanwhile is still published at once.
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use verify_common::db::Pool;
-use verify_common::db::verifications::{self, CreateOutcome, NewVerification, SendLimit};
+use verify_common::db::starts::{self, CreateOutcome, NewVerification, SendLimit};
 use verify_common::group_commit::{BatchLimits, GroupCommit};
 
 use crate::outbox::Outbox;
@@ -37,7 +37,7 @@ pub fn record_starts(pool: Pool, outbox: Arc<Outbox>, limit: SendLimit) -> Start
         let pool = pool.clone();
         let outbox = Arc::clone(&outbox);
         async move {
-            let outcomes = verifications::insert_verifications(&pool, &batch, limit).await?;
+            let outcomes = starts::insert_verifications(&pool, &batch, limit).await?;
             for outcome in &outcomes {
                 if let CreateOutcome::Created(created) = outcome {
                     outbox.publish(created.1.id);

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use verify_common::config::{
     ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings, redact_url,
 };
-use verify_common::db::verifications::SendLimit;
+use verify_common::db::starts::SendLimit;
 use verify_common::db::{self, DbError};
 use verify_common::dependency::wait_for;
 use verify_common::domain::new_template_engine;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use upon::Engine;
 use verify_common::config::ApiSettings;
 use verify_common::db::Pool;
-use verify_common::db::verifications::SendLimit;
+use verify_common::db::starts::SendLimit;
 use verify_common::domain::{CodeSecret, OtpPolicy};
 use warp::Filter;
 

@@ -22,5 +22,5 @@ pub mod domain;
 pub mod group_commit;
 pub mod queue;
 pub mod telemetry;
-#[cfg(feature = "test-support")]
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;

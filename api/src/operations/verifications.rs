@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use verify_common::db::deliveries::{self, DeliveryRecord};
-use verify_common::db::verifications::{
-    self, CreateOutcome, IdempotencyClaim, NewVerification, ResendOutcome, VerificationRecord,
+use verify_common::db::starts::{
+    self, CreateOutcome, IdempotencyClaim, NewVerification, ResendOutcome,
 };
+use verify_common::db::verifications::{self, VerificationRecord};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables,
@@ -152,13 +153,9 @@ async fn start_verification(
         // The group commit hands the send's job to the outbox itself.
         None => state.starts.submit(new).await?,
         Some(claim) => {
-            let outcome = verifications::insert_idempotent_verification(
-                &state.pool,
-                &new,
-                state.send_limit,
-                claim,
-            )
-            .await?;
+            let outcome =
+                starts::insert_idempotent_verification(&state.pool, &new, state.send_limit, claim)
+                    .await?;
             if let CreateOutcome::Created(created) = &outcome {
                 enqueue(state, &created.1);
             }
@@ -228,8 +225,7 @@ async fn remember_response(
     claim: &IdempotencyClaim,
     response: &serde_json::Value,
 ) {
-    if let Err(error) = verifications::store_idempotent_response(&state.pool, claim, response).await
-    {
+    if let Err(error) = starts::store_idempotent_response(&state.pool, claim, response).await {
         tracing::warn!(%error, "could not store an idempotent response");
     }
 }
@@ -352,7 +348,7 @@ pub async fn resend(
     state: &AppState,
     id: VerificationId,
 ) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
-    let outcome = verifications::insert_resend(
+    let outcome = starts::insert_resend(
         &state.pool,
         id,
         DeliveryId::generate(),

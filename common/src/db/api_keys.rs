@@ -5,6 +5,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::DbError;
+use super::rows::{columns, read_all, table_row};
 
 /// An API key as listed: never the key itself.
 #[derive(Debug, Clone)]
@@ -13,6 +14,18 @@ pub struct ApiKeyRecord {
     pub name: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+table_row! {
+    /// An `api_keys` row as listed.
+    pub(crate) struct ApiKeyRow in "api_keys" {
+        id: Uuid,
+        name: String,
+        created_at: DateTime<Utc>,
+        revoked_at: Option<DateTime<Utc>>,
+    }
+    // Only ever compared in SQL: a key's hash never leaves the database.
+    unread [key_hash]
 }
 
 /// Stores a new key's hash.
@@ -55,17 +68,20 @@ pub async fn list_api_keys(pool: &Pool) -> Result<Vec<ApiKeyRecord>, DbError> {
     let client = pool.get().await?;
     let rows = client
         .query(
-            "SELECT id, name, created_at, revoked_at FROM api_keys ORDER BY created_at DESC",
+            &format!(
+                "SELECT {} FROM api_keys ORDER BY created_at DESC",
+                columns::<ApiKeyRow>()
+            ),
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
+    Ok(read_all::<ApiKeyRow>(&rows)?
+        .into_iter()
         .map(|row| ApiKeyRecord {
-            id: row.get(0),
-            name: row.get(1),
-            created_at: row.get(2),
-            revoked_at: row.get(3),
+            id: row.id,
+            name: row.name,
+            created_at: row.created_at,
+            revoked_at: row.revoked_at,
         })
         .collect())
 }

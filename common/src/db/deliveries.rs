@@ -1,12 +1,16 @@
 //! SMS delivery rows: the worker's guarded claim and the recording of each attempt.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
+use super::rows::{Layout, columns, named, prefixed_columns, read_all, table_row};
+use super::verifications::VerificationRecord;
+use super::verifications::VerificationRow;
 use super::{DbError, seconds};
 use crate::domain::{
     DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, Variables, VerificationId,
@@ -31,26 +35,46 @@ pub struct DeliveryRecord {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-pub(crate) const DELIVERY_COLUMNS: &str = "id, verification_id, send_number, status, attempts, \
-    provider_message_id, last_error, next_attempt_at, attempt_log, created_at, updated_at, sent_at";
+table_row! {
+    /// An `sms_deliveries` row as stored.
+    pub(crate) struct DeliveryRow in "sms_deliveries" {
+        id: uuid::Uuid,
+        verification_id: uuid::Uuid,
+        send_number: i32,
+        status: String,
+        attempts: i32,
+        provider_message_id: Option<String>,
+        last_error: Option<String>,
+        next_attempt_at: Option<DateTime<Utc>>,
+        attempt_log: serde_json::Value,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+        sent_at: Option<DateTime<Utc>>,
+    }
+    // The number is the verification's; the lease and the publish time are the claim's
+    // and the outbox's bookkeeping, which their own statements read.
+    unread [to_number, lease_until, published_at]
+}
 
-/// Reads a delivery from `row`, starting at column `at`.
-pub(crate) fn delivery_from_row(row: &Row, at: usize) -> Result<DeliveryRecord, DbError> {
-    let status: String = row.get(at + 3);
-    Ok(DeliveryRecord {
-        id: DeliveryId::from_uuid(row.get(at)),
-        verification_id: VerificationId::from_uuid(row.get(at + 1)),
-        send_number: row.get(at + 2),
-        status: status.parse().map_err(DbError::Corrupt)?,
-        attempts: row.get(at + 4),
-        provider_message_id: row.get(at + 5),
-        last_error: row.get(at + 6),
-        next_attempt_at: row.get(at + 7),
-        attempt_log: row.get(at + 8),
-        created_at: row.get(at + 9),
-        updated_at: row.get(at + 10),
-        sent_at: row.get(at + 11),
-    })
+impl TryFrom<DeliveryRow> for DeliveryRecord {
+    type Error = DbError;
+
+    fn try_from(row: DeliveryRow) -> Result<Self, DbError> {
+        Ok(Self {
+            id: DeliveryId::from_uuid(row.id),
+            verification_id: VerificationId::from_uuid(row.verification_id),
+            send_number: row.send_number,
+            status: row.status.parse().map_err(DbError::Corrupt)?,
+            attempts: row.attempts,
+            provider_message_id: row.provider_message_id,
+            last_error: row.last_error,
+            next_attempt_at: row.next_attempt_at,
+            attempt_log: row.attempt_log,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            sent_at: row.sent_at,
+        })
+    }
 }
 
 /// Every send of one verification, oldest first.
@@ -61,18 +85,20 @@ pub async fn list_deliveries(
     pool: &Pool,
     verification_id: VerificationId,
 ) -> Result<Vec<DeliveryRecord>, DbError> {
+    static LIST: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM sms_deliveries WHERE verification_id = $1 ORDER BY send_number",
+            columns::<DeliveryRow>()
+        )
+    });
     let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM sms_deliveries WHERE verification_id = $1
-             ORDER BY send_number"
-        ))
-        .await?;
-    client
+    let statement = client.prepare_cached(&LIST).await?;
+    let rows = client
         .query(&statement, &[&verification_id.as_uuid()])
-        .await?
-        .iter()
-        .map(|row| delivery_from_row(row, 0))
+        .await?;
+    read_all::<DeliveryRow>(&rows)?
+        .into_iter()
+        .map(DeliveryRecord::try_from)
         .collect()
 }
 
@@ -123,10 +149,9 @@ pub async fn claim_deliveries(
     ids: &[DeliveryId],
     lease: Duration,
 ) -> Result<Vec<ClaimOutcome>, DbError> {
-    let uuids: Vec<uuid::Uuid> = ids.iter().map(DeliveryId::as_uuid).collect();
-    let client = pool.get().await?;
-    let claim = client
-        .prepare_cached(
+    // The claimed send's own columns, then its verification's, prefixed `v_`.
+    static CLAIM: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "WITH claimed AS (
                  UPDATE sms_deliveries d
                  SET status = 'sending', attempts = d.attempts + 1,
@@ -138,21 +163,27 @@ pub async fn claim_deliveries(
                    AND (d.status = ANY($3) OR (d.status = 'sending' AND d.lease_until < now()))
                  RETURNING d.id, d.attempts, d.verification_id
              )
-             SELECT c.id, c.attempts, v.id, v.status, v.to_number, v.expires_at, v.code_nonce,
-                    v.code_length, v.variables, v.template_id, t.body, v.locale, v.sender
+             SELECT c.id AS delivery_id, c.attempts AS attempt, t.body AS template_body, {}
              FROM claimed c
              JOIN verifications v ON v.id = c.verification_id
              LEFT JOIN templates t ON t.id = v.template_id",
+            prefixed_columns::<VerificationRow>("v", "v_")
         )
-        .await?;
+    });
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(DeliveryId::as_uuid).collect();
+    let client = pool.get().await?;
+    let claim = client.prepare_cached(&CLAIM).await?;
     let waiting = DeliveryStatus::Sending.allowed_previous();
-    let mut claimed = HashMap::with_capacity(ids.len());
-    for row in client
+    let rows = client
         .query(&claim, &[&in_lock_order(&uuids), &seconds(lease), &waiting])
-        .await?
-    {
-        let id: uuid::Uuid = row.get(0);
-        claimed.insert(id, claimed_send(&row)?);
+        .await?;
+    let mut claimed = HashMap::with_capacity(ids.len());
+    if let Some(first) = rows.first() {
+        let verification = Layout::<VerificationRow>::find(first, "v_")?;
+        for row in &rows {
+            let send = claimed_send(row, &verification)?;
+            claimed.insert(send.delivery_id.as_uuid(), send);
+        }
     }
     let unclaimed: Vec<uuid::Uuid> = uuids
         .iter()
@@ -163,16 +194,19 @@ pub async fn claim_deliveries(
     if !unclaimed.is_empty() {
         for row in client
             .query(
-                "SELECT id, status, greatest(extract(epoch FROM lease_until - now()), 0)::float8
+                "SELECT id, status,
+                        greatest(extract(epoch FROM lease_until - now()), 0)::float8
+                          AS lease_remaining_secs
                  FROM sms_deliveries WHERE id = ANY($1)",
                 &[&unclaimed],
             )
             .await?
         {
-            let id: uuid::Uuid = row.get(0);
-            let status: DeliveryStatus =
-                row.get::<_, String>(1).parse().map_err(DbError::Corrupt)?;
-            let remaining: Option<f64> = row.get(2);
+            let id: uuid::Uuid = named(&row, "id")?;
+            let status: DeliveryStatus = named::<String>(&row, "status")?
+                .parse()
+                .map_err(DbError::Corrupt)?;
+            let remaining: Option<f64> = named(&row, "lease_remaining_secs")?;
             current.insert(id, (status, remaining));
         }
     }
@@ -204,24 +238,22 @@ fn in_lock_order(ids: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
 }
 
 /// Reads a claimed send from a row of the claim statement.
-fn claimed_send(row: &Row) -> Result<ClaimedSend, DbError> {
-    let status: String = row.get(3);
-    let code_length: i16 = row.get(7);
+fn claimed_send(row: &Row, verification: &Layout<VerificationRow>) -> Result<ClaimedSend, DbError> {
+    let verification: VerificationRecord = verification.read(row)?.try_into()?;
     Ok(ClaimedSend {
-        delivery_id: DeliveryId::from_uuid(row.get(0)),
-        attempt: row.get(1),
-        verification_id: VerificationId::from_uuid(row.get(2)),
-        verification_status: status.parse().map_err(DbError::Corrupt)?,
-        to: PhoneNumber::from_trusted_storage(row.get(4)),
-        expires_at: row.get(5),
-        code_nonce: row.get(6),
-        code_length: OtpCodeLength::parse(i64::from(code_length))
-            .map_err(|e| DbError::Corrupt(e.to_string()))?,
-        variables: Variables::from_trusted_storage(&row.get::<_, serde_json::Value>(8)),
-        template_id: row.get(9),
-        template_body: row.get(10),
-        locale: row.get(11),
-        sender: row.get(12),
+        delivery_id: DeliveryId::from_uuid(named(row, "delivery_id")?),
+        attempt: named(row, "attempt")?,
+        verification_id: verification.id,
+        verification_status: verification.stored_status,
+        to: verification.to,
+        expires_at: verification.expires_at,
+        code_nonce: verification.code_nonce,
+        code_length: verification.code_length,
+        variables: verification.variables,
+        template_id: verification.template_id,
+        template_body: named(row, "template_body")?,
+        locale: verification.locale,
+        sender: verification.sender,
     })
 }
 
@@ -314,8 +346,8 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
         )
         .await?
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+        .map(|row| Ok((named(row, "id")?, named(row, "attempts")?)))
+        .collect::<Result<_, DbError>>()?;
     Ok(batch
         .iter()
         .map(|f| recorded.contains(&(f.id.as_uuid(), f.attempt)))
@@ -378,7 +410,7 @@ where
         .await?;
     let mut published = Vec::with_capacity(rows.len());
     for row in rows {
-        let id: uuid::Uuid = row.get(0);
+        let id: uuid::Uuid = named(&row, "id")?;
         if publish(DeliveryId::from_uuid(id)).await {
             published.push(id);
         } else {
@@ -422,7 +454,8 @@ pub async fn check_replay(pool: &Pool, id: DeliveryId) -> Result<ReplayCheck, Db
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT d.status, v.status, v.expires_at, now()
+            "SELECT d.status AS delivery_status, v.status AS verification_status,
+                    v.expires_at, now() AS now
              FROM sms_deliveries d JOIN verifications v ON v.id = d.verification_id
              WHERE d.id = $1",
         )
@@ -430,10 +463,14 @@ pub async fn check_replay(pool: &Pool, id: DeliveryId) -> Result<ReplayCheck, Db
     let Some(row) = client.query_opt(&statement, &[&id.as_uuid()]).await? else {
         return Ok(ReplayCheck::Missing);
     };
-    let delivery: DeliveryStatus = row.get::<_, String>(0).parse().map_err(DbError::Corrupt)?;
-    let stored: VerificationStatus = row.get::<_, String>(1).parse().map_err(DbError::Corrupt)?;
+    let delivery: DeliveryStatus = named::<String>(&row, "delivery_status")?
+        .parse()
+        .map_err(DbError::Corrupt)?;
+    let stored: VerificationStatus = named::<String>(&row, "verification_status")?
+        .parse()
+        .map_err(DbError::Corrupt)?;
     // The database's clock, as in the guard of `rearm_delivery`, so both agree on expiry.
-    let verification = stored.at(row.get(2), row.get(3));
+    let verification = stored.at(named(&row, "expires_at")?, named(&row, "now")?);
     Ok(match delivery {
         DeliveryStatus::Sent => ReplayCheck::Sent,
         DeliveryStatus::Failed if verification == VerificationStatus::Pending => {

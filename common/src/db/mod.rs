@@ -4,10 +4,13 @@
 //! connection so a bad URL fails at start-up. [`migrate`] applies the embedded migrations
 //! under an advisory lock, so several API replicas can start together. One sub-module per
 //! table holds its queries; every state change is a guarded `UPDATE` so concurrent API
-//! replicas and workers cannot step on each other.
+//! replicas and workers cannot step on each other. Rows are read by column name, from one
+//! column list per table (`rows`).
 
 pub mod api_keys;
 pub mod deliveries;
+mod rows;
+pub mod starts;
 pub mod templates;
 pub mod verifications;
 
@@ -260,8 +263,8 @@ async fn apply_pending_migrations(
         .query("SELECT version FROM schema_migrations", &[])
         .await?
         .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .map(|row| rows::named(row, "version"))
+        .collect::<Result<_, _>>()?;
     let mut newly_applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         if applied.contains(&version) {

@@ -1,10 +1,12 @@
 //! Stored message templates.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio_postgres::Row;
 
 use super::DbError;
+use super::rows::{columns, read_all, read_one, table_row};
 use crate::domain::{TemplateBody, TemplateDescription, TemplateLocale, TemplateName};
 
 /// A template row. The body was validated before it was written.
@@ -28,18 +30,38 @@ pub struct TemplateFields {
     pub body: TemplateBody,
 }
 
-const COLUMNS: &str = "id, name, description, locale, body, created_at, updated_at";
-
-fn from_row(row: &Row) -> TemplateRecord {
-    TemplateRecord {
-        id: row.get(0),
-        name: row.get(1),
-        description: row.get(2),
-        locale: row.get(3),
-        body: row.get(4),
-        created_at: row.get(5),
-        updated_at: row.get(6),
+table_row! {
+    /// A `templates` row as stored.
+    pub(crate) struct TemplateRow in "templates" {
+        id: i64,
+        name: String,
+        description: String,
+        locale: Option<String>,
+        body: String,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
     }
+}
+
+impl From<TemplateRow> for TemplateRecord {
+    fn from(row: TemplateRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            locale: row.locale,
+            body: row.body,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// Every column of [`TemplateRow`], for `SELECT` and `RETURNING`.
+static COLUMNS: LazyLock<String> = LazyLock::new(columns::<TemplateRow>);
+
+fn read_template(row: &tokio_postgres::Row) -> Result<TemplateRecord, DbError> {
+    read_one::<TemplateRow>(row).map(TemplateRecord::from)
 }
 
 /// Stores a new template.
@@ -55,7 +77,8 @@ pub async fn insert_template(
         .query_one(
             &format!(
                 "INSERT INTO templates (name, description, locale, body) VALUES ($1, $2, $3, $4)
-                 RETURNING {COLUMNS}"
+                 RETURNING {}",
+                *COLUMNS
             ),
             &[
                 &fields.name.as_str(),
@@ -65,7 +88,7 @@ pub async fn insert_template(
             ],
         )
         .await?;
-    Ok(from_row(&row))
+    read_template(&row)
 }
 
 /// One template by id.
@@ -73,15 +96,16 @@ pub async fn insert_template(
 /// # Errors
 /// [`DbError`] on database failure.
 pub async fn find_template(pool: &Pool, id: i64) -> Result<Option<TemplateRecord>, DbError> {
+    static FIND: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {} FROM templates WHERE id = $1", *COLUMNS));
     let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM templates WHERE id = $1"))
-        .await?;
-    Ok(client
+    let statement = client.prepare_cached(&FIND).await?;
+    client
         .query_opt(&statement, &[&id])
         .await?
         .as_ref()
-        .map(from_row))
+        .map(read_template)
+        .transpose()
 }
 
 /// Templates in id order, `limit` at most, after the id `after` (for paging).
@@ -96,11 +120,17 @@ pub async fn list_templates(
     let client = pool.get().await?;
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM templates WHERE id > $1 ORDER BY id LIMIT $2"),
+            &format!(
+                "SELECT {} FROM templates WHERE id > $1 ORDER BY id LIMIT $2",
+                *COLUMNS
+            ),
             &[&after, &limit],
         )
         .await?;
-    Ok(rows.iter().map(from_row).collect())
+    Ok(read_all::<TemplateRow>(&rows)?
+        .into_iter()
+        .map(TemplateRecord::from)
+        .collect())
 }
 
 /// Replaces a template's fields; `None` when it does not exist.
@@ -118,7 +148,8 @@ pub async fn update_template(
             &format!(
                 "UPDATE templates SET name = $2, description = $3, locale = $4, body = $5,
                         updated_at = now()
-                 WHERE id = $1 RETURNING {COLUMNS}"
+                 WHERE id = $1 RETURNING {}",
+                *COLUMNS
             ),
             &[
                 &id,
@@ -129,7 +160,7 @@ pub async fn update_template(
             ],
         )
         .await?;
-    Ok(row.as_ref().map(from_row))
+    row.as_ref().map(read_template).transpose()
 }
 
 /// Deletes a template; false when it did not exist.

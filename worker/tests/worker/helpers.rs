@@ -14,8 +14,9 @@ use verify_common::config::{
     FromFlags, ProviderSettings, RabbitSettings, SecretSettings, WorkerSettings,
 };
 use verify_common::db::deliveries::{self, DeliveryRecord};
+use verify_common::db::starts::{self, CreateOutcome, NewVerification, SendLimit};
 use verify_common::db::templates::{self, TemplateFields};
-use verify_common::db::verifications::{self, CreateOutcome, NewVerification, SendLimit};
+use verify_common::db::verifications;
 use verify_common::db::{Pool, connect_pool};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
@@ -219,7 +220,7 @@ impl TestWorker {
             max_sends: 1_000,
             window: Duration::from_secs(600),
         };
-        let outcomes = verifications::insert_verifications(&self.pool, &[new], limit)
+        let outcomes = starts::insert_verifications(&self.pool, &[new], limit)
             .await
             .expect("recording a verification");
         assert!(
