@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use verify_common::db::{Pool, starts};
+use verify_common::db::{Pool, idempotency};
 
 /// How often expired idempotency keys are deleted. Expiry itself is exact (expired keys
 /// are ignored when presented); deleting them only bounds the table's size.
@@ -16,7 +16,7 @@ pub async fn run(pool: Pool, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(INTERVAL) => {}
         }
-        match starts::delete_expired_idempotency_keys(&pool).await {
+        match idempotency::delete_expired_idempotency_keys(&pool).await {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "deleted expired idempotency keys"),
             Err(error) => tracing::warn!(%error, "could not delete expired idempotency keys"),

@@ -3,7 +3,7 @@
 //! the same key with another body is refused with 422.
 
 use sha2::{Digest, Sha256};
-use verify_common::db::starts::IdempotencyClaim;
+use verify_common::db::idempotency::IdempotencyClaim;
 
 use crate::auth::Caller;
 use crate::error::ApiError;

@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use verify_common::db::deliveries::{self, DeliveryRecord};
-use verify_common::db::starts::{
-    self, CreateOutcome, IdempotencyClaim, NewVerification, ResendOutcome,
-};
+use verify_common::db::idempotency::{self, IdempotencyClaim};
+use verify_common::db::starts::{self, CreateOutcome, NewVerification, ResendOutcome};
 use verify_common::db::verifications::{self, VerificationRecord};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
@@ -225,7 +224,7 @@ async fn remember_response(
     claim: &IdempotencyClaim,
     response: &serde_json::Value,
 ) {
-    if let Err(error) = starts::store_idempotent_response(&state.pool, claim, response).await {
+    if let Err(error) = idempotency::store_idempotent_response(&state.pool, claim, response).await {
         tracing::warn!(%error, "could not store an idempotent response");
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod api_keys;
 pub mod deliveries;
+pub mod idempotency;
 mod rows;
 pub mod starts;
 pub mod templates;

@@ -191,7 +191,7 @@ mod tests {
     use super::TableRow;
     use crate::db::api_keys::ApiKeyRow;
     use crate::db::deliveries::DeliveryRow;
-    use crate::db::starts::IdempotencyKeyRow;
+    use crate::db::idempotency::IdempotencyKeyRow;
     use crate::db::templates::TemplateRow;
     use crate::db::verifications::VerificationRow;
     use crate::db::{build_pool, migrate};

@@ -10,7 +10,8 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
 use super::deliveries::{DeliveryRecord, DeliveryRow};
-use super::rows::{Layout, columns, named, prefixed_columns, read_one, table_row};
+use super::idempotency::{self, IdempotencyClaim};
+use super::rows::{Layout, columns, named, prefixed_columns, read_one};
 use super::verifications::{VerificationRecord, VerificationRow};
 use super::{DbError, seconds};
 use crate::domain::otp::NONCE_LEN;
@@ -33,16 +34,6 @@ pub struct NewVerification {
     pub code_nonce: [u8; NONCE_LEN],
     pub max_checks: u32,
     pub ttl: Duration,
-}
-
-/// An idempotency key presented with a request.
-#[derive(Debug, Clone)]
-pub struct IdempotencyClaim {
-    /// Hash of the API key: keys are scoped per client.
-    pub scope: [u8; 32],
-    pub key: String,
-    /// Hash of the route and canonical body; the same key with another body is refused.
-    pub request_hash: [u8; 32],
 }
 
 /// At most `max_sends` SMS to one number per `window`.
@@ -211,28 +202,7 @@ pub async fn insert_idempotent_verification(
 ) -> Result<CreateOutcome, DbError> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
-    // Writing the key first serialises duplicates: a concurrent request with the same
-    // key waits here until this transaction ends, then sees its row (or, after a
-    // rollback, takes the key itself). Keys older than 24 hours are taken over.
-    let taken = transaction
-        .query_opt(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, verification_id)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (scope, key) DO UPDATE
-                 SET request_hash = EXCLUDED.request_hash,
-                     verification_id = EXCLUDED.verification_id,
-                     response = NULL, created_at = now()
-                 WHERE idempotency_keys.created_at < now() - interval '24 hours'
-             RETURNING 1",
-            &[
-                &claim.scope.as_slice(),
-                &claim.key,
-                &claim.request_hash.as_slice(),
-                &new.id.as_uuid(),
-            ],
-        )
-        .await?;
-    if taken.is_none() {
+    if !idempotency::take_key(&transaction, claim, new.id).await? {
         transaction.rollback().await?;
         // Read the earlier request on this same connection: taking a second one
         // while holding this one could exhaust the pool under a burst of duplicates.
@@ -266,32 +236,12 @@ fn created_from_row(
     Ok(CreateOutcome::Created(Box::new((verification, delivery))))
 }
 
-table_row! {
-    /// An `idempotency_keys` row as stored.
-    pub(crate) struct IdempotencyKeyRow in "idempotency_keys" {
-        request_hash: Vec<u8>,
-        verification_id: uuid::Uuid,
-        response: Option<serde_json::Value>,
-    }
-    // Looked up by scope and key; age only matters to the statements that take over or
-    // delete expired keys.
-    unread [scope, key, created_at]
-}
-
+/// The outcome of a request whose key an earlier request holds.
 async fn replay(
     client: &deadpool_postgres::Client,
     claim: &IdempotencyClaim,
 ) -> Result<CreateOutcome, DbError> {
-    static FIND_KEY: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT {} FROM idempotency_keys WHERE scope = $1 AND key = $2",
-            columns::<IdempotencyKeyRow>()
-        )
-    });
-    let row = client
-        .query_one(FIND_KEY.as_str(), &[&claim.scope.as_slice(), &claim.key])
-        .await?;
-    let stored = read_one::<IdempotencyKeyRow>(&row)?;
+    let stored = idempotency::find_key(client, claim).await?;
     if stored.request_hash != claim.request_hash {
         return Ok(CreateOutcome::KeyReused);
     }
@@ -299,39 +249,6 @@ async fn replay(
         verification_id: VerificationId::from_uuid(stored.verification_id),
         response: stored.response,
     })
-}
-
-/// Stores the first answer to an idempotent request, for replay to its duplicates.
-///
-/// # Errors
-/// [`DbError`] on database failure.
-pub async fn store_idempotent_response(
-    pool: &Pool,
-    claim: &IdempotencyClaim,
-    response: &serde_json::Value,
-) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2",
-            &[&claim.scope.as_slice(), &claim.key, response],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Deletes idempotency keys older than 24 hours; returns how many.
-///
-/// # Errors
-/// [`DbError`] on database failure.
-pub async fn delete_expired_idempotency_keys(pool: &Pool) -> Result<u64, DbError> {
-    let client = pool.get().await?;
-    Ok(client
-        .execute(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
-            &[],
-        )
-        .await?)
 }
 
 /// Result of asking for another send of a verification's code.
