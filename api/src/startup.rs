@@ -55,10 +55,7 @@ impl Application {
     /// names which.
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
         let secret = config.secret.code_secret()?;
-        let otp = config
-            .otp
-            .policy()
-            .context("VERIFY_OTP_LENGTH is invalid")?;
+        let otp = config.otp.policy()?;
         let pool = wait_for(
             "Postgres",
             config.database.startup_wait(),

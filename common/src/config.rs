@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Command, FromArgMatches, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::otp::MIN_SECRET_LEN;
+use crate::domain::otp::{MAX_STRONG_TTL, MIN_SECRET_LEN, MIN_STRONG_LENGTH};
 use crate::domain::{CodeSecret, OtpCodeLength, OtpError, OtpPolicy};
 
 /// Builds a settings section from command-line flags, as a binary that flattens it would:
@@ -280,13 +280,33 @@ impl SecretSettings {
     }
 }
 
-/// Defaults for new verifications.
+/// Why the code defaults cannot be used; each message names the setting to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OtpSettingsError {
+    #[error("VERIFY_OTP_LENGTH is invalid: {0}")]
+    Length(#[source] OtpError),
+    #[error(
+        "VERIFY_OTP_LENGTH is {0}: codes shorter than {MIN_STRONG_LENGTH} digits need \
+         VERIFY_ALLOW_WEAK_CODES=true"
+    )]
+    WeakLength(i64),
+    #[error(
+        "VERIFY_OTP_TTL_SECS is {0}: lifetimes over {max} seconds need \
+         VERIFY_ALLOW_WEAK_CODES=true",
+        max = MAX_STRONG_TTL.as_secs()
+    )]
+    WeakTtl(u64),
+}
+
+/// Defaults for new verifications, and how weak a request may make its code.
 #[derive(Debug, Clone, Args)]
 pub struct OtpSettings {
-    /// Digits in a code when the request does not say (4-10).
+    /// Digits in a code when the request does not say (6-10; 4 and 5 need
+    /// --allow-weak-codes).
     #[arg(long = "otp-length", env = "VERIFY_OTP_LENGTH", default_value_t = 6)]
     pub code_length: i64,
-    /// Lifetime of a code when the request does not say.
+    /// Lifetime of a code when the request does not say (over 600 needs
+    /// --allow-weak-codes).
     #[arg(
         long = "otp-ttl-secs",
         env = "VERIFY_OTP_TTL_SECS",
@@ -300,16 +320,35 @@ pub struct OtpSettings {
         default_value_t = 5
     )]
     pub max_checks: u32,
+    /// Allow codes of 4 or 5 digits and lifetimes over 10 minutes (up to a day), as
+    /// defaults and in requests. Each makes a code easier to guess.
+    #[arg(long = "allow-weak-codes", env = "VERIFY_ALLOW_WEAK_CODES")]
+    pub allow_weak_codes: bool,
 }
 
 impl OtpSettings {
+    /// The policy these settings describe.
+    ///
     /// # Errors
-    /// [`OtpError::InvalidLength`] when the default length is outside 4..=10.
-    pub fn policy(&self) -> Result<OtpPolicy, OtpError> {
+    /// [`OtpSettingsError`] naming the key: a default length outside 4..=10, or a weak
+    /// default (under 6 digits, over 600 seconds) without `VERIFY_ALLOW_WEAK_CODES`.
+    pub fn policy(&self) -> Result<OtpPolicy, OtpSettingsError> {
+        let code_length =
+            OtpCodeLength::parse(self.code_length).map_err(OtpSettingsError::Length)?;
+        let ttl = Duration::from_secs(self.ttl_secs);
+        if !self.allow_weak_codes {
+            if code_length.get() < MIN_STRONG_LENGTH {
+                return Err(OtpSettingsError::WeakLength(self.code_length));
+            }
+            if ttl > MAX_STRONG_TTL {
+                return Err(OtpSettingsError::WeakTtl(self.ttl_secs));
+            }
+        }
         Ok(OtpPolicy {
-            code_length: OtpCodeLength::parse(self.code_length)?,
-            ttl: Duration::from_secs(self.ttl_secs),
+            code_length,
+            ttl,
             max_checks: self.max_checks,
+            allow_weak_codes: self.allow_weak_codes,
         })
     }
 }
@@ -590,8 +629,8 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::{
-        ApiSettings, DEV_SECRET, DatabaseSettings, FromFlags, OtpSettings, RabbitSettings,
-        SecretError, SecretSettings, WorkerSettings, redact_url,
+        ApiSettings, DEV_SECRET, DatabaseSettings, FromFlags, OtpSettings, OtpSettingsError,
+        RabbitSettings, SecretError, SecretSettings, WorkerSettings, redact_url,
     };
 
     #[test]
@@ -702,5 +741,33 @@ mod tests {
         assert!(!printed.contains("dbpass"), "{printed}");
         assert!(!printed.contains("mqpass"), "{printed}");
         assert!(printed.contains("postgres://u:***@db/verify"), "{printed}");
+    }
+
+    #[test]
+    fn weak_code_defaults_are_refused_naming_the_key_unless_allowed() {
+        let policy = |flags: &[&str]| OtpSettings::from_flags(flags).unwrap().policy();
+        let short = policy(&["--otp-length", "4"]).unwrap_err();
+        assert_eq!(short, OtpSettingsError::WeakLength(4));
+        assert!(short.to_string().contains("VERIFY_OTP_LENGTH"), "{short}");
+        let long = policy(&["--otp-ttl-secs", "601"]).unwrap_err();
+        assert_eq!(long, OtpSettingsError::WeakTtl(601));
+        assert!(long.to_string().contains("VERIFY_OTP_TTL_SECS"), "{long}");
+        let invalid = policy(&["--otp-length", "11", "--allow-weak-codes"]).unwrap_err();
+        assert!(
+            invalid.to_string().contains("VERIFY_OTP_LENGTH"),
+            "{invalid}"
+        );
+        let weak = policy(&[
+            "--otp-length",
+            "4",
+            "--otp-ttl-secs",
+            "3600",
+            "--allow-weak-codes",
+        ])
+        .unwrap();
+        assert_eq!(weak.code_length.get(), 4);
+        assert_eq!(weak.ttl, Duration::from_secs(3600));
+        assert!(weak.allow_weak_codes);
+        assert!(!policy(&[]).unwrap().allow_weak_codes);
     }
 }

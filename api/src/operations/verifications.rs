@@ -19,10 +19,6 @@ use crate::state::AppState;
 use crate::template_cache::LookupError;
 use crate::views::CheckView;
 
-/// Shortest and longest code lifetime a request may ask for.
-pub const MIN_TTL_SECS: i64 = 60;
-pub const MAX_TTL_SECS: i64 = 86_400;
-
 /// A validated request to start a verification.
 #[derive(Debug)]
 pub struct StartRequest {
@@ -33,22 +29,6 @@ pub struct StartRequest {
     pub sender: Option<Sender>,
     pub code_length: Option<OtpCodeLength>,
     pub ttl: Option<Duration>,
-}
-
-/// Parses a requested lifetime in seconds.
-///
-/// # Errors
-/// 400 `invalid_ttl` outside 60..=86400.
-pub fn parse_ttl(seconds: i64) -> Result<Duration, ApiError> {
-    if (MIN_TTL_SECS..=MAX_TTL_SECS).contains(&seconds) {
-        Ok(Duration::from_secs(seconds.unsigned_abs()))
-    } else {
-        Err(ApiError::invalid(
-            "invalid_ttl",
-            "ttl_seconds",
-            format!("ttl_seconds must be between {MIN_TTL_SECS} and {MAX_TTL_SECS}"),
-        ))
-    }
 }
 
 /// Phone-number errors as a 400 naming `field`.

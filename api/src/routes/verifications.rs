@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Deserialize;
 use verify_common::domain::{
-    OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
+    OtpPolicy, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
 };
 use warp::Filter;
 use warp::http::StatusCode;
@@ -17,9 +17,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{template_error, variable_error};
-use crate::operations::verifications::{
-    self as ops, CheckTarget, StartRequest, parse_ttl, phone_error,
-};
+use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, phone_error};
 use crate::state::{AppState, with_state};
 use crate::views::VerificationView;
 
@@ -108,8 +106,9 @@ pub fn routes(
         .unify()
 }
 
-/// Validates the native create body into a start request.
-fn start_request(body: CreateBody) -> Result<StartRequest, ApiError> {
+/// Validates the native create body into a start request; `otp` says how short a code
+/// and how long a lifetime a request may ask for.
+fn start_request(body: CreateBody, otp: &OtpPolicy) -> Result<StartRequest, ApiError> {
     Ok(StartRequest {
         to: PhoneNumber::parse(&body.to).map_err(|e| phone_error("to", &e))?,
         template_id: body.template_id,
@@ -134,10 +133,14 @@ fn start_request(body: CreateBody) -> Result<StartRequest, ApiError> {
             .map_err(|e| ApiError::invalid("invalid_sender", "from", e))?,
         code_length: body
             .code_length
-            .map(OtpCodeLength::parse)
+            .map(|digits| otp.requested_length(digits))
             .transpose()
             .map_err(|e| ApiError::invalid("invalid_code_length", "code_length", e))?,
-        ttl: body.ttl_seconds.map(parse_ttl).transpose()?,
+        ttl: body
+            .ttl_seconds
+            .map(|seconds| otp.requested_ttl(seconds))
+            .transpose()
+            .map_err(|e| ApiError::invalid("invalid_ttl", "ttl_seconds", e))?,
     })
 }
 
@@ -173,7 +176,7 @@ async fn create(
     body: JsonBody<CreateBody>,
     idempotency_key: Option<IdempotencyKey>,
 ) -> Result<impl Reply, ApiError> {
-    let request = start_request(body.value)?;
+    let request = start_request(body.value, &state.otp)?;
     let claim = idempotency_key
         .map(|key| idempotency::claim(caller, key, "v1/verifications", &body.raw))
         .transpose()?;

@@ -222,6 +222,18 @@ fn verification_cases(template_needing_brand: i64) -> Vec<Case> {
         )
         .answers(BAD_REQUEST, "invalid_code_length", Some("code_length")),
         Case::post(
+            "a code length of 5 where the operator allows no weak codes",
+            create,
+            &with_to(json!({"code_length": 5})),
+        )
+        .answers(BAD_REQUEST, "invalid_code_length", Some("code_length")),
+        Case::post(
+            "a code length of 4 where the operator allows no weak codes",
+            create,
+            &with_to(json!({"code_length": 4})),
+        )
+        .answers(BAD_REQUEST, "invalid_code_length", Some("code_length")),
+        Case::post(
             "a code length in words",
             create,
             &with_to(json!({"code_length": "six"})),
@@ -231,6 +243,18 @@ fn verification_cases(template_needing_brand: i64) -> Vec<Case> {
             "a ttl of 10 seconds",
             create,
             &with_to(json!({"ttl_seconds": 10})),
+        )
+        .answers(BAD_REQUEST, "invalid_ttl", Some("ttl_seconds")),
+        Case::post(
+            "a ttl of 601 seconds where the operator allows no weak codes",
+            create,
+            &with_to(json!({"ttl_seconds": 601})),
+        )
+        .answers(BAD_REQUEST, "invalid_ttl", Some("ttl_seconds")),
+        Case::post(
+            "a ttl of an hour where the operator allows no weak codes",
+            create,
+            &with_to(json!({"ttl_seconds": 3_600})),
         )
         .answers(BAD_REQUEST, "invalid_ttl", Some("ttl_seconds")),
         Case::post(

@@ -3,7 +3,7 @@
 
 use secrecy::SecretString;
 use verify_api::{ApiConfig, Application};
-use verify_common::config::{DEV_SECRET, FromFlags, SecretSettings};
+use verify_common::config::{DEV_SECRET, FromFlags, OtpSettings, SecretSettings};
 use verify_common::testing::{TestDatabase, test_rabbit_settings};
 use verify_worker::{Worker, WorkerConfig};
 
@@ -68,4 +68,39 @@ async fn a_development_run_starts_without_a_secret() {
     let refusals = refusals(secret).await;
 
     assert_eq!(refusals, [None, None]);
+}
+
+/// The API's start-up error with these OTP flags (and a secret), or `None` if it started.
+async fn api_refusal(otp_flags: &[&str]) -> Option<String> {
+    let secret = SecretSettings {
+        secret: Some(SecretString::from("a-secret-for-start-up-tests")),
+        dev: false,
+    };
+    let (mut api, _) = configs(secret).await;
+    api.otp = OtpSettings::from_flags(otp_flags).unwrap();
+    Application::build(api)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+}
+
+#[tokio::test]
+async fn weak_default_codes_are_refused_at_start_up_naming_the_key_unless_allowed() {
+    let short = api_refusal(&["--otp-length", "5"]).await;
+    let long = api_refusal(&["--otp-ttl-secs", "601"]).await;
+    let allowed = api_refusal(&[
+        "--otp-length",
+        "4",
+        "--otp-ttl-secs",
+        "3600",
+        "--allow-weak-codes",
+    ])
+    .await;
+
+    let short = short.expect("started with 5-digit codes");
+    assert!(short.contains("VERIFY_OTP_LENGTH"), "{short}");
+    assert!(short.contains("VERIFY_ALLOW_WEAK_CODES"), "{short}");
+    let long = long.expect("started with 601-second codes");
+    assert!(long.contains("VERIFY_OTP_TTL_SECS"), "{long}");
+    assert_eq!(allowed, None);
 }

@@ -2,6 +2,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use verify_common::config::{FromFlags, OtpSettings};
 
 use crate::helpers::{TestOptions, code_in, phone_number, spawn_app, spawn_app_with};
 
@@ -133,6 +134,25 @@ async fn a_template_with_variables_is_rendered_into_the_sms() {
         sms[0].body,
         format!("Acme: your code is {code}. It expires in 5 minutes.")
     );
+}
+
+#[tokio::test]
+async fn where_the_operator_allows_weak_codes_a_request_may_ask_for_four_digits_and_an_hour() {
+    let app = spawn_app_with(TestOptions {
+        otp: OtpSettings::from_flags(&["--allow-weak-codes"]).unwrap(),
+        ..TestOptions::default()
+    })
+    .await;
+    let to = phone_number(5);
+
+    let created = app
+        .start_verification(&json!({ "to": to, "code_length": 4, "ttl_seconds": 3_600 }))
+        .await;
+
+    assert_eq!(created["code_length"], 4);
+    let sms = app.wait_for_sms(&to, 1).await;
+    assert_eq!(code_in(&sms[0].body).len(), 4);
+    assert!(sms[0].body.contains("60 minutes"), "{}", sms[0].body);
 }
 
 #[tokio::test]

@@ -23,11 +23,36 @@ pub const NONCE_LEN: usize = 32;
 /// Shortest server secret accepted; shorter keys make the HMAC guessable offline.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// Fewest digits a code may have unless the operator allows weak codes.
+pub const MIN_STRONG_LENGTH: u8 = 6;
+/// Shortest lifetime a request may ask for.
+pub const MIN_TTL: Duration = Duration::from_secs(60);
+/// Longest lifetime a request may ask for unless the operator allows weak codes.
+pub const MAX_STRONG_TTL: Duration = Duration::from_secs(600);
+/// Longest lifetime a request may ask for when the operator allows weak codes.
+pub const MAX_WEAK_TTL: Duration = Duration::from_secs(86_400);
+
 /// Problems with codes or their configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OtpError {
     #[error("code length must be between 4 and 10 digits, got {0}")]
     InvalidLength(i64),
+    #[error(
+        "codes shorter than {MIN_STRONG_LENGTH} digits are allowed only where the operator \
+         allows weak codes (VERIFY_ALLOW_WEAK_CODES=true), got {0}"
+    )]
+    WeakLength(i64),
+    #[error("the lifetime must be between {} and {} seconds, got {seconds}{}",
+        MIN_TTL.as_secs(),
+        max.as_secs(),
+        if *max == MAX_STRONG_TTL {
+            " (longer lifetimes are allowed only where the operator allows weak codes, \
+             VERIFY_ALLOW_WEAK_CODES=true)"
+        } else {
+            ""
+        }
+    )]
+    InvalidTtl { seconds: i64, max: Duration },
     #[error("the server secret must be at least {MIN_SECRET_LEN} bytes long")]
     SecretTooShort,
     #[error("the operating system's random number generator failed: {0}")]
@@ -59,12 +84,47 @@ impl OtpCodeLength {
     }
 }
 
-/// Lifetime, attempt budget and default length of codes.
+/// Lifetime, attempt budget and default length of codes, and whether requests may ask
+/// for weak ones: fewer than [`MIN_STRONG_LENGTH`] digits or a lifetime over
+/// [`MAX_STRONG_TTL`]. Only the operator can allow those; a request never can.
 #[derive(Debug, Clone, Copy)]
 pub struct OtpPolicy {
     pub code_length: OtpCodeLength,
     pub ttl: Duration,
     pub max_checks: u32,
+    pub allow_weak_codes: bool,
+}
+
+impl OtpPolicy {
+    /// The code length a request asked for.
+    ///
+    /// # Errors
+    /// [`OtpError::InvalidLength`] outside 4..=10, [`OtpError::WeakLength`] under
+    /// [`MIN_STRONG_LENGTH`] unless weak codes are allowed.
+    pub fn requested_length(&self, digits: i64) -> Result<OtpCodeLength, OtpError> {
+        let length = OtpCodeLength::parse(digits)?;
+        if length.get() < MIN_STRONG_LENGTH && !self.allow_weak_codes {
+            return Err(OtpError::WeakLength(digits));
+        }
+        Ok(length)
+    }
+
+    /// The lifetime a request asked for, in seconds.
+    ///
+    /// # Errors
+    /// [`OtpError::InvalidTtl`] under [`MIN_TTL`] or over the longest allowed:
+    /// [`MAX_STRONG_TTL`], or [`MAX_WEAK_TTL`] where weak codes are allowed.
+    pub fn requested_ttl(&self, seconds: i64) -> Result<Duration, OtpError> {
+        let max = if self.allow_weak_codes {
+            MAX_WEAK_TTL
+        } else {
+            MAX_STRONG_TTL
+        };
+        match u64::try_from(seconds) {
+            Ok(s) if (MIN_TTL.as_secs()..=max.as_secs()).contains(&s) => Ok(Duration::from_secs(s)),
+            _ => Err(OtpError::InvalidTtl { seconds, max }),
+        }
+    }
 }
 
 /// The server key codes are derived from. `Debug` never prints it.
@@ -168,7 +228,10 @@ impl fmt::Debug for OtpCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{CodeSecret, NONCE_LEN, OtpCode, OtpCodeLength, OtpError, generate_nonce};
+    use super::{
+        CodeSecret, MAX_STRONG_TTL, NONCE_LEN, OtpCode, OtpCodeLength, OtpError, OtpPolicy,
+        generate_nonce,
+    };
     use secrecy::SecretString;
     use uuid::Uuid;
 
@@ -183,6 +246,60 @@ mod tests {
         }
         for good in 4..=10 {
             assert_eq!(OtpCodeLength::parse(good).unwrap().get() as i64, good);
+        }
+    }
+
+    fn policy(allow_weak_codes: bool) -> OtpPolicy {
+        OtpPolicy {
+            code_length: OtpCodeLength::DEFAULT,
+            ttl: MAX_STRONG_TTL,
+            max_checks: 5,
+            allow_weak_codes,
+        }
+    }
+
+    #[test]
+    fn requests_get_short_codes_and_long_lifetimes_only_where_the_operator_allows_them() {
+        let strict = policy(false);
+        for digits in [4, 5] {
+            assert_eq!(
+                strict.requested_length(digits),
+                Err(OtpError::WeakLength(digits))
+            );
+            assert_eq!(
+                policy(true).requested_length(digits).unwrap().get() as i64,
+                digits
+            );
+        }
+        for digits in [3, 11] {
+            assert_eq!(
+                policy(true).requested_length(digits),
+                Err(OtpError::InvalidLength(digits))
+            );
+        }
+        assert_eq!(strict.requested_length(6).unwrap().get(), 6);
+        assert_eq!(strict.requested_ttl(600).unwrap().as_secs(), 600);
+        assert_eq!(strict.requested_ttl(60).unwrap().as_secs(), 60);
+        for seconds in [601, 86_400] {
+            let error = strict.requested_ttl(seconds).unwrap_err();
+            assert_eq!(
+                error,
+                OtpError::InvalidTtl {
+                    seconds,
+                    max: MAX_STRONG_TTL
+                }
+            );
+            assert!(
+                error.to_string().contains("VERIFY_ALLOW_WEAK_CODES"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            policy(true).requested_ttl(86_400).unwrap().as_secs(),
+            86_400
+        );
+        for seconds in [-1, 0, 59, 86_401] {
+            assert!(policy(true).requested_ttl(seconds).is_err(), "{seconds}");
         }
     }
 
