@@ -232,13 +232,67 @@ pub async fn template_id(raw: String, caller: Caller) -> Result<(Caller, i64), R
         })
 }
 
-/// A phone number from a PortaText path (`+` optional), parsed once the caller is known
-/// (as [`verification_id`]).
+/// A phone number from a PortaText path (`+` optional, also as `%2B`), parsed once the
+/// caller is known (as [`verification_id`]).
+///
+/// warp hands path segments over as sent, still percent-encoded, and clients that build
+/// URLs with an encoder send the `+` as `%2B`; the segment is decoded before parsing.
 ///
 /// # Errors
-/// 400 `invalid_phone_number` naming `number`.
+/// 400 `invalid_phone_number` naming `number` when the segment is not valid
+/// percent-encoding of UTF-8 text or not a valid number.
 pub async fn path_number(raw: String, caller: Caller) -> Result<(Caller, PhoneNumber), Rejection> {
-    PhoneNumber::parse_international(&raw)
+    let decoded = percent_decoded(&raw).ok_or_else(|| {
+        refuse(ApiError::invalid(
+            "invalid_phone_number",
+            "number",
+            "the number in the path is not valid percent-encoding",
+        ))
+    })?;
+    PhoneNumber::parse_international(&decoded)
         .map(|number| (caller, number))
         .map_err(|e| refuse(phone_error("number", &e)))
+}
+
+/// A path segment decoded, or `None` when a `%` is not followed by two hex digits or the
+/// decoded bytes are not UTF-8 (the decoder would pass a malformed escape through as
+/// text, which would then be reported as an odd character instead of a bad encoding).
+fn percent_decoded(segment: &str) -> Option<String> {
+    let well_formed = segment.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
+    }
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn path_segments_are_percent_decoded_and_malformed_escapes_refused() {
+        let cases = [
+            ("14155550100", Some("14155550100")),
+            ("%2B14155550100", Some("+14155550100")),
+            ("%2b1%20415", Some("+1 415")),
+            ("1415%2", None),
+            ("1415%", None),
+            ("%zz1415", None),
+            ("%FF1415", None),
+        ];
+        let failures: Vec<String> = cases
+            .iter()
+            .filter(|(raw, want)| percent_decoded(raw).as_deref() != *want)
+            .map(|(raw, want)| format!("{raw}: want {want:?}, got {:?}", percent_decoded(raw)))
+            .collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
 }

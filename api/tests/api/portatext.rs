@@ -190,6 +190,69 @@ async fn checking_a_wrong_code_answers_400_with_an_error_description_array() {
 }
 
 #[tokio::test]
+async fn a_number_with_an_encoded_plus_in_the_path_is_decoded() {
+    let app = spawn_app().await;
+
+    let started = sdk_send(
+        &app,
+        Method::POST,
+        &format!("/number_verify/%2B{NUMBER}"),
+        None,
+    )
+    .await;
+
+    let status = started.status();
+    let body: Value = started.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {body}");
+    assert_eq!(body["verification"]["to"], format!("+{NUMBER}"));
+    let code = app.wait_for_code(NUMBER).await;
+    let checked = sdk_send(
+        &app,
+        Method::GET,
+        &format!("/number_verify/%2b{NUMBER}?code={code}"),
+        None,
+    )
+    .await;
+    let status = checked.status();
+    let body: Value = checked.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["verified"], true);
+}
+
+#[tokio::test]
+async fn a_path_number_that_is_not_valid_percent_encoding_answers_400_naming_it() {
+    let app = spawn_app().await;
+    let mut failures = Vec::new();
+
+    for (case, path) in [
+        ("a truncated escape", format!("/number_verify/{NUMBER}%2")),
+        (
+            "an escape of non-hex digits",
+            format!("/number_verify/%zz{NUMBER}"),
+        ),
+        (
+            "an escape that is not UTF-8",
+            format!("/number_verify/%FF{NUMBER}"),
+        ),
+    ] {
+        let response = sdk_send(&app, Method::POST, &path, None).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status != StatusCode::BAD_REQUEST
+            || body["success"] != false
+            || body["field"] != "number"
+            || body["error_code"] != "invalid_phone_number"
+        {
+            failures.push(format!("{case} ({path}): {status} {body}"));
+        }
+    }
+
+    assert!(failures.is_empty(), "{failures:#?}");
+    let count: i64 = app.sql("SELECT count(*) FROM verifications").await[0].get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
 async fn a_get_with_a_json_body_still_reads_the_code_from_the_query_string() {
     let app = spawn_app().await;
     let code = started_with_code(&app).await;
