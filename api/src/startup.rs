@@ -8,7 +8,8 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings, redact_url,
+    ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings, SmsSettings,
+    redact_url,
 };
 use verify_common::db::starts::SendLimit;
 use verify_common::db::{self, DbError};
@@ -34,6 +35,8 @@ pub struct ApiConfig {
     pub secret: SecretSettings,
     #[command(flatten)]
     pub otp: OtpSettings,
+    #[command(flatten)]
+    pub sms: SmsSettings,
     #[command(flatten)]
     pub api: ApiSettings,
 }
@@ -114,6 +117,7 @@ impl Application {
             outbox,
             secret,
             otp,
+            max_segments: config.sms.max_segments,
             send_limit,
             api: Arc::new(config.api.clone()),
             template_cache: Arc::new(TemplateCache::new(Arc::clone(&templates))),

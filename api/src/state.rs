@@ -7,7 +7,7 @@ use upon::Engine;
 use verify_common::config::ApiSettings;
 use verify_common::db::Pool;
 use verify_common::db::starts::SendLimit;
-use verify_common::domain::{CodeSecret, OtpPolicy};
+use verify_common::domain::{CodeSecret, OtpPolicy, SegmentCap};
 use warp::Filter;
 
 use crate::auth::ApiKeys;
@@ -23,6 +23,8 @@ pub struct AppState {
     pub starts: Starts,
     pub secret: CodeSecret,
     pub otp: OtpPolicy,
+    /// Most SMS segments a rendered message may take.
+    pub max_segments: SegmentCap,
     pub send_limit: SendLimit,
     pub api: Arc<ApiSettings>,
     pub templates: Arc<Engine<'static>>,

@@ -15,7 +15,7 @@ use clap::{Args, Command, FromArgMatches, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::otp::{MAX_STRONG_TTL, MIN_SECRET_LEN, MIN_STRONG_LENGTH};
-use crate::domain::{CodeSecret, OtpCodeLength, OtpError, OtpPolicy};
+use crate::domain::{CodeSecret, OtpCodeLength, OtpError, OtpPolicy, SegmentCap};
 
 /// Builds a settings section from command-line flags, as a binary that flattens it would:
 /// a flag wins over its environment variable, which wins over the default.
@@ -353,6 +353,22 @@ impl OtpSettings {
     }
 }
 
+/// Limits on the SMS text itself. The API applies them when a verification starts and
+/// when a template is saved, the worker once more before it sends (the setting may have
+/// been lowered since the start), so both read the same section.
+#[derive(Debug, Clone, Args)]
+pub struct SmsSettings {
+    /// Most SMS segments a rendered message may take (1-255). A GSM-7 segment holds 153
+    /// characters of a longer message, a UCS-2 one 67.
+    #[arg(
+        long = "sms-max-segments",
+        env = "VERIFY_SMS_MAX_SEGMENTS",
+        default_value = "3",
+        value_parser = SegmentCap::parse
+    )]
+    pub max_segments: SegmentCap,
+}
+
 /// The HTTP API's own settings.
 #[derive(Clone, Args)]
 pub struct ApiSettings {
@@ -630,7 +646,7 @@ mod tests {
 
     use super::{
         ApiSettings, DEV_SECRET, DatabaseSettings, FromFlags, OtpSettings, OtpSettingsError,
-        RabbitSettings, SecretError, SecretSettings, WorkerSettings, redact_url,
+        RabbitSettings, SecretError, SecretSettings, SmsSettings, WorkerSettings, redact_url,
     };
 
     #[test]
@@ -641,6 +657,8 @@ mod tests {
         assert_eq!(worker.send_lease(), Duration::from_secs(60));
         let otp = OtpSettings::from_flags(&[]).unwrap();
         assert_eq!((otp.code_length, otp.ttl_secs, otp.max_checks), (6, 600, 5));
+        let sms = SmsSettings::from_flags(&[]).unwrap();
+        assert_eq!(sms.max_segments.get(), 3);
     }
 
     #[test]
@@ -657,6 +675,12 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.to_string().contains("--concurrency"), "{error}");
+        for cap in ["0", "256"] {
+            let error = SmsSettings::from_flags(&["--sms-max-segments", cap])
+                .err()
+                .unwrap();
+            assert!(error.to_string().contains("--sms-max-segments"), "{error}");
+        }
     }
 
     #[test]

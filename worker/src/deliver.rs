@@ -180,6 +180,7 @@ async fn attempt<L: SendLedger, P: SmsSender>(
                 RenderError::UnsupportedLocale(locale) => {
                     DeadLetterReason::LocaleUnsupported(locale)
                 }
+                RenderError::TooLong(too_long) => DeadLetterReason::MessageTooLong(too_long),
                 error => DeadLetterReason::RenderFailed(error.to_string()),
             };
             return dead_letter(send, deps, reason, "render_error").await;
@@ -344,8 +345,8 @@ mod tests {
     use verify_common::db::DbError;
     use verify_common::db::deliveries::{ClaimOutcome, ClaimedSend, FinishedAttempt};
     use verify_common::domain::{
-        CodeSecret, DeliveryId, DeliveryStatus, OtpCode, OtpCodeLength, PhoneNumber, Variables,
-        VerificationId, VerificationStatus,
+        CodeSecret, DeliveryId, DeliveryStatus, OtpCode, OtpCodeLength, PhoneNumber, SegmentCap,
+        Variables, VerificationId, VerificationStatus,
     };
     use verify_common::queue::SendSms;
 
@@ -460,7 +461,7 @@ mod tests {
         Deps {
             ledger,
             provider,
-            renderer: SmsRenderer::default(),
+            renderer: SmsRenderer::new(SegmentCap::parse("3").unwrap()),
             secret: CodeSecret::parse(SecretString::from(SECRET)).unwrap(),
             // No jitter, so the expected delay is exact.
             retry: RetryPolicy {
@@ -578,6 +579,12 @@ mod tests {
         locale_unsupported.locale = Some("sw-KE".to_owned());
         let mut locale_invalid = claimed(1);
         locale_invalid.locale = Some("english".to_owned());
+        let mut too_long = claimed(1);
+        too_long.template_id = Some(9);
+        too_long.template_body = Some("{{brand}}: {{code}}".to_owned());
+        // 208 UTF-16 units: four UCS-2 segments, over the cap of three.
+        too_long.variables =
+            Variables::parse(&serde_json::json!({ "brand": "ж".repeat(200) })).unwrap();
         let mut expires_soon = claimed(1);
         // Sendable now (20 s left, the margin is 15 s), but the provider asks for 10 s
         // before the next attempt, which would leave only 10.
@@ -641,6 +648,14 @@ mod tests {
                 locale_invalid,
                 Ok("never".to_owned()),
                 "locale_invalid",
+                "render_error",
+                false,
+            ),
+            (
+                "message over the segment cap",
+                too_long,
+                Ok("never".to_owned()),
+                "message_too_long",
                 "render_error",
                 false,
             ),

@@ -12,7 +12,7 @@
 //! - [`outcome`]: what delivering decided: done, retry later, or dead-letter with a
 //!   [`DeadLetterReason`](outcome::DeadLetterReason).
 //! - [`dlq`]: the operator's `verify-worker dlq list|replay`; off the send path.
-//! - [`render`]: template rendering with the derived code.
+//! - [`render`]: template rendering with the derived code, within the segment cap.
 //! - [`retry`]: the backoff policy.
 //! - [`providers`]: Twilio, generic HTTP/JSON and log-only providers.
 //! - `testing` (feature `test-support`): the workers of a system under test, and a drain

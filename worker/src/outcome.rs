@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use verify_common::domain::DeliveryId;
+use verify_common::domain::{DeliveryId, SmsTooLong};
 
 /// What the consumer must do with the job's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub enum DeadLetterReason {
     LocaleUnsupported(String),
     /// The template cannot be rendered with the verification's variables.
     RenderFailed(String),
+    /// The rendered text takes more SMS segments than `VERIFY_SMS_MAX_SEGMENTS` allows
+    /// (lowered since the verification started); it is not sent, in part or at all.
+    MessageTooLong(SmsTooLong),
     /// The provider refused the message for good (a 4xx other than 408/429).
     ProviderRejected(String),
     /// Every allowed attempt failed with a transient error.
@@ -52,6 +55,7 @@ impl DeadLetterReason {
             Self::LocaleInvalid(_) => "locale_invalid",
             Self::LocaleUnsupported(_) => "locale_unsupported",
             Self::RenderFailed(_) => "render_failed",
+            Self::MessageTooLong(_) => "message_too_long",
             Self::ProviderRejected(_) => "provider_rejected",
             Self::AttemptsExhausted { .. } => "attempts_exhausted",
             Self::ExpiresBeforeRetry(_) => "expires_before_retry",
@@ -72,6 +76,9 @@ impl fmt::Display for DeadLetterReason {
             Self::LocaleUnsupported(locale) => {
                 write!(f, "there is no built-in text for locale {locale}")
             }
+            Self::MessageTooLong(too_long) => {
+                write!(f, "not sent: {too_long} (VERIFY_SMS_MAX_SEGMENTS)")
+            }
             Self::AttemptsExhausted {
                 attempts,
                 last_error,
@@ -86,7 +93,7 @@ impl fmt::Display for DeadLetterReason {
 
 #[cfg(test)]
 mod tests {
-    use verify_common::domain::DeliveryId;
+    use verify_common::domain::{DeliveryId, SegmentCap};
 
     use super::DeadLetterReason;
 
@@ -105,6 +112,12 @@ mod tests {
                 last_error: "503".into(),
             },
             DeadLetterReason::ExpiresBeforeRetry("503".into()),
+            DeadLetterReason::MessageTooLong(
+                SegmentCap::parse("3")
+                    .unwrap()
+                    .admit(&"a".repeat(460))
+                    .unwrap_err(),
+            ),
         ];
         let codes: Vec<&str> = reasons.iter().map(DeadLetterReason::code).collect();
         assert_eq!(
@@ -118,7 +131,8 @@ mod tests {
                 "render_failed",
                 "provider_rejected",
                 "attempts_exhausted",
-                "expires_before_retry"
+                "expires_before_retry",
+                "message_too_long"
             ]
         );
         assert_eq!(
@@ -131,5 +145,10 @@ mod tests {
             "there is no built-in text for locale sw-KE"
         );
         assert_eq!(reasons[7].to_string(), "gave up after 3 attempts: 503");
+        assert_eq!(
+            reasons[9].to_string(),
+            "not sent: the message takes 4 SMS segments (GSM-7, 460 characters); the cap is 3 \
+             (VERIFY_SMS_MAX_SEGMENTS)"
+        );
     }
 }

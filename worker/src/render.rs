@@ -1,17 +1,19 @@
-//! Turning a claimed send into the SMS text.
+//! Turning a claimed send into the SMS text, within the segment cap.
 //!
 //! A send without a template gets the built-in text of its verification's locale, or
 //! English when it has none. A locale that does not parse or has no built-in text is an
 //! error, never a quiet switch to English: the person asked for their language, and an
 //! operator can put it right (give the verification a template, or a build that has
-//! the text) and replay the job.
+//! the text) and replay the job. A text over the segment cap is refused, never cut
+//! short: a truncated message could lose the code, and the API let the start through
+//! under the cap the operator has lowered since, who can raise it again and replay.
 
 use chrono::{DateTime, Utc};
 use upon::Engine;
 use verify_common::db::deliveries::ClaimedSend;
 use verify_common::domain::{
-    CodeSecret, OtpCode, TemplateBody, TemplateError, TemplateLocale, default_template_text,
-    new_template_engine,
+    CodeSecret, OtpCode, SegmentCap, SmsTooLong, TemplateBody, TemplateError, TemplateLocale,
+    default_template_text, new_template_engine,
 };
 
 /// The language of a verification that names no locale.
@@ -30,28 +32,31 @@ pub enum RenderError {
     Template(#[from] TemplateError),
     #[error("the stored code material is unusable: {0}")]
     Code(String),
+    #[error(transparent)]
+    TooLong(#[from] SmsTooLong),
 }
 
-/// Renders SMS texts with one template engine for the whole process.
+/// Renders SMS texts with one template engine for the whole process, and refuses those
+/// over the segment cap.
 pub struct SmsRenderer {
     engine: Engine<'static>,
-}
-
-impl Default for SmsRenderer {
-    fn default() -> Self {
-        Self {
-            engine: new_template_engine(),
-        }
-    }
+    max_segments: SegmentCap,
 }
 
 impl SmsRenderer {
+    pub fn new(max_segments: SegmentCap) -> Self {
+        Self {
+            engine: new_template_engine(),
+            max_segments,
+        }
+    }
+
     /// The SMS body for a claimed send: its template (or the built-in text for its
     /// locale) with the code, the minutes left and the verification's own variables.
     ///
     /// # Errors
-    /// [`RenderError`] when the template is gone, the locale has no built-in text or a
-    /// variable is missing.
+    /// [`RenderError`] when the template is gone, the locale has no built-in text, a
+    /// variable is missing or the text takes more segments than the cap.
     pub fn render(
         &self,
         send: &ClaimedSend,
@@ -73,7 +78,9 @@ impl SmsRenderer {
         .map_err(|e| RenderError::Code(e.to_string()))?;
         let seconds_left = (send.expires_at - now).num_seconds().max(0);
         let minutes_left = u64::try_from(seconds_left).unwrap_or(0).div_ceil(60);
-        Ok(body.render(&self.engine, code.expose(), minutes_left, &send.variables)?)
+        let text = body.render(&self.engine, code.expose(), minutes_left, &send.variables)?;
+        self.max_segments.admit(&text)?;
+        Ok(text)
     }
 }
 
@@ -99,8 +106,8 @@ mod tests {
     use secrecy::SecretString;
     use verify_common::db::deliveries::ClaimedSend;
     use verify_common::domain::{
-        CodeSecret, DeliveryId, OtpCodeLength, PhoneNumber, Variables, VerificationId,
-        VerificationStatus,
+        CodeSecret, DeliveryId, OtpCodeLength, PhoneNumber, SegmentCap, SmsEncoding, Variables,
+        VerificationId, VerificationStatus,
     };
 
     use super::{RenderError, SmsRenderer};
@@ -124,9 +131,16 @@ mod tests {
         }
     }
 
+    fn secret() -> CodeSecret {
+        CodeSecret::parse(SecretString::from("unit-test-secret-0123456789")).unwrap()
+    }
+
+    fn renderer(max_segments: &str) -> SmsRenderer {
+        SmsRenderer::new(SegmentCap::parse(max_segments).unwrap())
+    }
+
     fn render(locale: Option<&str>) -> Result<String, RenderError> {
-        let secret = CodeSecret::parse(SecretString::from("unit-test-secret-0123456789")).unwrap();
-        SmsRenderer::default().render(&send_with_locale(locale), &secret, Utc::now())
+        renderer("3").render(&send_with_locale(locale), &secret(), Utc::now())
     }
 
     #[test]
@@ -141,6 +155,32 @@ mod tests {
             let text = render(locale).unwrap();
             assert!(text.starts_with(start), "{locale:?}: {text}");
         }
+    }
+
+    #[test]
+    fn a_text_over_the_segment_cap_is_refused_never_cut_short() {
+        let mut send = send_with_locale(None);
+        send.template_id = Some(1);
+        send.template_body = Some("{{brand}}: {{code}}".to_owned());
+        send.variables =
+            Variables::parse(&serde_json::json!({ "brand": "a".repeat(152) })).unwrap();
+
+        // 152 + 2 + 6 = 160 characters: one segment, exactly at a cap of one.
+        let text = renderer("1").render(&send, &secret(), Utc::now()).unwrap();
+        assert_eq!(text.chars().count(), 160);
+
+        send.variables =
+            Variables::parse(&serde_json::json!({ "brand": "a".repeat(153) })).unwrap();
+        let error = renderer("1")
+            .render(&send, &secret(), Utc::now())
+            .unwrap_err();
+        let RenderError::TooLong(too_long) = error else {
+            panic!("expected TooLong, got {error:?}");
+        };
+        assert_eq!(too_long.shape.segments, 2);
+        assert_eq!(too_long.shape.encoding, SmsEncoding::Gsm7);
+        assert_eq!(too_long.cap.get(), 1);
+        assert!(renderer("2").render(&send, &secret(), Utc::now()).is_ok());
     }
 
     #[test]

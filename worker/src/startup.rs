@@ -6,7 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, WorkerSettings, redact_url,
+    DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, SmsSettings,
+    WorkerSettings, redact_url,
 };
 use verify_common::db::{self, DbError};
 use verify_common::dependency::wait_for;
@@ -34,6 +35,8 @@ pub struct WorkerConfig {
     pub worker: WorkerSettings,
     #[command(flatten)]
     pub provider: ProviderSettings,
+    #[command(flatten)]
+    pub sms: SmsSettings,
 }
 
 /// A connected worker, ready to consume.
@@ -83,7 +86,7 @@ impl Worker {
         let deps = Deps {
             ledger: GroupCommitLedger::start(pool, config.worker.send_lease()),
             provider: SmsProvider::from_settings(&config.provider)?,
-            renderer: SmsRenderer::default(),
+            renderer: SmsRenderer::new(config.sms.max_segments),
             secret,
             retry: RetryPolicy::from_settings(&config.worker),
             lease: config.worker.send_lease(),

@@ -1,9 +1,11 @@
 //! Template operations: validate, store, list, preview.
 
+use std::time::Duration;
+
 use verify_common::db::templates::{self, TemplateFields, TemplateRecord};
 use verify_common::domain::{
-    SmsShape, TemplateBody, TemplateDescription, TemplateError, TemplateLocale, TemplateName,
-    VariableError, Variables,
+    OtpCodeLength, SmsShape, TemplateBody, TemplateDescription, TemplateError, TemplateLocale,
+    TemplateName, VariableError, Variables,
 };
 
 use crate::error::ApiError;
@@ -12,7 +14,18 @@ use crate::views::PreviewView;
 
 /// Minutes shown for `{{ttl_minutes}}` in previews: the configured default lifetime.
 fn default_ttl_minutes(state: &AppState) -> u64 {
-    state.otp.ttl.as_secs().div_ceil(60)
+    ttl_minutes(state.otp.ttl)
+}
+
+/// `{{ttl_minutes}}` for a code with `ttl` left, rounded up as the worker rounds it.
+pub fn ttl_minutes(ttl: Duration) -> u64 {
+    ttl.as_secs().div_ceil(60)
+}
+
+/// A stand-in for a code of `length` digits, for measuring a text before the code
+/// exists: every digit is one GSM-7 septet, so which digits does not matter.
+pub fn placeholder_code(length: OtpCodeLength) -> String {
+    "0".repeat(usize::from(length.get()))
 }
 
 /// Fields a client sent to create or change a template; `None` means "not given".
@@ -92,8 +105,33 @@ fn validate(
             .map(TemplateLocale::parse)
             .transpose()
             .map_err(template_error)?,
-        body: TemplateBody::parse(&state.templates, &text).map_err(template_error)?,
+        body: fitting_body(state, &text)?,
     })
+}
+
+/// Parses a body and refuses it when even its shortest message (every variable empty, a
+/// code of the default length, the default lifetime) takes more SMS segments than
+/// allowed: no verification could ever be sent with it.
+fn fitting_body(state: &AppState, text: &str) -> Result<TemplateBody, ApiError> {
+    let body = TemplateBody::parse(&state.templates, text).map_err(template_error)?;
+    let shortest = body
+        .render_with_empty_variables(
+            &state.templates,
+            &placeholder_code(state.otp.code_length),
+            default_ttl_minutes(state),
+        )
+        .map_err(template_error)?;
+    if let Err(too_long) = state.max_segments.admit(&shortest) {
+        return Err(ApiError::unprocessable(
+            "message_too_long",
+            "text",
+            format!(
+                "with every variable empty and a {}-digit code, {too_long}",
+                state.otp.code_length.get()
+            ),
+        ));
+    }
+    Ok(body)
 }
 
 fn not_found() -> ApiError {

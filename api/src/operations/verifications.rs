@@ -1,5 +1,6 @@
 //! Verification operations: start, read, check, resend, cancel.
 
+use std::cmp::Reverse;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -9,12 +10,12 @@ use verify_common::db::starts::{self, CreateOutcome, NewVerification, ResendOutc
 use verify_common::db::verifications::{self, VerificationRecord};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
-    DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables,
-    VerificationId, VerificationStatus,
+    DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, SmsEncoding, SmsShape, SmsTooLong,
+    TemplateBody, TemplateLocale, Variables, VerificationId, VerificationStatus,
 };
 
 use crate::error::ApiError;
-use crate::operations::templates::template_error;
+use crate::operations::templates::{placeholder_code, template_error, ttl_minutes};
 use crate::state::AppState;
 use crate::template_cache::LookupError;
 use crate::views::CheckView;
@@ -43,9 +44,10 @@ fn not_found() -> ApiError {
     }
 }
 
-/// Checks that the template (or the built-in text for the locale) exists and that every
-/// variable it needs was supplied, so a request that could never be sent fails now with
-/// a 400 instead of later in a worker.
+/// Checks that the template (or the built-in text for the locale) exists, that every
+/// variable it needs was supplied and that the message fits the segment cap, so a request
+/// that could never be sent fails now instead of later in a worker. The message is
+/// rendered once, from the cached template, with a stand-in for the code: no query.
 async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<(), ApiError> {
     let body = match request.template_id {
         Some(id) => state.template_cache.stored(&state.pool, id).await,
@@ -79,7 +81,77 @@ async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<()
             format!("the template needs the variable {missing:?}"),
         ));
     }
+    let text = body
+        .render(
+            &state.templates,
+            &placeholder_code(request.code_length.unwrap_or(state.otp.code_length)),
+            ttl_minutes(request.ttl.unwrap_or(state.otp.ttl)),
+            &request.variables,
+        )
+        .map_err(template_error)?;
+    state
+        .max_segments
+        .admit(&text)
+        .map_err(|too_long| message_too_long(request, &body, too_long))?;
     Ok(())
+}
+
+/// A variable that adds to a message over the segment cap.
+struct Contributor<'a> {
+    name: &'a str,
+    /// Holds a character outside GSM-7, in a message that is UCS-2 because of it or the
+    /// template: one such character cuts a segment from 153 characters to 67.
+    outside_gsm: bool,
+    /// Units it adds in the message's encoding.
+    units: usize,
+    characters: usize,
+}
+
+/// The 422 for a message over the segment cap. It names the non-empty variables the
+/// template reads, those outside GSM-7 first when the message is UCS-2, then the longest;
+/// the field is the first of them, or the template when no variable adds anything.
+fn message_too_long(request: &StartRequest, body: &TemplateBody, too_long: SmsTooLong) -> ApiError {
+    let ucs2 = too_long.shape.encoding == SmsEncoding::Ucs2;
+    let mut contributors: Vec<Contributor<'_>> = body
+        .variables()
+        .iter()
+        .filter_map(|name| {
+            let value = request.variables.get(name).filter(|v| !v.is_empty())?;
+            let own = SmsShape::of(value);
+            Some(Contributor {
+                name,
+                outside_gsm: ucs2 && own.encoding == SmsEncoding::Ucs2,
+                units: if ucs2 {
+                    value.encode_utf16().count()
+                } else {
+                    own.units
+                },
+                characters: own.characters,
+            })
+        })
+        .collect();
+    contributors.sort_by_key(|c| (Reverse(c.outside_gsm), Reverse(c.units), c.name));
+    let mut message = too_long.to_string();
+    let Some(first) = contributors.first() else {
+        let field = if request.template_id.is_some() {
+            "template_id"
+        } else {
+            "locale"
+        };
+        message.push_str(", and no variable adds to it: shorten the template");
+        return ApiError::unprocessable("message_too_long", field, message);
+    };
+    let field = format!("variables.{}", first.name);
+    let named: Vec<String> = contributors
+        .iter()
+        .map(|c| {
+            let note = if c.outside_gsm { ", not all GSM-7" } else { "" };
+            format!("variables.{} ({} characters{note})", c.name, c.characters)
+        })
+        .collect();
+    message.push_str("; shorten ");
+    message.push_str(&named.join(", "));
+    ApiError::unprocessable("message_too_long", field, message)
 }
 
 /// Hands the job of a committed send to the outbox, which publishes it in the background;
@@ -106,8 +178,9 @@ enum Started {
 /// idempotency claim, a repeated request returns the first one's verification instead.
 ///
 /// # Errors
-/// 400s for unusable templates or variables, 422 for an idempotency key reused with
-/// another body, 429 over the per-number limit, 503 when Postgres is down.
+/// 400s for unusable templates or variables, 422 for a message over the segment cap or
+/// an idempotency key reused with another body, 429 over the per-number limit, 503 when
+/// Postgres is down.
 async fn start_verification(
     state: &AppState,
     request: StartRequest,

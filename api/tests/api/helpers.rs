@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
-    ApiSettings, FromFlags, OtpSettings, ProviderSettings, SecretSettings, WorkerSettings,
+    ApiSettings, FromFlags, OtpSettings, ProviderSettings, SecretSettings, SmsSettings,
+    WorkerSettings,
 };
 use verify_common::db::Pool;
 use verify_common::telemetry::init_test_tracing;
@@ -35,6 +36,8 @@ pub struct TestOptions {
     pub sink: SinkSettings,
     pub api: ApiSettings,
     pub otp: OtpSettings,
+    /// The SMS limits of the API and of the worker.
+    pub sms: SmsSettings,
     pub worker: WorkerSettings,
     /// Start the worker at once; otherwise call [`TestApp::start_worker`] later.
     pub start_worker: bool,
@@ -59,6 +62,7 @@ impl Default for TestOptions {
             api: ApiSettings::from_flags(&["--addr", "127.0.0.1:0", "--api-key", API_KEY])
                 .expect("the test API flags parse"),
             otp: OtpSettings::from_flags(&[]).expect("the OTP defaults parse"),
+            sms: SmsSettings::from_flags(&[]).expect("the SMS defaults parse"),
             worker: WorkerSettings::from_flags(&[
                 "--concurrency",
                 "8",
@@ -119,6 +123,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         rabbit: rabbit.clone(),
         secret: secret.clone(),
         otp: options.otp,
+        sms: options.sms.clone(),
         api: options.api,
     })
     .await
@@ -146,6 +151,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
             "2000",
         ])
         .expect("the test provider flags parse"),
+        sms: options.sms,
     };
     let pool = verify_common::db::connect_pool(&database.settings)
         .await

@@ -8,6 +8,7 @@ mod checks;
 mod health;
 mod helpers;
 mod idempotency;
+mod message_length;
 mod modules;
 mod outbox;
 mod portatext;

@@ -14,7 +14,7 @@ pub use delivery::{DeliveryId, DeliveryStatus};
 pub use otp::{CodeSecret, OtpCode, OtpCodeLength, OtpError, OtpPolicy};
 pub use phone_number::{PhoneNumber, PhoneNumberError};
 pub use sender::{Sender, SenderError};
-pub use sms::{SmsEncoding, SmsShape};
+pub use sms::{SegmentCap, SegmentCapError, SmsEncoding, SmsShape, SmsTooLong};
 pub use template::{
     TemplateBody, TemplateDescription, TemplateError, TemplateLocale, TemplateName,
     default_template_text, new_template_engine,

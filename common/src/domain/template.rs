@@ -257,6 +257,31 @@ impl TemplateBody {
         if let Some(missing) = self.first_missing_variable(variables) {
             return Err(TemplateError::MissingVariable(missing.to_owned()));
         }
+        self.render_with(engine, code, ttl_minutes, |name| variables.get(name))
+    }
+
+    /// Renders the body with every caller-supplied variable empty: the shortest text any
+    /// verification using it can get with this code and lifetime.
+    ///
+    /// # Errors
+    /// [`TemplateError::Syntax`] only if the body stopped compiling, which a parsed body
+    /// cannot.
+    pub fn render_with_empty_variables(
+        &self,
+        engine: &Engine<'_>,
+        code: &str,
+        ttl_minutes: u64,
+    ) -> Result<String, TemplateError> {
+        self.render_with(engine, code, ttl_minutes, |_| Some(""))
+    }
+
+    fn render_with<'v>(
+        &self,
+        engine: &Engine<'_>,
+        code: &str,
+        ttl_minutes: u64,
+        variable: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<String, TemplateError> {
         let template = engine
             .compile(self.text.as_str())
             .map_err(|e| TemplateError::Syntax(e.to_string()))?;
@@ -266,7 +291,7 @@ impl TemplateBody {
                 let value = match plain_name(path) {
                     Some("code") => Some(code.to_owned()),
                     Some("ttl_minutes") => Some(ttl_minutes.to_string()),
-                    Some(name) => variables.get(name).map(str::to_owned),
+                    Some(name) => variable(name).map(str::to_owned),
                     None => None,
                 };
                 value.map(Value::String).ok_or_else(|| {
@@ -418,6 +443,20 @@ mod tests {
         assert_eq!(
             body.render(&engine, "1", 1, &Variables::default()),
             Err(TemplateError::MissingVariable("brand".into()))
+        );
+    }
+
+    #[test]
+    fn rendering_with_empty_variables_keeps_only_the_text_the_code_and_the_lifetime() {
+        let engine = new_template_engine();
+        let body = TemplateBody::parse(
+            &engine,
+            "{{brand}}: {{code}} ({{ttl_minutes}} min) {{brand}}",
+        )
+        .unwrap();
+        assert_eq!(
+            body.render_with_empty_variables(&engine, "123456", 10),
+            Ok(": 123456 (10 min) ".to_owned())
         );
     }
 

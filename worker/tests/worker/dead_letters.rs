@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+use verify_common::config::{FromFlags, SmsSettings};
 use verify_common::domain::{DeliveryId, DeliveryStatus, TemplateLocale, VerificationId};
 use verify_common::queue::DeadLetterBrowser;
 use verify_worker::dlq::{list_dead_letters, replay_dead_letters};
 
 use crate::helpers::{
-    TestWorker, WAIT, always_failing, new_verification, outcomes, phone_number, spawn_worker,
-    spawn_worker_with,
+    TestOptions, TestWorker, WAIT, always_failing, new_verification, outcomes, phone_number,
+    spawn_worker, spawn_worker_with, variables,
 };
 use crate::replay::replay_all;
 
@@ -194,4 +196,39 @@ async fn a_locale_without_built_in_text_fails_the_send_instead_of_sending_englis
     assert_eq!(listing.letters.len(), 1);
     assert_eq!(listing.letters[0].delivery_id, Some(started.delivery_id));
     assert_eq!(listing.letters[0].reason_code, "locale_unsupported");
+}
+
+#[tokio::test]
+async fn a_send_over_a_segment_cap_lowered_since_the_start_fails_unsent_and_is_dead_lettered() {
+    let worker = spawn_worker_with(TestOptions {
+        sms: SmsSettings::from_flags(&["--sms-max-segments", "1"]).unwrap(),
+        ..TestOptions::default()
+    })
+    .await;
+    let template_id = worker.create_template("brand", "{{brand}}: {{code}}").await;
+    let to = phone_number(5);
+    let mut new = new_verification(&to);
+    // 200 + 8 = 208 characters: two segments, within the default cap of three the API
+    // checked at the start, over the single segment this worker now allows.
+    new.template_id = Some(template_id);
+    new.variables = variables(json!({ "brand": "a".repeat(200) }));
+    let started = worker.start(new).await;
+
+    worker.drain().await;
+
+    let send = worker.newest_send(started.verification_id).await;
+    assert_eq!(send.status, DeliveryStatus::Failed);
+    assert_eq!(outcomes(&send), ["render_error"]);
+    assert_eq!(
+        send.last_error.as_deref(),
+        Some(
+            "not sent: the message takes 2 SMS segments (GSM-7, 208 characters); the cap is 1 \
+             (VERIFY_SMS_MAX_SEGMENTS)"
+        )
+    );
+    assert!(worker.sent_sms(&to).is_empty(), "{:?}", worker.sink.all());
+    let listing = list_dead_letters(&worker.rabbit, 10).await.unwrap();
+    assert_eq!(listing.letters.len(), 1);
+    assert_eq!(listing.letters[0].delivery_id, Some(started.delivery_id));
+    assert_eq!(listing.letters[0].reason_code, "message_too_long");
 }

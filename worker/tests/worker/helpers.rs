@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    FromFlags, ProviderSettings, RabbitSettings, SecretSettings, WorkerSettings,
+    FromFlags, ProviderSettings, RabbitSettings, SecretSettings, SmsSettings, WorkerSettings,
 };
 use verify_common::db::deliveries::{self, DeliveryRecord};
 use verify_common::db::starts::{self, CreateOutcome, NewVerification, SendLimit};
@@ -41,6 +41,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub struct TestOptions {
     pub sink: SinkSettings,
     pub worker: WorkerSettings,
+    pub sms: SmsSettings,
 }
 
 impl Default for TestOptions {
@@ -71,6 +72,7 @@ impl Default for TestOptions {
                 "2",
             ])
             .expect("the test worker flags parse"),
+            sms: SmsSettings::from_flags(&[]).expect("the SMS defaults parse"),
         }
     }
 }
@@ -154,6 +156,7 @@ pub async fn spawn_worker_with(options: TestOptions) -> TestWorker {
             "2000",
         ])
         .expect("the test provider flags parse"),
+        sms: options.sms,
     };
     let pool = connect_pool(&database.settings)
         .await
