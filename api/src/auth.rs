@@ -3,22 +3,39 @@
 //! extractor). This is the one place that turns a key into a [`Caller`].
 //!
 //! A presented key is hashed and compared with the configured key's hash, then looked up
-//! among stored hashes. Positive lookups are cached briefly so a busy client costs no
-//! database round trip per request; a revoked key stops working within that time. Requests
-//! presenting one key at the same moment share a single lookup.
+//! among stored hashes. Positive lookups are cached so a busy client costs no database
+//! round trip per request; requests presenting one key at the same moment share a single
+//! lookup.
+//!
+//! A cached key must not outlive its revocation: every API process follows revocations
+//! ([`ApiKeys::follow_revocations`]) on a Postgres session of its own, and drops a key the
+//! moment its revocation is announced, so a revoked key stops working everywhere within
+//! the time a notification takes (milliseconds). The cache is trusted only while that
+//! session listens; while it is down every request asks Postgres, and whenever it is lost
+//! or re-established the cache is emptied, since announcements made in between were
+//! missed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-use verify_common::db::{DbError, Pool, api_keys};
+use tokio_util::sync::CancellationToken;
+use verify_common::config::DatabaseSettings;
+use verify_common::db::api_keys::{self, Revocation};
+use verify_common::db::{DbError, Pool};
 use verify_common::domain::api_key::hash_api_key;
 
 use crate::error::ApiError;
 use crate::expiring::ExpiringMap;
 
-/// How long a key found in the database is trusted without asking again.
+/// How long a key found in the database is trusted without asking again. Revocations
+/// reach the cache at once; this bounds only what a lost announcement could leave.
 const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Waits between attempts to re-open the revocation session: from the first to the last,
+/// doubling.
+const RELISTEN_FIRST_WAIT: Duration = Duration::from_millis(100);
+const RELISTEN_LAST_WAIT: Duration = Duration::from_secs(5);
 /// Bound on cached keys, so random keys cannot grow memory.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -34,6 +51,8 @@ pub struct ApiKeys {
     pool: Pool,
     /// Whether each recently presented key is active; only active ones are kept.
     verified: ExpiringMap<[u8; 32], Result<bool, DbError>>,
+    /// Whether revocations are being heard, so `verified` may be used.
+    listening: AtomicBool,
 }
 
 impl ApiKeys {
@@ -44,6 +63,7 @@ impl ApiKeys {
             verified: ExpiringMap::new(CACHE_TTL, CACHE_CAPACITY, |active| {
                 matches!(active, Ok(true))
             }),
+            listening: AtomicBool::new(false),
         }
     }
 
@@ -62,14 +82,69 @@ impl ApiKeys {
         {
             return Ok(Caller { key_hash: hash });
         }
-        let active = self
-            .verified
-            .get_or_load(hash, || api_keys::is_active_api_key(&self.pool, &hash))
-            .await?;
+        let lookup = || api_keys::is_active_api_key(&self.pool, &hash);
+        let active = if self.listening.load(Ordering::Acquire) {
+            self.verified.get_or_load(hash, lookup).await
+        } else {
+            lookup().await
+        }?;
         if active {
             Ok(Caller { key_hash: hash })
         } else {
             Err(ApiError::Unauthorized("invalid API key"))
+        }
+    }
+
+    /// Follows key revocations until `shutdown`: listens on a Postgres session of its own
+    /// and drops each revoked key from the cache as its revocation is announced. When the
+    /// session is lost it stops trusting the cache, empties it and opens a new session,
+    /// retrying with growing waits while Postgres cannot be reached.
+    pub async fn follow_revocations(
+        &self,
+        database: &DatabaseSettings,
+        shutdown: CancellationToken,
+    ) {
+        let mut wait = RELISTEN_FIRST_WAIT;
+        loop {
+            let listener = tokio::select! {
+                listener = api_keys::listen_for_revocations(database) => listener,
+                () = shutdown.cancelled() => return,
+            };
+            match listener {
+                Ok(mut listener) => {
+                    // In this order: a key read before the session listened may have been
+                    // revoked unheard, and one read from now on is either still active or
+                    // its revocation will be heard.
+                    self.listening.store(true, Ordering::Release);
+                    self.verified.clear();
+                    wait = RELISTEN_FIRST_WAIT;
+                    tracing::debug!("listening for API key revocations");
+                    loop {
+                        let heard = tokio::select! {
+                            heard = listener.next() => heard,
+                            () = shutdown.cancelled() => return,
+                        };
+                        match heard {
+                            Some(Revocation::Key(hash)) => self.verified.remove(&hash),
+                            Some(Revocation::Unreadable) => self.verified.clear(),
+                            None => break,
+                        }
+                    }
+                    self.listening.store(false, Ordering::Release);
+                    self.verified.clear();
+                    tracing::warn!(
+                        "lost the session that hears API key revocations; every key is checked in Postgres until it is back"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?wait, "cannot listen for API key revocations");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            wait = (wait * 2).min(RELISTEN_LAST_WAIT);
         }
     }
 }

@@ -60,9 +60,15 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringMap<K, V> {
         value
     }
 
-    /// Drops `key`, so the next caller loads it again.
+    /// Drops `key`, so the next caller loads it again. A load under way for it completes
+    /// for its callers but is not stored.
     pub fn remove(&self, key: &K) {
         self.lock().remove(key);
+    }
+
+    /// Drops every entry, as [`remove`](Self::remove) for each.
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     /// The fresh entry's cell for `key`, or a new one stored in its place; `None` when the
@@ -156,6 +162,30 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(map.get_or_load(1, load).await, Ok(1));
         assert_eq!(loads_so_far(&loads), 3, "expired, so loaded again");
+    }
+
+    #[tokio::test]
+    async fn a_load_under_way_when_the_map_is_cleared_is_not_stored() {
+        let map = map(Duration::from_secs(60), 4);
+        let loads = AtomicUsize::new(0);
+        let release = tokio::sync::Notify::new();
+        let mut slow = std::pin::pin!(map.get_or_load(1, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            release.notified().await;
+            Ok(1)
+        }));
+        assert!(
+            futures_util::poll!(&mut slow).is_pending(),
+            "the load started"
+        );
+
+        map.clear();
+        release.notify_one();
+
+        assert_eq!(slow.await, Ok(1), "its caller still gets it");
+        let load = || counted(&loads, Duration::ZERO, Ok(2));
+        assert_eq!(map.get_or_load(1, load).await, Ok(2));
+        assert_eq!(loads_so_far(&loads), 2, "loaded again after the clear");
     }
 
     #[tokio::test]

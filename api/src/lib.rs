@@ -16,7 +16,7 @@
 //! - `idempotency`: `Idempotency-Key` handling for start requests.
 //! - `expiring`: the bounded, time-limited map behind the API's caches.
 //! - `template_cache`: parsed templates for validating start requests without a query.
-//! - `auth`: who is calling, from the API key a request presents.
+//! - `auth`: who is calling, from the API key a request presents; follows revocations.
 //! - `body`, `state`, `views`: bounded JSON bodies, shared state and response
 //!   representations.
 #![forbid(unsafe_code)]

@@ -47,6 +47,8 @@ pub struct Application {
     state: AppState,
     outbox_tasks: OutboxTasks,
     grace: std::time::Duration,
+    /// Where the session that hears key revocations connects.
+    database: DatabaseSettings,
 }
 
 impl Application {
@@ -128,6 +130,7 @@ impl Application {
             state,
             outbox_tasks,
             grace: config.api.shutdown_grace(),
+            database: config.database,
         })
     }
 
@@ -152,6 +155,13 @@ impl Application {
             self.state.pool.clone(),
             shutdown.clone(),
         ));
+        let api_keys = Arc::clone(&self.state.api_keys);
+        let revocations_stop = shutdown.clone();
+        tokio::spawn(async move {
+            api_keys
+                .follow_revocations(&self.database, revocations_stop)
+                .await;
+        });
         let server = warp::serve(routes(self.state))
             .incoming(self.listener)
             .graceful(shutdown.clone().cancelled_owned())

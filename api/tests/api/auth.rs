@@ -1,14 +1,18 @@
 //! API-key authentication: the configured key and stored keys, in `X-Api-Key` or as a
 //! bearer token; requests without a valid key are refused with a JSON 401.
 
+use std::time::Duration;
+
 use reqwest::header::HeaderValue;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use uuid::Uuid;
 use verify_api::keys::{create_key, list_keys, revoke_key};
 use verify_api::{ENDPOINTS, Endpoint, Family};
+use verify_common::db::api_keys::LISTENER_APPLICATION_NAME;
 
-use crate::helpers::{API_KEY, TestApp, spawn_app};
+use crate::helpers::{API_KEY, ApiProcess, TestApp, WAIT, spawn_app};
 
 /// `GET /v1/templates` with the given headers and no others.
 async fn list_templates_with(app: &TestApp, headers: &[(&str, &str)]) -> Response {
@@ -204,6 +208,98 @@ async fn a_key_revoked_before_its_first_use_is_refused_at_once() {
 
     let message = assert_unauthorized(response).await;
     assert_eq!(message, "invalid API key");
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_every_api_process_within_a_second() {
+    let app = spawn_app().await;
+    let key = create_key(&app.database.settings, "ci").await.unwrap();
+    let id = key_id(&app, "ci").await;
+    let apis = [app.spawn_api_process().await, app.spawn_api_process().await];
+    for api in &apis {
+        let status = list_templates_on(&app, api, &key).await;
+        assert_eq!(status, StatusCode::OK, "{}", api.logged());
+    }
+
+    revoke_key(&app.database.settings, id).await.unwrap();
+    let revoked = Instant::now();
+
+    let deadline = revoked + Duration::from_secs(1);
+    for api in &apis {
+        loop {
+            let status = list_templates_on(&app, api, &key).await;
+            if status == StatusCode::UNAUTHORIZED {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still accepts the key {:?} after it was revoked (last answer {status})\n{}",
+                api.address,
+                revoked.elapsed(),
+                api.logged()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn keys_cached_before_the_revocation_session_was_lost_are_looked_up_again() {
+    let app = spawn_app().await;
+    let key = create_key(&app.database.settings, "ci").await.unwrap();
+    let listener = format!(
+        "FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = '{LISTENER_APPLICATION_NAME}'"
+    );
+    wait_until("the API listens for revocations", WAIT, || async {
+        !app.sql(&format!("SELECT pid {listener}")).await.is_empty()
+    })
+    .await;
+    let status = list_templates_with(&app, &[("x-api-key", &key)])
+        .await
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    // A revocation that is not announced stands for one announced while nobody listened.
+    app.sql("UPDATE api_keys SET revoked_at = now()").await;
+    let status = list_templates_with(&app, &[("x-api-key", &key)])
+        .await
+        .status();
+    assert_eq!(status, StatusCode::OK, "the key is cached");
+
+    app.sql(&format!("SELECT pg_terminate_backend(pid) {listener}"))
+        .await;
+
+    wait_until("the key is refused", Duration::from_secs(1), || async {
+        list_templates_with(&app, &[("x-api-key", &key)])
+            .await
+            .status()
+            == StatusCode::UNAUTHORIZED
+    })
+    .await;
+}
+
+/// Polls `condition` until it holds; fails the test after `limit`.
+async fn wait_until<F, Fut>(what: &str, limit: Duration, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The status of `GET /v1/templates` with `key` on another API process.
+async fn list_templates_on(app: &TestApp, api: &ApiProcess, key: &str) -> StatusCode {
+    app.client
+        .get(api.url("/v1/templates"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
 
 #[tokio::test]

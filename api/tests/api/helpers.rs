@@ -7,15 +7,19 @@
 //! SMS, check the code. [`TestApp::drain`] runs the pipeline until nothing is left to
 //! do, so a test can assert what did *not* happen without sleeping.
 
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
 use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
-    ApiSettings, FromFlags, OtpSettings, ProviderSettings, SecretSettings, SmsSettings,
-    WorkerSettings,
+    ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings, SecretSettings,
+    SmsSettings, WorkerSettings,
 };
 use verify_common::db::Pool;
 use verify_common::telemetry::init_test_tracing;
@@ -88,6 +92,7 @@ pub struct TestApp {
     pub pool: Pool,
     pub sink: MessageLog,
     pub database: TestDatabase,
+    pub rabbit: RabbitSettings,
     workers: TestWorkers,
     shutdown: CancellationToken,
 }
@@ -162,6 +167,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         pool,
         sink: sink_log,
         database,
+        rabbit,
         workers: TestWorkers::new(worker_config, shutdown.clone()).await,
         shutdown,
     };
@@ -299,11 +305,102 @@ impl TestApp {
         }
     }
 
+    /// Starts another API as a process of its own (the built `verify-api` binary) on this
+    /// test's database and queues, as a second replica runs in production; waits until it
+    /// listens. The process is killed when the returned value is dropped.
+    pub async fn spawn_api_process(&self) -> ApiProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_verify-api"))
+            .args([
+                "--addr",
+                "127.0.0.1:0",
+                "--database-url",
+                &self.database.settings.url,
+                "--amqp-url",
+                &self.rabbit.url,
+                "--queue-prefix",
+                &self.rabbit.queue_prefix,
+                "--queue-expires-secs",
+                "600",
+                "--secret",
+                SECRET,
+                "--log-format",
+                "json",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the verify-api binary");
+        let stderr = child.stderr.take().expect("a piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let address = tokio::time::timeout(WAIT, listening_address(stderr, Arc::clone(&log)))
+            .await
+            .unwrap_or_else(|_| panic!("verify-api did not listen within {WAIT:?}: {log:?}"))
+            .unwrap_or_else(|| panic!("verify-api exited before listening: {log:?}"));
+        ApiProcess {
+            address,
+            log,
+            _child: child,
+        }
+    }
+
     /// Runs SQL against the test's own database (to move a clock or count rows).
     pub async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
         let client = self.pool.get().await.expect("a database connection");
         client.query(statement, &[]).await.expect("test SQL runs")
     }
+}
+
+/// A `verify-api` process started by [`TestApp::spawn_api_process`].
+pub struct ApiProcess {
+    /// `http://127.0.0.1:PORT`
+    pub address: String,
+    /// Every line the process logged so far (JSON), for failure messages.
+    pub log: Arc<Mutex<Vec<String>>>,
+    _child: Child,
+}
+
+impl ApiProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// The lines logged so far, one per line.
+    pub fn logged(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join("\n")
+    }
+}
+
+/// Reads the process's log lines into `log` until the one saying where it listens, and
+/// returns that address; keeps reading afterwards (a full pipe would stall the process).
+/// `None` when the process exits first.
+async fn listening_address(stderr: ChildStderr, log: Arc<Mutex<Vec<String>>>) -> Option<String> {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let address = serde_json::from_str::<Value>(&line)
+            .ok()
+            .filter(|entry| entry["fields"]["message"] == "verify-api listening")
+            .and_then(|entry| Some(format!("http://{}", entry["fields"]["addr"].as_str()?)));
+        log.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
+        if address.is_some() {
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line);
+                }
+            });
+            return address;
+        }
+    }
+    None
 }
 
 /// The first run of 4–10 digits in an SMS body: the code.

@@ -142,12 +142,7 @@ pub async fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> 
 /// # Errors
 /// [`DbError::Setup`] for a malformed URL.
 pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
-    let mut config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|e| DbError::Setup(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
-    config.connect_timeout(settings.pool_timeout());
-    add_session_options(&mut config);
+    let config = session_config(settings)?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -170,6 +165,21 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| DbError::Setup(e.to_string()))
+}
+
+/// How every session of ours connects: `settings.url`, the pool's connect timeout and
+/// [`SESSION_OPTIONS`].
+///
+/// # Errors
+/// [`DbError::Setup`] for a malformed URL.
+fn session_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| DbError::Setup(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
+    config.connect_timeout(settings.pool_timeout());
+    add_session_options(&mut config);
+    Ok(config)
 }
 
 /// Settings of every pooled session, passed when it starts (no extra round trip).
