@@ -97,13 +97,24 @@ impl SendView {
     }
 }
 
-/// The answer to a check.
+/// The answer to a check by id (any outcome) or by number (an approval).
 #[derive(Debug, Serialize)]
 pub struct CheckView {
     pub id: String,
     pub status: VerificationStatus,
     pub valid: bool,
     pub attempts_remaining: u32,
+}
+
+/// The answer to every check by number that did not approve, whatever the reason: the
+/// fields of [`CheckView`], each `null` but `valid: false`, so clients read one shape and
+/// nothing tells whether the number has a verification.
+#[derive(Debug, Default, Serialize)]
+pub struct RefusedCheckView {
+    id: Option<String>,
+    status: Option<VerificationStatus>,
+    valid: bool,
+    attempts_remaining: Option<u32>,
 }
 
 /// A stored template.

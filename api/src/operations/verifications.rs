@@ -305,14 +305,6 @@ pub async fn find_verification(
     Ok((verification, sends))
 }
 
-/// Which verification a check applies to.
-#[derive(Debug)]
-pub enum CheckTarget {
-    Id(VerificationId),
-    /// The newest open verification of this number.
-    Number(PhoneNumber),
-}
-
 /// Parses a typed code: 4–10 digits.
 ///
 /// # Errors
@@ -330,24 +322,77 @@ pub fn parse_code(code: &str) -> Result<&str, ApiError> {
     }
 }
 
-/// Checks a typed code. Wrong, expired, used and closed verifications all answer with
-/// `valid: false` and their status, the same shape, so nothing else can be learnt.
+/// Checks a typed code against the verification with this id.
+///
+/// The caller proved it holds the id it was given when it started the verification, so
+/// the answer shows the verification's real `status` and `attempts_remaining`. An id that
+/// names no verification answers exactly as an expired one would (200, `expired`, no
+/// attempts left), so ids cannot be probed for.
 ///
 /// # Errors
-/// 400 for a malformed code, 404 when the target does not exist.
-pub async fn check_code(
+/// 400 for a malformed code; 503 when Postgres is down.
+pub async fn check_by_id(
     state: &AppState,
-    target: CheckTarget,
+    id: VerificationId,
     code: &str,
 ) -> Result<CheckView, ApiError> {
     let code = parse_code(code)?;
-    let verification = match target {
-        CheckTarget::Id(id) => verifications::find_verification(&state.pool, id).await?,
-        CheckTarget::Number(number) => {
-            verifications::find_verification_to_check(&state.pool, &number).await?
-        }
+    match verifications::find_verification(&state.pool, id).await? {
+        Some(verification) => check_verification(state, verification, code).await,
+        None => Ok(expired(id)),
     }
-    .ok_or_else(not_found)?;
+}
+
+/// The answer about an expired verification, and about one that does not exist.
+fn expired(id: VerificationId) -> CheckView {
+    CheckView {
+        id: id.to_string(),
+        status: VerificationStatus::Expired,
+        valid: false,
+        attempts_remaining: 0,
+    }
+}
+
+/// What a check by number may tell its caller.
+#[derive(Debug)]
+pub enum NumberCheck {
+    /// The code approved the number's newest open verification.
+    Approved(CheckView),
+    /// Anything else: no verification, a wrong code, or one expired, used, canceled or
+    /// out of attempts. One answer for all of them, so a check by number never tells
+    /// whether the number has a verification.
+    Refused,
+}
+
+/// Checks a typed code against the newest open verification of `to` (the newest one
+/// when none is open).
+///
+/// # Errors
+/// 400 for a malformed code; 503 when Postgres is down.
+pub async fn check_by_number(
+    state: &AppState,
+    to: &PhoneNumber,
+    code: &str,
+) -> Result<NumberCheck, ApiError> {
+    let code = parse_code(code)?;
+    let Some(verification) = verifications::find_verification_to_check(&state.pool, to).await?
+    else {
+        return Ok(NumberCheck::Refused);
+    };
+    let view = check_verification(state, verification, code).await?;
+    Ok(if view.valid {
+        NumberCheck::Approved(view)
+    } else {
+        NumberCheck::Refused
+    })
+}
+
+/// Checks `code` against `verification` and counts the check if it is still open.
+async fn check_verification(
+    state: &AppState,
+    verification: VerificationRecord,
+    code: &str,
+) -> Result<CheckView, ApiError> {
     let closed = |v: &VerificationRecord| CheckView {
         id: v.id.to_string(),
         status: v.status_at(Utc::now()),
@@ -382,12 +427,11 @@ pub async fn check_code(
             })
         }
         // Closed between our read and our update (a concurrent check won the race).
-        None => {
-            let current = verifications::find_verification(&state.pool, verification.id)
+        None => Ok(
+            verifications::find_verification(&state.pool, verification.id)
                 .await?
-                .ok_or_else(not_found)?;
-            Ok(closed(&current))
-        }
+                .map_or_else(|| expired(verification.id), |current| closed(&current)),
+        ),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, with_retry_after};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{self as template_ops, TemplateInput, variable_error};
-use crate::operations::verifications::{self as ops, CheckTarget, StartRequest};
+use crate::operations::verifications::{self as ops, NumberCheck, StartRequest};
 use crate::state::{AppState, with_state};
 use crate::views::{TemplateView, VerificationView};
 
@@ -259,22 +259,25 @@ async fn check(
                 "the code query parameter is required",
             )
         })?;
-    let view = ops::check_code(&state, CheckTarget::Number(to), &code).await?;
-    let status = if view.valid {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    let mut body = json!({
-        "verified": view.valid,
-        "status": view.status,
-        "attempts_remaining": view.attempts_remaining,
-        "id": view.id,
-    });
-    if !view.valid {
-        body["error_description"] = json!(["invalid code"]);
-    }
-    Ok(reply(status, body))
+    Ok(match ops::check_by_number(&state, &to, &code).await? {
+        NumberCheck::Approved(view) => reply(
+            StatusCode::OK,
+            json!({
+                "verified": true,
+                "status": view.status,
+                "attempts_remaining": view.attempts_remaining,
+                "id": view.id,
+            }),
+        ),
+        // One answer for a wrong code and for every other refusal (see `NumberCheck`).
+        NumberCheck::Refused => reply(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "verified": false,
+                "error_description": ["invalid code"],
+            }),
+        ),
+    })
 }
 
 fn template_json(record: &verify_common::db::templates::TemplateRecord) -> Value {

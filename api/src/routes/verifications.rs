@@ -17,9 +17,9 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{template_error, variable_error};
-use crate::operations::verifications::{self as ops, CheckTarget, StartRequest, phone_error};
+use crate::operations::verifications::{self as ops, NumberCheck, StartRequest, phone_error};
 use crate::state::{AppState, with_state};
-use crate::views::VerificationView;
+use crate::views::{RefusedCheckView, VerificationView};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,7 +203,7 @@ async fn check_by_id(
     state: AppState,
     request: CheckBody,
 ) -> Result<impl Reply, ApiError> {
-    let view = ops::check_code(&state, CheckTarget::Id(id), &request.code).await?;
+    let view = ops::check_by_id(&state, id, &request.code).await?;
     Ok(warp::reply::json(&view))
 }
 
@@ -213,8 +213,12 @@ async fn check_by_number(
     request: CheckByNumberBody,
 ) -> Result<impl Reply, ApiError> {
     let to = PhoneNumber::parse(&request.to).map_err(|e| phone_error("to", &e))?;
-    let view = ops::check_code(&state, CheckTarget::Number(to), &request.code).await?;
-    Ok(warp::reply::json(&view))
+    Ok(
+        match ops::check_by_number(&state, &to, &request.code).await? {
+            NumberCheck::Approved(view) => warp::reply::json(&view),
+            NumberCheck::Refused => warp::reply::json(&RefusedCheckView::default()),
+        },
+    )
 }
 
 async fn resend(

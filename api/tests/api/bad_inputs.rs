@@ -483,12 +483,6 @@ fn check_cases() -> Vec<Case> {
         )
         .answers(BAD_REQUEST, "invalid_id", Some("id")),
         Case::post(
-            "checking an unknown verification",
-            check.clone(),
-            &json!({"code": "123456"}),
-        )
-        .answers(NOT_FOUND, "verification_not_found", None),
-        Case::post(
             "checking a code with letters",
             check.clone(),
             &json!({"code": "12ab56"}),

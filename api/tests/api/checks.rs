@@ -1,5 +1,6 @@
-//! Checking codes: approval, single use, the attempt budget, expiry, checks by number
-//! and concurrent checks of one verification.
+//! Checking codes: approval, single use, the attempt budget, expiry, checks by number,
+//! concurrent checks of one verification, and refusals that answer alike (by id the real
+//! status with one shape, an unknown id as an expired one; by number one body for all).
 
 use futures_util::future::join_all;
 use reqwest::StatusCode;
@@ -151,20 +152,192 @@ async fn a_check_by_number_applies_to_the_newest_pending_verification_of_that_nu
     assert_eq!(older["attempts_remaining"], 5);
 }
 
+/// The ways a check can fail to approve, each arranged on a number of its own.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    NoVerification,
+    WrongCode,
+    Expired,
+    Used,
+    Canceled,
+    Locked,
+}
+
+const REFUSALS: [Refusal; 6] = [
+    Refusal::NoVerification,
+    Refusal::WrongCode,
+    Refusal::Expired,
+    Refusal::Used,
+    Refusal::Canceled,
+    Refusal::Locked,
+];
+
+/// A check that `refusal` must refuse: the verification's id (none for
+/// `NoVerification`), its number and the code to type.
+struct Refused {
+    refusal: Refusal,
+    id: Option<String>,
+    to: String,
+    code: String,
+}
+
+/// Arranges `refusal` on `phone_number(n)`. The code to type is the right one wherever
+/// the verification's state alone must refuse it.
+async fn arrange(app: &TestApp, refusal: Refusal, n: u32) -> Refused {
+    let to = phone_number(n);
+    if let Refusal::NoVerification = refusal {
+        return Refused {
+            refusal,
+            id: None,
+            to,
+            code: "123456".to_owned(),
+        };
+    }
+    let created = app.start_verification(&json!({ "to": to })).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let right = app.wait_for_code(&to).await;
+    let code = match refusal {
+        Refusal::NoVerification | Refusal::WrongCode => wrong_code(&right),
+        Refusal::Expired => {
+            app.sql(&format!(
+                "UPDATE verifications SET expires_at = now() - interval '1 second' WHERE id = '{id}'"
+            ))
+            .await;
+            right
+        }
+        Refusal::Used => {
+            assert_eq!(check(app, &id, &right).await["valid"], true);
+            right
+        }
+        Refusal::Canceled => {
+            let response = app
+                .post_json(&format!("/v1/verifications/{id}/cancel"), &json!({}))
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            right
+        }
+        Refusal::Locked => {
+            for _ in 0..5 {
+                check(app, &id, &wrong_code(&right)).await;
+            }
+            right
+        }
+    };
+    Refused {
+        refusal,
+        id: Some(id),
+        to,
+        code,
+    }
+}
+
+/// Every refusal arranged, numbers `first..`.
+async fn arrange_all(app: &TestApp, first: u32) -> Vec<Refused> {
+    let mut arranged = Vec::new();
+    for (n, refusal) in (first..).zip(REFUSALS) {
+        arranged.push(arrange(app, refusal, n).await);
+    }
+    arranged
+}
+
 #[tokio::test]
-async fn a_check_by_number_for_a_number_without_verifications_answers_404() {
+async fn a_check_by_id_answers_every_refusal_alike_with_the_real_status() {
     let app = spawn_app().await;
+    let arranged = arrange_all(&app, 100).await;
+    let expected = |refusal| match refusal {
+        Refusal::NoVerification | Refusal::Expired => ("expired", 0),
+        Refusal::WrongCode => ("pending", 4),
+        Refusal::Used => ("approved", 0),
+        Refusal::Canceled => ("canceled", 0),
+        Refusal::Locked => ("max_attempts_reached", 0),
+    };
+    let mut failures = Vec::new();
 
-    let response = app
-        .post_json(
-            "/v1/verifications/check",
-            &json!({ "to": phone_number(7), "code": "123456" }),
-        )
-        .await;
+    for case in &arranged {
+        let id = case
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let response = app.check_code(&id, &case.code).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        let (state, remaining) = expected(case.refusal);
+        let want = json!({
+            "id": id,
+            "status": state,
+            "valid": false,
+            "attempts_remaining": remaining,
+        });
+        if status != StatusCode::OK || body != want {
+            failures.push(format!(
+                "{:?}: {status} {body}, want 200 {want}",
+                case.refusal
+            ));
+        }
+    }
 
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "verification_not_found");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn a_check_by_number_answers_every_refusal_with_the_same_body() {
+    let app = spawn_app().await;
+    let arranged = arrange_all(&app, 200).await;
+    let want = json!({
+        "id": null,
+        "status": null,
+        "valid": false,
+        "attempts_remaining": null,
+    });
+    let mut failures = Vec::new();
+
+    for case in &arranged {
+        let response = app
+            .post_json(
+                "/v1/verifications/check",
+                &json!({ "to": case.to, "code": case.code }),
+            )
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status != StatusCode::OK || body != want {
+            failures.push(format!(
+                "{:?}: {status} {body}, want 200 {want}",
+                case.refusal
+            ));
+        }
+    }
+
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn a_portatext_check_answers_every_refusal_with_the_same_400() {
+    let app = spawn_app().await;
+    let arranged = arrange_all(&app, 300).await;
+    let want = json!({
+        "success": false,
+        "verified": false,
+        "error_description": ["invalid code"],
+    });
+    let mut failures = Vec::new();
+
+    for case in &arranged {
+        let digits = case.to.trim_start_matches('+');
+        let response = app
+            .get(&format!("/number_verify/{digits}?code={}", case.code))
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status != StatusCode::BAD_REQUEST || body != want {
+            failures.push(format!(
+                "{:?}: {status} {body}, want 400 {want}",
+                case.refusal
+            ));
+        }
+    }
+
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[tokio::test]

@@ -186,7 +186,7 @@ async fn checking_a_wrong_code_answers_400_with_an_error_description_array() {
     let body: Value = response.json().await.unwrap();
     assert_portatext_error(&body);
     assert_eq!(body["verified"], false);
-    assert_eq!(body["attempts_remaining"], 4);
+    assert_eq!(body["error_description"], json!(["invalid code"]));
 }
 
 #[tokio::test]
