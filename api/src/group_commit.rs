@@ -1,10 +1,11 @@
 //! Start requests recorded together: the API's [`GroupCommit`] of new verifications.
 //!
-//! Each start request needs the number's lock, the send-limit count and two inserts in a
-//! transaction flushed to disk when it commits. Done per request, that was most of
+//! Each start request needs its idempotency key (if it has one), the number's lock, the
+//! send-limit count, the cancel of the number's earlier open verification and two inserts
+//! in a transaction flushed to disk when it commits. Done per request, that was most of
 //! Postgres' work under load, and Postgres was the bottleneck; in batches, one statement
 //! and one commit serve every request that arrived meanwhile
-//! ([`starts::insert_verifications`]).
+//! ([`starts::insert_verifications`]). Every start goes this way, idempotent or not.
 //!
 //! The jobs of the sends created are handed to the outbox here, as soon as their batch
 //! commits, so a send whose requester went away meanwhile is still published at once.

@@ -174,8 +174,9 @@ enum Started {
     },
 }
 
-/// Records a verification and its first send, then enqueues the send. With an
-/// idempotency claim, a repeated request returns the first one's verification instead.
+/// Records a verification and its first send (canceling the number's earlier open
+/// verifications) and enqueues the send. With an idempotency claim, a repeated request
+/// returns the first one's verification instead.
 ///
 /// # Errors
 /// 400s for unusable templates or variables, 422 for a message over the segment cap or
@@ -200,21 +201,10 @@ async fn start_verification(
         code_nonce: nonce,
         max_checks: state.otp.max_checks,
         ttl: request.ttl.unwrap_or(state.otp.ttl),
+        idempotency: idempotency.cloned(),
     };
-    let outcome = match idempotency {
-        // The group commit hands the send's job to the outbox itself.
-        None => state.starts.submit(new).await?,
-        Some(claim) => {
-            let outcome =
-                starts::insert_idempotent_verification(&state.pool, &new, state.send_limit, claim)
-                    .await?;
-            if let CreateOutcome::Created(created) = &outcome {
-                enqueue(state, &created.1);
-            }
-            outcome
-        }
-    };
-    match outcome {
+    // The group commit hands the send's job to the outbox itself.
+    match state.starts.submit(new).await? {
         CreateOutcome::Created(created) => {
             let (verification, delivery) = *created;
             tracing::info!(verification = %verification.id, to = %verification.to, "verification started");

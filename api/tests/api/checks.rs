@@ -147,9 +147,15 @@ async fn a_check_by_number_applies_to_the_newest_pending_verification_of_that_nu
     assert_eq!(answer["valid"], true);
     assert_eq!(answer["status"], "approved");
     assert_eq!(answer["id"], newer["id"]);
-    let older = app.get_verification(older["id"].as_str().unwrap()).await;
-    assert_eq!(older["status"], "pending");
-    assert_eq!(older["attempts_remaining"], 5);
+    let older_id = older["id"].as_str().unwrap();
+    let older = app.get_verification(older_id).await;
+    assert_eq!(older["status"], "canceled", "the newer start canceled it");
+    let rows = app
+        .sql(&format!(
+            "SELECT checks_made FROM verifications WHERE id = '{older_id}'"
+        ))
+        .await;
+    assert_eq!(rows[0].get::<_, i32>(0), 0, "the check did not count on it");
 }
 
 /// The ways a check can fail to approve, each arranged on a number of its own.

@@ -124,6 +124,26 @@ async fn the_portatext_start_route_honours_idempotency_keys_too() {
 }
 
 #[tokio::test]
+async fn an_idempotent_start_cancels_the_numbers_pending_verification_like_any_other() {
+    let app = spawn_app().await;
+    let to = phone_number(9);
+    let earlier = app.start_verification(&json!({ "to": to })).await;
+
+    let later = post_with_key(&app, "/v1/verifications", "k-4", &json!({ "to": to })).await;
+    let repeat = post_with_key(&app, "/v1/verifications", "k-4", &json!({ "to": to })).await;
+
+    assert_eq!(later.status(), StatusCode::ACCEPTED);
+    assert_eq!(repeat.status(), StatusCode::ACCEPTED);
+    let later: Value = later.json().await.unwrap();
+    let repeat: Value = repeat.json().await.unwrap();
+    assert_eq!(later["id"], repeat["id"]);
+    let earlier = app.get_verification(earlier["id"].as_str().unwrap()).await;
+    assert_eq!(earlier["status"], "canceled");
+    let later = app.get_verification(later["id"].as_str().unwrap()).await;
+    assert_eq!(later["status"], "pending", "a replay cancels nothing");
+}
+
+#[tokio::test]
 async fn a_malformed_key_answers_400_naming_the_header() {
     let app = spawn_app().await;
 

@@ -196,6 +196,7 @@ async fn resend_sends_the_same_code_again_and_keeps_the_failed_checks() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["sends"].as_array().unwrap().len(), 2);
     assert_eq!(body["attempts_remaining"], 4);
+    assert_eq!(body["status"], "pending", "a resend cancels nothing");
     let sms = app.wait_for_sms(&to, 2).await;
     assert_eq!(code_in(&sms[1].body), code);
 }
@@ -296,6 +297,35 @@ async fn concurrent_starts_for_one_number_never_exceed_its_send_limit() {
         ))
         .await;
     assert_eq!(rows[0].get::<_, i64>(0), 5);
+}
+
+#[tokio::test]
+async fn a_new_start_cancels_the_numbers_pending_verification_so_only_the_newest_code_is_sent() {
+    let app = spawn_app_with(TestOptions {
+        start_worker: false,
+        ..TestOptions::default()
+    })
+    .await;
+    let to = phone_number(11);
+    let earlier = app.start_verification(&json!({ "to": to })).await;
+    let later = app.start_verification(&json!({ "to": to })).await;
+
+    app.start_worker().await;
+    app.drain().await;
+
+    let earlier = app.get_verification(earlier["id"].as_str().unwrap()).await;
+    assert_eq!(earlier["status"], "canceled");
+    assert_eq!(earlier["delivery_status"], "failed");
+    let sms = app.sent_sms(&to);
+    assert_eq!(sms.len(), 1, "only the live verification's code is sent");
+    let later_id = later["id"].as_str().unwrap();
+    let check: Value = app
+        .check_code(later_id, &code_in(&sms[0].body))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["valid"], true, "{check}");
 }
 
 #[tokio::test]

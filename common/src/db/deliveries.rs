@@ -51,9 +51,9 @@ table_row! {
         updated_at: DateTime<Utc>,
         sent_at: Option<DateTime<Utc>>,
     }
-    // The number is the verification's; the lease and the publish time are the claim's
-    // and the outbox's bookkeeping, which their own statements read.
-    unread [to_number, lease_until, published_at]
+    // The number is the verification's; the lease, the publish time and the relay's claim
+    // are the claim's and the outbox's bookkeeping, which their own statements read.
+    unread [to_number, lease_until, published_at, relayed_at]
 }
 
 impl TryFrom<DeliveryRow> for DeliveryRecord {

@@ -1,15 +1,14 @@
 //! Idempotency keys of start requests: a client may repeat a request safely. The key is
-//! written before anything else of its request, so concurrent repeats queue on it; a
-//! repeat with the same body within 24 hours is answered with the first request's
-//! verification (and its stored answer), one with another body is refused.
+//! written before anything else of its request, in the start batch's statement
+//! ([`super::starts`]), so concurrent repeats queue on it; a repeat with the same body
+//! within 24 hours is answered with the first request's verification (and its stored
+//! answer, written here), one with another body is refused.
 
-use std::sync::LazyLock;
-
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
 
 use super::DbError;
-use super::rows::{columns, read_one, table_row};
-use crate::domain::VerificationId;
+#[cfg(test)]
+use super::rows::table_row;
 
 /// An idempotency key presented with a request.
 #[derive(Debug, Clone)]
@@ -21,69 +20,14 @@ pub struct IdempotencyClaim {
     pub request_hash: [u8; 32],
 }
 
+// Only SQL reads this table: the start batch's statement writes a key and reads the one it
+// finds held (migration V7). The declaration is there for the test that holds every table
+// to its declared columns.
+#[cfg(test)]
 table_row! {
-    /// An `idempotency_keys` row as stored.
-    pub(crate) struct IdempotencyKeyRow in "idempotency_keys" {
-        request_hash: Vec<u8>,
-        verification_id: uuid::Uuid,
-        response: Option<serde_json::Value>,
-    }
-    // Looked up by scope and key; age only matters to the statements that take over or
-    // delete expired keys.
-    unread [scope, key, created_at]
-}
-
-/// Writes the key of `claim` for the request creating `verification`, unless an earlier
-/// request holds it; returns whether it was written. Keys older than 24 hours are taken
-/// over. A concurrent request with the same key waits here until this transaction ends,
-/// then finds the key held (or, after a rollback, takes it itself).
-///
-/// # Errors
-/// [`DbError`] on database failure.
-pub(crate) async fn take_key(
-    transaction: &deadpool_postgres::Transaction<'_>,
-    claim: &IdempotencyClaim,
-    verification: VerificationId,
-) -> Result<bool, DbError> {
-    let taken = transaction
-        .query_opt(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, verification_id)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (scope, key) DO UPDATE
-                 SET request_hash = EXCLUDED.request_hash,
-                     verification_id = EXCLUDED.verification_id,
-                     response = NULL, created_at = now()
-                 WHERE idempotency_keys.created_at < now() - interval '24 hours'
-             RETURNING 1",
-            &[
-                &claim.scope.as_slice(),
-                &claim.key,
-                &claim.request_hash.as_slice(),
-                &verification.as_uuid(),
-            ],
-        )
-        .await?;
-    Ok(taken.is_some())
-}
-
-/// The stored key of `claim`.
-///
-/// # Errors
-/// [`DbError`] on database failure, or when no such key is stored.
-pub(crate) async fn find_key(
-    client: &impl GenericClient,
-    claim: &IdempotencyClaim,
-) -> Result<IdempotencyKeyRow, DbError> {
-    static FIND_KEY: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT {} FROM idempotency_keys WHERE scope = $1 AND key = $2",
-            columns::<IdempotencyKeyRow>()
-        )
-    });
-    let row = client
-        .query_one(FIND_KEY.as_str(), &[&claim.scope.as_slice(), &claim.key])
-        .await?;
-    read_one(&row)
+    /// An `idempotency_keys` row.
+    pub(crate) struct IdempotencyKeyRow in "idempotency_keys" {}
+    unread [scope, key, request_hash, verification_id, response, created_at]
 }
 
 /// Stores the first answer to an idempotent request, for replay to its duplicates.

@@ -204,7 +204,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 6] = [
+const MIGRATIONS: [(i32, &str, &str); 7] = [
     (
         1,
         "api_keys",
@@ -234,6 +234,11 @@ const MIGRATIONS: [(i32, &str, &str); 6] = [
         6,
         "start_verifications",
         include_str!("../../../migrations/V6__start_verifications.sql"),
+    ),
+    (
+        7,
+        "one_send_path",
+        include_str!("../../../migrations/V7__one_send_path.sql"),
     ),
 ];
 

@@ -37,28 +37,31 @@ pub(crate) trait TableRow: Sized {
     fn read(row: &Row, layout: &Layout<Self>) -> Result<Self, DbError>;
 }
 
-/// Declares a table's row: a struct with one field per column read, named as the column,
-/// the columns left unread (`unread [a, b]`), and its [`TableRow`] implementation.
+/// Declares a table's row: a struct with one field per column read, named as the column
+/// (none for a table that only SQL reads), the columns left unread (`unread [a, b]`), and
+/// its [`TableRow`] implementation.
 macro_rules! table_row {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident in $table:literal {
-            $($column:ident: $type:ty,)+
+            $($column:ident: $type:ty,)*
         }
         $(unread [$($unread:ident),+ $(,)?])?
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone)]
         $vis struct $name {
-            $(pub(crate) $column: $type,)+
+            $(pub(crate) $column: $type,)*
         }
 
         impl $crate::db::rows::TableRow for $name {
             const TABLE: &'static str = $table;
-            const COLUMNS: &'static [&'static str] = &[$(stringify!($column)),+];
+            const COLUMNS: &'static [&'static str] = &[$(stringify!($column)),*];
             #[cfg(test)]
             const UNREAD: &'static [&'static str] = &[$($(stringify!($unread)),+)?];
 
+            // A table only SQL reads declares no field, and then reads nothing.
+            #[allow(unused_mut, unused_variables)]
             fn read(
                 row: &tokio_postgres::Row,
                 layout: &$crate::db::rows::Layout<Self>,
@@ -66,7 +69,7 @@ macro_rules! table_row {
                 // Fields are read in declaration order, the order of `COLUMNS`.
                 let mut at = layout.positions();
                 Ok(Self {
-                    $($column: $crate::db::rows::column(row, at.next(), stringify!($column))?,)+
+                    $($column: $crate::db::rows::column(row, at.next(), stringify!($column))?,)*
                 })
             }
         }

@@ -1,17 +1,17 @@
-//! New sends: starting verifications (in batches, each with its first send, optionally
-//! under an idempotency key) and resending a verification's code, each under the
-//! per-number send limit.
+//! New sends: starting verifications (in batches, each with its first send, some under an
+//! idempotency key) and resending a verification's code, each under the per-number send
+//! limit. Both call one SQL function each (migration V7), and both apply the limit through
+//! the same one, `send_limit_waits`.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
 use super::deliveries::{DeliveryRecord, DeliveryRow};
-use super::idempotency::{self, IdempotencyClaim};
-use super::rows::{Layout, columns, named, prefixed_columns, read_one};
+use super::idempotency::IdempotencyClaim;
+use super::rows::{Layout, named, prefixed_columns};
 use super::verifications::{VerificationRecord, VerificationRow};
 use super::{DbError, seconds};
 use crate::domain::otp::NONCE_LEN;
@@ -34,6 +34,8 @@ pub struct NewVerification {
     pub code_nonce: [u8; NONCE_LEN],
     pub max_checks: u32,
     pub ttl: Duration,
+    /// The request's idempotency key: a repeat of the request replays this one's outcome.
+    pub idempotency: Option<IdempotencyClaim>,
 }
 
 /// At most `max_sends` SMS to one number per `window`.
@@ -46,12 +48,14 @@ pub struct SendLimit {
 /// Result of trying to create a verification.
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
+    /// A new verification and its first send. Any earlier open verification of the number
+    /// was canceled; so was this one if a later request of its batch started another for
+    /// the same number (only the last stays pending).
     Created(Box<(VerificationRecord, DeliveryRecord)>),
     /// The number already had `max_sends` sends in the window; try again after this long.
-    RateLimited {
-        retry_after: Duration,
-    },
+    RateLimited { retry_after: Duration },
     /// The idempotency key was used before with the same body: nothing new was created.
+    /// `response` is the first answer, if it was stored.
     Replayed {
         verification_id: VerificationId,
         response: Option<serde_json::Value>,
@@ -64,38 +68,29 @@ fn retry_after_from(seconds: Option<f64>) -> Duration {
     Duration::from_secs_f64(seconds.unwrap_or(1.0).max(1.0))
 }
 
-/// Takes the per-number lock that serialises send-limit decisions for one number, so
-/// concurrent requests cannot both see "4 of 5 used" and both send.
-async fn lock_number(
-    transaction: &deadpool_postgres::Transaction<'_>,
-    to: &str,
-) -> Result<(), DbError> {
-    let statement = transaction
-        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .await?;
-    transaction.execute(&statement, &[&to]).await?;
-    Ok(())
-}
-
-/// The call of the `start_verifications` function (migration V6), which takes the numbers'
-/// locks, applies the send limit and inserts the rows of a whole batch in one statement.
-/// Its rows are the request's position (`ord`), the limit's wait (`retry_after_secs`), then
-/// the verification's columns prefixed `v_` and the send's prefixed `d_`.
+/// The call of the `start_verifications` function (migration V7), which writes the
+/// idempotency keys, applies the send limit, cancels the numbers' earlier open
+/// verifications and inserts the rows of a whole batch in one statement. Its rows are the
+/// request's position (`ord`), the limit's wait (`retry_after_secs`), the key's verdicts
+/// (`key_reused`, `replay_of`, `replay_response`), then the verification's columns
+/// prefixed `v_` and the send's prefixed `d_`.
 static START_VERIFICATIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT s.ord, s.retry_after_secs, {}, {}
-         FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) s",
+        "SELECT s.ord, s.retry_after_secs, s.key_reused, s.replay_of, s.replay_response, {}, {}
+         FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                  $15, $16) s",
         prefixed_columns::<VerificationRow>("(s.verification)", "v_"),
         prefixed_columns::<DeliveryRow>("(s.delivery)", "d_"),
     )
 });
 
-/// Records a batch of verifications, each with its first send, in one statement; a
-/// request whose number is over its send limit gets [`CreateOutcome::RateLimited`] and
-/// creates nothing. The outcomes are in the order of `batch`. Runs in the transaction of
-/// `client` if it is one, else in its own.
-async fn start_batch(
-    client: &impl GenericClient,
+/// Records a batch of start requests in one statement and one transaction (group commit):
+/// the only way verifications are created. Outcomes are in the order of `batch`.
+///
+/// # Errors
+/// [`DbError`] on database failure: then nothing of the batch was recorded.
+pub async fn insert_verifications(
+    pool: &Pool,
     batch: &[NewVerification],
     limit: SendLimit,
 ) -> Result<Vec<CreateOutcome>, DbError> {
@@ -123,6 +118,17 @@ async fn start_batch(
         .collect();
     let ttls: Vec<f64> = batch.iter().map(|new| seconds(new.ttl)).collect();
     let delivery_ids: Vec<uuid::Uuid> = batch.iter().map(|new| new.delivery_id.as_uuid()).collect();
+    let claims = || batch.iter().map(|new| new.idempotency.as_ref());
+    let key_scopes: Vec<Option<&[u8]>> = claims()
+        .map(|claim| claim.map(|c| c.scope.as_slice()))
+        .collect();
+    let keys: Vec<Option<&str>> = claims()
+        .map(|claim| claim.map(|c| c.key.as_str()))
+        .collect();
+    let request_hashes: Vec<Option<&[u8]>> = claims()
+        .map(|claim| claim.map(|c| c.request_hash.as_slice()))
+        .collect();
+    let client = pool.get().await?;
     let statement = client.prepare_cached(&START_VERIFICATIONS).await?;
     let rows = client
         .query(
@@ -139,6 +145,9 @@ async fn start_batch(
                 &max_checks,
                 &ttls,
                 &delivery_ids,
+                &key_scopes,
+                &keys,
+                &request_hashes,
                 &seconds(limit.window),
                 &i64::from(limit.max_sends),
             ],
@@ -168,87 +177,33 @@ async fn start_batch(
                     index + 1
                 )));
             }
-            created_from_row(row, &layouts)
+            outcome_from_row(row, &layouts)
         })
         .collect()
 }
 
-/// Records a batch of verifications, each with its first send, in one statement and one
-/// transaction (group commit). Outcomes are [`CreateOutcome::Created`] or
-/// [`CreateOutcome::RateLimited`], in the order of `batch`.
-///
-/// # Errors
-/// [`DbError`] on database failure: then nothing of the batch was recorded.
-pub async fn insert_verifications(
-    pool: &Pool,
-    batch: &[NewVerification],
-    limit: SendLimit,
-) -> Result<Vec<CreateOutcome>, DbError> {
-    let client = pool.get().await?;
-    start_batch(&client, batch, limit).await
-}
-
-/// Records one verification and its first send under an idempotency key: the key is
-/// written first, in the same transaction, so a repeat of the request replays the first
-/// one's outcome instead of creating another.
-///
-/// # Errors
-/// [`DbError`] on database failure.
-pub async fn insert_idempotent_verification(
-    pool: &Pool,
-    new: &NewVerification,
-    limit: SendLimit,
-    claim: &IdempotencyClaim,
-) -> Result<CreateOutcome, DbError> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    if !idempotency::take_key(&transaction, claim, new.id).await? {
-        transaction.rollback().await?;
-        // Read the earlier request on this same connection: taking a second one
-        // while holding this one could exhaust the pool under a burst of duplicates.
-        return replay(&client, claim).await;
-    }
-    let outcome = start_batch(&transaction, std::slice::from_ref(new), limit)
-        .await?
-        .pop()
-        .ok_or_else(|| DbError::Corrupt("no outcome for the request".to_owned()))?;
-    match outcome {
-        // The key must not outlive a request that created nothing.
-        CreateOutcome::RateLimited { .. } => transaction.rollback().await?,
-        _ => transaction.commit().await?,
-    }
-    Ok(outcome)
-}
-
 /// Reads the outcome of one request from a `start_verifications` row.
-fn created_from_row(
+fn outcome_from_row(
     row: &Row,
     (verification, delivery): &(Layout<VerificationRow>, Layout<DeliveryRow>),
 ) -> Result<CreateOutcome, DbError> {
-    let created: Option<uuid::Uuid> = named(row, "v_id")?;
-    if created.is_none() {
+    if let Some(wait) = named::<Option<f64>>(row, "retry_after_secs")? {
         return Ok(CreateOutcome::RateLimited {
-            retry_after: retry_after_from(named(row, "retry_after_secs")?),
+            retry_after: retry_after_from(Some(wait)),
+        });
+    }
+    if named::<bool>(row, "key_reused")? {
+        return Ok(CreateOutcome::KeyReused);
+    }
+    if let Some(id) = named::<Option<uuid::Uuid>>(row, "replay_of")? {
+        return Ok(CreateOutcome::Replayed {
+            verification_id: VerificationId::from_uuid(id),
+            response: named(row, "replay_response")?,
         });
     }
     let verification = verification.read(row)?.try_into()?;
     let delivery = delivery.read(row)?.try_into()?;
     Ok(CreateOutcome::Created(Box::new((verification, delivery))))
-}
-
-/// The outcome of a request whose key an earlier request holds.
-async fn replay(
-    client: &deadpool_postgres::Client,
-    claim: &IdempotencyClaim,
-) -> Result<CreateOutcome, DbError> {
-    let stored = idempotency::find_key(client, claim).await?;
-    if stored.request_hash != claim.request_hash {
-        return Ok(CreateOutcome::KeyReused);
-    }
-    Ok(CreateOutcome::Replayed {
-        verification_id: VerificationId::from_uuid(stored.verification_id),
-        response: stored.response,
-    })
 }
 
 /// Result of asking for another send of a verification's code.
@@ -268,6 +223,16 @@ pub enum ResendOutcome {
     },
 }
 
+/// The call of the `resend_verification` function (migration V7): the send's columns are
+/// prefixed `d_`.
+static RESEND_VERIFICATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.status, r.live, r.too_soon_secs, r.retry_after_secs, {}
+         FROM resend_verification($1, $2, $3, $4, $5) r",
+        prefixed_columns::<DeliveryRow>("(r.delivery)", "d_"),
+    )
+});
+
 /// Records another send of the same code, subject to the minimum interval between sends
 /// of one verification and to the per-number send limit. The check counter is untouched:
 /// resending never buys more guesses.
@@ -281,23 +246,22 @@ pub async fn insert_resend(
     min_interval: Duration,
     limit: SendLimit,
 ) -> Result<ResendOutcome, DbError> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    let Some(row) = transaction
+    let client = pool.get().await?;
+    let Some(row) = client
         .query_opt(
-            "SELECT v.to_number, v.status, v.expires_at > now() AS live,
-                    (SELECT max(send_number) FROM sms_deliveries WHERE verification_id = v.id)
-                      AS last_send_number,
-                    (SELECT extract(epoch FROM max(created_at) + make_interval(secs => $2) - now())::float8
-                       FROM sms_deliveries WHERE verification_id = v.id) AS wait_secs
-             FROM verifications v WHERE v.id = $1 FOR UPDATE",
-            &[&id.as_uuid(), &seconds(min_interval)],
+            RESEND_VERIFICATION.as_str(),
+            &[
+                &id.as_uuid(),
+                &delivery_id.as_uuid(),
+                &seconds(min_interval),
+                &seconds(limit.window),
+                &i64::from(limit.max_sends),
+            ],
         )
         .await?
     else {
         return Ok(ResendOutcome::NotFound);
     };
-    let to: String = named(&row, "to_number")?;
     let status: VerificationStatus = named::<String>(&row, "status")?
         .parse()
         .map_err(DbError::Corrupt)?;
@@ -310,45 +274,327 @@ pub async fn insert_resend(
         };
         return Ok(ResendOutcome::NotPending(shown));
     }
-    let last_send_number: Option<i32> = named(&row, "last_send_number")?;
-    let wait: Option<f64> = named(&row, "wait_secs")?;
-    if let Some(wait) = wait.filter(|w| *w > 0.0) {
+    if let Some(wait) = named::<Option<f64>>(&row, "too_soon_secs")?.filter(|w| *w > 0.0) {
         return Ok(ResendOutcome::TooSoon {
             retry_after: retry_after_from(Some(wait)),
         });
     }
-    lock_number(&transaction, &to).await?;
-    let recent = transaction
-        .query_one(
-            "SELECT count(*) AS sends,
-                    extract(epoch FROM min(created_at) + make_interval(secs => $2) - now())::float8
-                      AS retry_after_secs
-             FROM sms_deliveries WHERE to_number = $1 AND created_at > now() - make_interval(secs => $2)",
-            &[&to, &seconds(limit.window)],
-        )
-        .await?;
-    let sends: i64 = named(&recent, "sends")?;
-    if sends >= i64::from(limit.max_sends) {
+    if let Some(wait) = named::<Option<f64>>(&row, "retry_after_secs")? {
         return Ok(ResendOutcome::RateLimited {
-            retry_after: retry_after_from(named(&recent, "retry_after_secs")?),
+            retry_after: retry_after_from(Some(wait)),
         });
     }
-    let row = transaction
-        .query_one(
-            &format!(
-                "INSERT INTO sms_deliveries (id, verification_id, send_number, to_number)
-                 VALUES ($1, $2, $3, $4) RETURNING {}",
-                columns::<DeliveryRow>()
-            ),
+    let delivery = Layout::<DeliveryRow>::find(&row, "d_")?.read(&row)?;
+    Ok(ResendOutcome::Created(delivery.try_into()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{
+        CreateOutcome, NewVerification, ResendOutcome, SendLimit, insert_resend,
+        insert_verifications,
+    };
+    use crate::db::idempotency::IdempotencyClaim;
+    use crate::db::verifications::find_verification;
+    use crate::db::{Pool, build_pool, migrate};
+    use crate::domain::{
+        DeliveryId, OtpCodeLength, PhoneNumber, Variables, VerificationId, VerificationStatus,
+    };
+    use crate::testing::TestDatabase;
+
+    const LIMIT: SendLimit = SendLimit {
+        max_sends: 3,
+        window: Duration::from_secs(600),
+    };
+
+    async fn database() -> Pool {
+        let database = TestDatabase::create().await;
+        let pool = build_pool(&database.settings).unwrap();
+        migrate(&pool).await.unwrap();
+        pool
+    }
+
+    fn new_start(to: &str) -> NewVerification {
+        NewVerification {
+            id: VerificationId::generate(),
+            delivery_id: DeliveryId::generate(),
+            to: PhoneNumber::parse(to).unwrap(),
+            template_id: None,
+            locale: None,
+            sender: None,
+            variables: Variables::default(),
+            code_length: OtpCodeLength::parse(6).unwrap(),
+            code_nonce: [7; 32],
+            max_checks: 5,
+            ttl: Duration::from_secs(600),
+            idempotency: None,
+        }
+    }
+
+    fn keyed(to: &str, key: &str, body: u8) -> NewVerification {
+        NewVerification {
+            idempotency: Some(IdempotencyClaim {
+                scope: [1; 32],
+                key: key.to_owned(),
+                request_hash: [body; 32],
+            }),
+            ..new_start(to)
+        }
+    }
+
+    async fn status_of(pool: &Pool, id: VerificationId) -> VerificationStatus {
+        find_verification(pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .stored_status
+    }
+
+    /// The outcomes as short words, for comparing whole batches at once.
+    fn summary(outcomes: &[CreateOutcome]) -> Vec<String> {
+        outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                CreateOutcome::Created(created) => {
+                    format!("created {}", created.0.stored_status.as_str())
+                }
+                CreateOutcome::RateLimited { .. } => "rate limited".to_owned(),
+                CreateOutcome::Replayed { .. } => "replayed".to_owned(),
+                CreateOutcome::KeyReused => "key reused".to_owned(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_start_cancels_the_numbers_earlier_pending_verification_and_no_other() {
+        let pool = database().await;
+        let earlier = new_start("+14155550100");
+        let other_number = new_start("+14155550101");
+        insert_verifications(&pool, &[earlier.clone(), other_number.clone()], LIMIT)
+            .await
+            .unwrap();
+
+        let later = new_start("+14155550100");
+        let outcomes = insert_verifications(&pool, std::slice::from_ref(&later), LIMIT)
+            .await
+            .unwrap();
+
+        assert_eq!(summary(&outcomes), ["created pending"]);
+        assert_eq!(
+            status_of(&pool, earlier.id).await,
+            VerificationStatus::Canceled
+        );
+        assert_eq!(
+            status_of(&pool, later.id).await,
+            VerificationStatus::Pending
+        );
+        assert_eq!(
+            status_of(&pool, other_number.id).await,
+            VerificationStatus::Pending
+        );
+    }
+
+    #[tokio::test]
+    async fn of_two_starts_for_one_number_in_one_batch_the_later_one_stays_pending() {
+        let pool = database().await;
+        let first = new_start("+14155550100");
+        let second = new_start("+14155550100");
+
+        let outcomes = insert_verifications(&pool, &[first.clone(), second.clone()], LIMIT)
+            .await
+            .unwrap();
+
+        assert_eq!(summary(&outcomes), ["created canceled", "created pending"]);
+        assert_eq!(
+            status_of(&pool, first.id).await,
+            VerificationStatus::Canceled
+        );
+        assert_eq!(
+            status_of(&pool, second.id).await,
+            VerificationStatus::Pending
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_over_the_limit_cancels_nothing() {
+        let pool = database().await;
+        let starts: Vec<NewVerification> = (0..3).map(|_| new_start("+14155550100")).collect();
+        insert_verifications(&pool, &starts, LIMIT).await.unwrap();
+
+        let outcomes = insert_verifications(&pool, &[new_start("+14155550100")], LIMIT)
+            .await
+            .unwrap();
+
+        assert_eq!(summary(&outcomes), ["rate limited"]);
+        assert_eq!(
+            status_of(&pool, starts[2].id).await,
+            VerificationStatus::Pending
+        );
+    }
+
+    #[tokio::test]
+    async fn keyed_and_plain_starts_share_one_batch_and_a_repeated_key_creates_nothing() {
+        let pool = database().await;
+        let first = keyed("+14155550100", "k1", 1);
+        insert_verifications(&pool, std::slice::from_ref(&first), LIMIT)
+            .await
+            .unwrap();
+
+        let outcomes = insert_verifications(
+            &pool,
             &[
-                &delivery_id.as_uuid(),
-                &id.as_uuid(),
-                &(last_send_number.unwrap_or(0) + 1),
-                &to,
+                keyed("+14155550101", "k1", 1),
+                new_start("+14155550102"),
+                keyed("+14155550103", "k1", 2),
+                keyed("+14155550104", "k2", 1),
             ],
+            LIMIT,
         )
-        .await?;
-    let delivery = read_one::<DeliveryRow>(&row)?.try_into()?;
-    transaction.commit().await?;
-    Ok(ResendOutcome::Created(delivery))
+        .await
+        .unwrap();
+
+        assert_eq!(
+            summary(&outcomes),
+            [
+                "replayed",
+                "created pending",
+                "key reused",
+                "created pending"
+            ]
+        );
+        let CreateOutcome::Replayed {
+            verification_id, ..
+        } = &outcomes[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!(*verification_id, first.id);
+        assert_eq!(
+            status_of(&pool, first.id).await,
+            VerificationStatus::Pending,
+            "a replay cancels nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeat_of_a_key_in_the_same_batch_gets_the_first_requests_outcome() {
+        let pool = database().await;
+        let first = keyed("+14155550100", "k1", 1);
+
+        let outcomes = insert_verifications(
+            &pool,
+            &[
+                first.clone(),
+                keyed("+14155550100", "k1", 1),
+                keyed("+14155550100", "k1", 2),
+            ],
+            LIMIT,
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(
+            summary(&outcomes),
+            ["created pending", "replayed", "key reused"]
+        );
+        assert!(matches!(
+            &outcomes[1],
+            CreateOutcome::Replayed { verification_id, response: None } if *verification_id == first.id
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_keyed_start_over_the_limit_gives_its_key_back() {
+        let pool = database().await;
+        let starts: Vec<NewVerification> = (0..3).map(|_| new_start("+14155550100")).collect();
+        insert_verifications(&pool, &starts, LIMIT).await.unwrap();
+
+        let refused = insert_verifications(&pool, &[keyed("+14155550100", "k1", 1)], LIMIT)
+            .await
+            .unwrap();
+        let after = insert_verifications(&pool, &[keyed("+14155550101", "k1", 2)], LIMIT)
+            .await
+            .unwrap();
+
+        assert_eq!(summary(&refused), ["rate limited"]);
+        assert_eq!(summary(&after), ["created pending"]);
+    }
+
+    #[tokio::test]
+    async fn starts_and_resends_count_against_one_send_limit() {
+        let pool = database().await;
+        let start = new_start("+14155550100");
+        insert_verifications(&pool, std::slice::from_ref(&start), LIMIT)
+            .await
+            .unwrap();
+        let resend = || {
+            insert_resend(
+                &pool,
+                start.id,
+                DeliveryId::generate(),
+                Duration::ZERO,
+                LIMIT,
+            )
+        };
+        assert!(matches!(resend().await.unwrap(), ResendOutcome::Created(_)));
+        assert!(matches!(resend().await.unwrap(), ResendOutcome::Created(_)));
+
+        let another_start = insert_verifications(&pool, &[new_start("+14155550100")], LIMIT)
+            .await
+            .unwrap();
+        let another_resend = resend().await.unwrap();
+
+        assert_eq!(summary(&another_start), ["rate limited"]);
+        assert!(
+            matches!(another_resend, ResendOutcome::RateLimited { .. }),
+            "{another_resend:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resend_keeps_its_verification_pending_and_the_numbers_other_one_canceled() {
+        let pool = database().await;
+        let earlier = new_start("+14155550100");
+        let later = new_start("+14155550100");
+        insert_verifications(&pool, std::slice::from_ref(&earlier), LIMIT)
+            .await
+            .unwrap();
+        insert_verifications(&pool, std::slice::from_ref(&later), LIMIT)
+            .await
+            .unwrap();
+
+        let resent = insert_resend(
+            &pool,
+            later.id,
+            DeliveryId::generate(),
+            Duration::ZERO,
+            LIMIT,
+        )
+        .await
+        .unwrap();
+        let of_canceled = insert_resend(
+            &pool,
+            earlier.id,
+            DeliveryId::generate(),
+            Duration::ZERO,
+            LIMIT,
+        )
+        .await
+        .unwrap();
+
+        assert!(matches!(resent, ResendOutcome::Created(_)), "{resent:?}");
+        assert_eq!(
+            status_of(&pool, later.id).await,
+            VerificationStatus::Pending
+        );
+        assert!(
+            matches!(
+                of_canceled,
+                ResendOutcome::NotPending(VerificationStatus::Canceled)
+            ),
+            "{of_canceled:?}"
+        );
+    }
 }

@@ -189,6 +189,7 @@ pub fn new_verification(to: &str) -> NewVerification {
         code_nonce: generate_nonce().expect("the OS random generator works"),
         max_checks: 5,
         ttl: Duration::from_secs(600),
+        idempotency: None,
     }
 }
 
