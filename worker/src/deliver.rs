@@ -139,6 +139,10 @@ pub async fn deliver_sms<L: SendLedger, P: SmsSender>(
             tracing::debug!(delivery = %job.delivery_id, ?status, "duplicate job for a finished send");
             return Ok(Outcome::Done);
         }
+        ClaimOutcome::Duplicate => {
+            tracing::debug!(delivery = %job.delivery_id, "duplicate job for a send claimed by its twin in the same batch");
+            return Ok(Outcome::Done);
+        }
         ClaimOutcome::HeldElsewhere { lease_remaining } => {
             // Its worker may have died mid-send; look again once the lease runs out.
             return Ok(Outcome::RetryLater(
@@ -751,6 +755,22 @@ mod tests {
             assert!(deps.ledger.finished().is_empty(), "{status:?}");
             assert!(deps.provider.handed().is_empty(), "{status:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_claimed_by_its_twin_in_the_same_batch_is_done_without_sending() {
+        let deps = deps(
+            FakeLedger::claiming(ClaimOutcome::Duplicate),
+            ScriptedProvider::answering(Ok("never".to_owned())),
+        );
+
+        let outcome = deliver_sms(&SendSms::new(DeliveryId::generate()), &deps)
+            .await
+            .unwrap();
+
+        assert_eq!(outcome, Outcome::Done);
+        assert!(deps.ledger.finished().is_empty());
+        assert!(deps.provider.handed().is_empty());
     }
 
     #[tokio::test]

@@ -132,6 +132,10 @@ pub enum ClaimOutcome {
     HeldElsewhere {
         lease_remaining: Duration,
     },
+    /// Another job for the same send, in the same claim batch, claimed it: this job is a
+    /// duplicate (a relayed or redelivered copy) and has nothing to do. The job that
+    /// claimed the send carries it to its end, so this one can be acknowledged.
+    Duplicate,
     /// No such delivery (its verification was deleted).
     Missing,
 }
@@ -210,16 +214,22 @@ pub async fn claim_deliveries(
             current.insert(id, (status, remaining));
         }
     }
+    // The first job for a claimed send gets the claim; any other for it in this batch is
+    // its duplicate (the send is not in `current`, which holds only unclaimed sends).
+    let mut handed_out = HashSet::with_capacity(claimed.len());
     Ok(uuids
         .iter()
         .map(|id| {
             if let Some(send) = claimed.remove(id) {
+                handed_out.insert(*id);
                 return ClaimOutcome::Claimed(Box::new(send));
+            }
+            if handed_out.contains(id) {
+                return ClaimOutcome::Duplicate;
             }
             match current.get(id) {
                 None => ClaimOutcome::Missing,
                 Some((status, _)) if status.is_terminal() => ClaimOutcome::AlreadyFinished(*status),
-                // Also a second job for a delivery claimed earlier in this same batch.
                 Some((_, remaining)) => ClaimOutcome::HeldElsewhere {
                     lease_remaining: Duration::from_secs_f64(remaining.unwrap_or(0.0)),
                 },

@@ -1,7 +1,10 @@
 //! Delivering: sends that can no longer be rendered or are no longer wanted, duplicate
 //! jobs, and several workers on one queue.
 
+use std::time::Duration;
+
 use serde_json::json;
+use verify_common::db::deliveries::{self, ClaimOutcome};
 use verify_common::domain::DeliveryStatus;
 
 use crate::helpers::{new_verification, outcomes, phone_number, spawn_worker, variables};
@@ -91,6 +94,32 @@ async fn a_duplicate_job_after_the_send_completed_does_not_send_again() {
     assert_eq!(send.status, DeliveryStatus::Sent);
     assert_eq!(send.attempts, 1);
     assert_eq!(outcomes(&send), ["sent"]);
+}
+
+#[tokio::test]
+async fn a_duplicate_job_claimed_in_the_same_batch_as_its_original_is_a_duplicate_not_missing() {
+    let worker = spawn_worker().await;
+    let started = worker.start_verification(&phone_number(8)).await;
+
+    // What a worker's group commit does when a job and its copy arrive together.
+    let outcomes = deliveries::claim_deliveries(
+        &worker.pool,
+        &[started.delivery_id, started.delivery_id],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+
+    assert!(
+        matches!(
+            outcomes.as_slice(),
+            [ClaimOutcome::Claimed(_), ClaimOutcome::Duplicate]
+        ),
+        "{outcomes:?}"
+    );
+    let send = worker.newest_send(started.verification_id).await;
+    assert_eq!(send.status, DeliveryStatus::Sending);
+    assert_eq!(send.attempts, 1, "claimed once");
 }
 
 #[tokio::test]
