@@ -10,7 +10,9 @@
 //! no worker running) is marked by the API, in batches. Waiting first means that under
 //! normal flow the claim has already done it and the API writes nothing. The relay
 //! periodically publishes queued sends that were never marked (the publish failed, timed
-//! out, waited too long, or the process died between commit and publish). A crash after
+//! out, waited too long, or the process died between commit and publish); it takes them
+//! in one short statement and publishes holding no lock or connection, so a worker
+//! claiming one of those sends meanwhile does not wait for the broker. A crash after
 //! the confirm but before the mark re-publishes a job that is already queued; the
 //! worker's guarded claim makes that duplicate harmless.
 

@@ -390,9 +390,14 @@ pub async fn mark_published(pool: &Pool, ids: &[DeliveryId]) -> Result<(), DbErr
 
 /// The outbox relay's step: takes up to `limit` queued deliveries older than `older_than`
 /// whose job was never confirmed, calls `publish` for each and marks those it confirmed.
-/// The rows stay locked (`FOR UPDATE SKIP LOCKED`) while publishing, so several API
-/// replicas relaying at once never publish the same job twice. Returns how many were
-/// published.
+/// Returns how many were published.
+///
+/// Taking is one short statement that stamps the rows' `relayed_at`; the rows' locks and
+/// the connection are released before anything is published, so a worker claiming one of
+/// these sends meanwhile is not kept waiting on the broker. Another relay (another API
+/// replica) leaves a taken send alone until its stamp is `older_than` old, so replicas
+/// relaying at once do not publish the same job twice. Sends left unpublished because the
+/// broker failed are given back for the next round.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -406,36 +411,77 @@ where
     F: FnMut(DeliveryId) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    let rows = transaction
-        .query(
-            "SELECT id FROM sms_deliveries
-             WHERE published_at IS NULL AND status = 'queued'
-               AND created_at < now() - make_interval(secs => $1)
-             ORDER BY created_at LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-            &[&seconds(older_than), &limit],
-        )
-        .await?;
-    let mut published = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: uuid::Uuid = named(&row, "id")?;
-        if publish(DeliveryId::from_uuid(id)).await {
-            published.push(id);
+    let taken = take_unpublished(pool, older_than, limit).await?;
+    let mut published = 0;
+    for id in &taken {
+        if publish(*id).await {
+            published += 1;
         } else {
             // The broker is still unhappy; the rest can wait for the next round.
             break;
         }
     }
-    transaction
-        .execute(
-            "UPDATE sms_deliveries SET published_at = now() WHERE id = ANY($1)",
-            &[&published],
+    let (confirmed, left) = taken.split_at(published);
+    if !confirmed.is_empty() {
+        mark_published(pool, confirmed).await?;
+    }
+    if !left.is_empty() {
+        give_back_unpublished(pool, left).await?;
+    }
+    Ok(published)
+}
+
+/// Stamps up to `limit` sends due for the relay as taken and returns them, oldest first.
+/// `SKIP LOCKED`: a row another statement holds at this moment (a claim, another relay) is
+/// not waited for.
+async fn take_unpublished(
+    pool: &Pool,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<DeliveryId>, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE sms_deliveries d SET relayed_at = now()
+             FROM (SELECT id FROM sms_deliveries
+                   WHERE published_at IS NULL AND status = 'queued'
+                     AND created_at < now() - make_interval(secs => $1)
+                     AND (relayed_at IS NULL
+                          OR relayed_at < now() - make_interval(secs => $1))
+                   ORDER BY created_at LIMIT $2
+                   FOR UPDATE SKIP LOCKED) AS due
+             WHERE d.id = due.id
+             RETURNING d.id, d.created_at",
         )
         .await?;
-    transaction.commit().await?;
-    Ok(published.len())
+    let mut taken = client
+        .query(&statement, &[&seconds(older_than), &limit])
+        .await?
+        .iter()
+        .map(|row| {
+            let id: uuid::Uuid = named(row, "id")?;
+            let created_at: DateTime<Utc> = named(row, "created_at")?;
+            Ok((created_at, DeliveryId::from_uuid(id)))
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    taken.sort_unstable_by_key(|(created_at, _)| *created_at);
+    Ok(taken.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Clears the relay's stamp on sends it took but did not publish, so the next round takes
+/// them again instead of waiting for the stamp to age.
+async fn give_back_unpublished(pool: &Pool, ids: &[DeliveryId]) -> Result<(), DbError> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(DeliveryId::as_uuid).collect();
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE sms_deliveries d SET relayed_at = NULL
+             FROM unnest($1::uuid[]) AS job (id)
+             WHERE d.id = job.id AND d.published_at IS NULL",
+            &[&in_lock_order(&ids)],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Where a send stands when its dead-lettered job is considered for a replay.
