@@ -5,6 +5,8 @@
 //! SMS provider: that is the workers' job.
 //!
 //! - [`startup`]: builds the application from settings and serves until shutdown.
+//! - `server`: accepts and serves HTTP/1.1 connections under a cap, with header-read and
+//!   idle deadlines, and stops gracefully.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
 //!   table of every route ([`ENDPOINTS`]) and the extractors they share (caller, bodies,
 //!   ids).
@@ -31,6 +33,7 @@ mod idempotency;
 mod operations;
 mod outbox;
 mod routes;
+mod server;
 mod state;
 mod template_cache;
 mod views;

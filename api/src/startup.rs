@@ -21,6 +21,7 @@ use crate::auth::ApiKeys;
 use crate::group_commit::record_starts;
 use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
 use crate::routes::routes;
+use crate::server::ConnectionLimits;
 use crate::state::AppState;
 use crate::template_cache::TemplateCache;
 
@@ -49,6 +50,7 @@ pub struct Application {
     grace: std::time::Duration,
     /// Where the session that hears key revocations connects.
     database: DatabaseSettings,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -131,6 +133,12 @@ impl Application {
             outbox_tasks,
             grace: config.api.shutdown_grace(),
             database: config.database,
+            connection_limits: ConnectionLimits {
+                header_read_timeout: config.api.header_read_timeout(),
+                idle_timeout: config.api.idle_timeout(),
+                max_connections: usize::try_from(config.api.max_connections)
+                    .expect("a u32 fits in usize on the platforms we build for"),
+            },
         })
     }
 
@@ -162,10 +170,12 @@ impl Application {
                 .follow_revocations(&self.database, revocations_stop)
                 .await;
         });
-        let server = warp::serve(routes(self.state))
-            .incoming(self.listener)
-            .graceful(shutdown.clone().cancelled_owned())
-            .run();
+        let server = crate::server::serve(
+            self.listener,
+            routes(self.state),
+            self.connection_limits,
+            shutdown.clone(),
+        );
         tokio::pin!(server);
         tokio::select! {
             () = &mut server => {}

@@ -422,6 +422,35 @@ pub struct ApiSettings {
         default_value_t = 10_000
     )]
     pub outbox_min_age_ms: u64,
+    /// Longest a client may take to send a request's head (request line and headers),
+    /// counted from when its connection was accepted, or on a kept-alive connection from
+    /// the first byte of the request. A client that never finishes is disconnected.
+    #[arg(
+        long = "header-read-timeout-ms",
+        env = "VERIFY_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_ms: u64,
+    /// Longest a kept-alive connection may wait for its next request, or take to read
+    /// the answer to its last one, before it is closed.
+    #[arg(
+        long = "idle-timeout-secs",
+        env = "VERIFY_IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout_secs: u64,
+    /// Most client connections served at once. Further ones wait in the listen backlog,
+    /// and idle kept-alive connections are closed to make room. Keep it under the
+    /// process's open-file limit with room for the pool's and RabbitMQ's connections.
+    #[arg(
+        long = "max-connections",
+        env = "VERIFY_MAX_CONNECTIONS",
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -434,6 +463,9 @@ impl std::fmt::Debug for ApiSettings {
             .field("resend_interval_secs", &self.resend_interval_secs)
             .field("outbox_interval_ms", &self.outbox_interval_ms)
             .field("outbox_min_age_ms", &self.outbox_min_age_ms)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
@@ -457,6 +489,14 @@ impl ApiSettings {
 
     pub fn outbox_min_age(&self) -> Duration {
         Duration::from_millis(self.outbox_min_age_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 }
 

@@ -194,6 +194,11 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("draining the pipeline: {e}"));
     }
 
+    /// Tells the whole system to stop, as SIGTERM does in the binaries.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

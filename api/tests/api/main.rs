@@ -5,6 +5,7 @@
 mod auth;
 mod bad_inputs;
 mod checks;
+mod connections;
 mod health;
 mod helpers;
 mod idempotency;
