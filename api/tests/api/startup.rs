@@ -104,3 +104,36 @@ async fn weak_default_codes_are_refused_at_start_up_naming_the_key_unless_allowe
     assert!(long.contains("VERIFY_OTP_TTL_SECS"), "{long}");
     assert_eq!(allowed, None);
 }
+
+#[tokio::test]
+async fn an_applied_migration_whose_file_was_edited_since_refuses_start_up_naming_it() {
+    let secret = SecretSettings {
+        secret: Some(SecretString::from("a-secret-for-start-up-tests")),
+        dev: false,
+    };
+    let (api, _) = configs(secret).await;
+    // The database applied V3 from a file other than the one this build carries.
+    let pool = verify_common::db::connect_pool(&api.database)
+        .await
+        .unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text;
+             UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = 3;",
+        )
+        .await
+        .unwrap();
+
+    let refusal = Application::build(api)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"));
+
+    let refusal = refusal.expect("started on an edited migration");
+    assert!(
+        refusal.contains("migration V3__verifications was edited"),
+        "{refusal}"
+    );
+}

@@ -15,10 +15,12 @@ pub mod starts;
 pub mod templates;
 pub mod verifications;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts};
+use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -248,14 +250,25 @@ const MIGRATION_LOCK_KEY: i64 = 0x5645_5249_4659_0001;
 /// Applies every migration not yet applied, each in its own transaction, holding an
 /// advisory lock so concurrent starters apply each migration once.
 ///
+/// First it checks that every migration this database has applied is still the file it
+/// applied: each applied migration's SHA-256 is recorded, and a file edited since refuses
+/// start-up, naming the migration, before anything is applied. A database migrated before
+/// checksums were kept has them recorded on the first run, from the files as they are then.
+///
 /// # Errors
-/// [`DbError`] when a migration fails; nothing of that migration is kept.
+/// [`DbError::Setup`] naming a migration that was edited after it was applied, or one that
+/// failed (nothing of that migration is kept); other [`DbError`]s when Postgres fails.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
+    migrate_with(pool, &MIGRATIONS).await
+}
+
+/// [`migrate`] with a given list of migrations.
+async fn migrate_with(pool: &Pool, migrations: &[(i32, &str, &str)]) -> Result<Vec<i32>, DbError> {
     let mut client = pool.get().await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let result = apply_pending_migrations(&mut client).await;
+    let result = apply_pending_migrations(&mut client, migrations).await;
     // Unlock even after a failure; if the connection itself broke, the lock went with it.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
@@ -263,27 +276,69 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     result
 }
 
+/// The checksum recorded for a migration: the SHA-256 of its text, in hex.
+fn checksum(sql: &str) -> String {
+    format!("{:x}", Sha256::digest(sql.as_bytes()))
+}
+
 async fn apply_pending_migrations(
     client: &mut deadpool_postgres::Client,
+    migrations: &[(i32, &str, &str)],
 ) -> Result<Vec<i32>, DbError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version integer PRIMARY KEY,
                  name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
+                 applied_at timestamptz NOT NULL DEFAULT now(),
+                 checksum text
+             );
+             -- Tables made before checksums were recorded.
+             ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text;",
         )
         .await?;
-    let applied: Vec<i32> = client
-        .query("SELECT version FROM schema_migrations", &[])
+    let mut applied = HashMap::new();
+    for row in client
+        .query("SELECT version, checksum FROM schema_migrations", &[])
         .await?
-        .iter()
-        .map(|row| rows::named(row, "version"))
-        .collect::<Result<_, _>>()?;
+    {
+        let version: i32 = rows::named(&row, "version")?;
+        let recorded: Option<String> = rows::named(&row, "checksum")?;
+        applied.insert(version, recorded);
+    }
+    for &(version, name, sql) in migrations {
+        let Some(recorded) = applied.get(&version) else {
+            continue;
+        };
+        let current = checksum(sql);
+        match recorded {
+            Some(recorded) if *recorded == current => {}
+            Some(recorded) => {
+                return Err(DbError::Setup(format!(
+                    "migration V{version}__{name} was edited after this database applied it \
+                     (checksum {recorded} when applied, {current} now): restore the file as \
+                     it was and put the change in a new migration"
+                )));
+            }
+            None => {
+                client
+                    .execute(
+                        "UPDATE schema_migrations SET checksum = $2
+                         WHERE version = $1 AND checksum IS NULL",
+                        &[&version, &current],
+                    )
+                    .await?;
+                tracing::info!(
+                    version,
+                    name,
+                    "recorded the checksum of a migration applied before checksums were kept"
+                );
+            }
+        }
+    }
     let mut newly_applied = Vec::new();
-    for (version, name, sql) in MIGRATIONS {
-        if applied.contains(&version) {
+    for &(version, name, sql) in migrations {
+        if applied.contains_key(&version) {
             continue;
         }
         let transaction = client.transaction().await?;
@@ -293,8 +348,8 @@ async fn apply_pending_migrations(
             .map_err(|e| DbError::Setup(format!("migration V{version}__{name} failed: {e}")))?;
         transaction
             .execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                &[&version, &name],
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                &[&version, &name, &checksum(sql)],
             )
             .await?;
         transaction.commit().await?;
@@ -341,6 +396,102 @@ pub fn schema_fingerprint() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestDatabase;
+
+    const FIRST: (i32, &str, &str) = (1, "first", "CREATE TABLE first (id integer);");
+    const SECOND: (i32, &str, &str) = (2, "second", "CREATE TABLE second (id integer);");
+
+    /// A pool on an empty database of its own (no migration applied).
+    async fn empty_database() -> Pool {
+        let database = TestDatabase::create().await;
+        let pool = build_pool(&database.settings).unwrap();
+        pool.get()
+            .await
+            .unwrap()
+            .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            .await
+            .unwrap();
+        pool
+    }
+
+    async fn recorded_checksums(pool: &Pool) -> Vec<Option<String>> {
+        pool.get()
+            .await
+            .unwrap()
+            .query(
+                "SELECT checksum FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_migration_edited_after_it_was_applied_refuses_start_up_naming_it() {
+        let pool = empty_database().await;
+        migrate_with(&pool, &[FIRST]).await.unwrap();
+        let edited = (1, "first", "CREATE TABLE first (id bigint);");
+
+        let refused = migrate_with(&pool, &[edited, SECOND]).await;
+
+        let Err(DbError::Setup(message)) = refused else {
+            panic!("an edited migration was accepted: {refused:?}");
+        };
+        assert!(message.contains("V1__first was edited"), "{message}");
+        assert_eq!(
+            recorded_checksums(&pool).await.len(),
+            1,
+            "nothing new was applied"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_migrations_apply_once_and_then_pass_their_check() {
+        let pool = empty_database().await;
+
+        let first_run = migrate_with(&pool, &[FIRST, SECOND]).await.unwrap();
+        let second_run = migrate_with(&pool, &[FIRST, SECOND]).await.unwrap();
+
+        assert_eq!(first_run, [1, 2]);
+        assert!(second_run.is_empty());
+        assert_eq!(
+            recorded_checksums(&pool).await,
+            [Some(checksum(FIRST.2)), Some(checksum(SECOND.2))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_migrated_before_checksums_were_kept_has_them_recorded_on_the_first_run() {
+        let pool = empty_database().await;
+        pool.get()
+            .await
+            .unwrap()
+            .batch_execute(&format!(
+                "CREATE TABLE schema_migrations (
+                     version integer PRIMARY KEY,
+                     name text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 );
+                 {}
+                 INSERT INTO schema_migrations (version, name) VALUES (1, 'first');",
+                FIRST.2
+            ))
+            .await
+            .unwrap();
+
+        let applied = migrate_with(&pool, &[FIRST, SECOND]).await.unwrap();
+
+        assert_eq!(applied, [2]);
+        assert_eq!(
+            recorded_checksums(&pool).await,
+            [Some(checksum(FIRST.2)), Some(checksum(SECOND.2))]
+        );
+        let edited = (1, "first", "CREATE TABLE first (id bigint);");
+        assert!(migrate_with(&pool, &[edited, SECOND]).await.is_err());
+    }
 
     fn options_once_added(url: &str) -> Option<String> {
         let mut config: tokio_postgres::Config = url.parse().expect("a valid URL");
