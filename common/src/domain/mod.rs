@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod delivery;
+pub mod numbering;
 pub mod otp;
 pub mod phone_number;
 pub mod sender;
@@ -11,6 +12,7 @@ pub mod variables;
 pub mod verification;
 
 pub use delivery::{DeliveryId, DeliveryStatus};
+pub use numbering::{NumberClass, NumberType, Region, RegionError};
 pub use otp::{CodeSecret, OtpCode, OtpCodeLength, OtpError, OtpPolicy};
 pub use phone_number::{PhoneNumber, PhoneNumberError};
 pub use sender::{Sender, SenderError};

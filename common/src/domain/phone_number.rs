@@ -1,6 +1,10 @@
 //! Phone numbers in E.164 form, checked against libphonenumber's numbering plans.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
+
+use crate::domain::numbering::NumberClass;
 
 /// Why a string is not an acceptable phone number. Each variant maps to a stable API
 /// error, so callers match on it rather than on text.
@@ -25,8 +29,29 @@ pub enum PhoneNumberError {
 /// A phone number in E.164 form: `+`, a country code without a leading 0, 8–15 digits in
 /// all, and valid in that country's numbering plan. `Debug` and [`PhoneNumber::masked`]
 /// hide the middle digits so logs do not leak who is being verified.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PhoneNumber(String);
+///
+/// Its type and region ([`PhoneNumber::class`]) are known from parsing, which classifies
+/// the number to validate it anyway; a number read back from storage classifies itself
+/// the first time it is asked. Equality and hashing look at the E.164 text only.
+#[derive(Clone)]
+pub struct PhoneNumber {
+    e164: String,
+    class: OnceLock<Option<NumberClass>>,
+}
+
+impl PartialEq for PhoneNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.e164 == other.e164
+    }
+}
+
+impl Eq for PhoneNumber {}
+
+impl Hash for PhoneNumber {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.e164.hash(state);
+    }
+}
 
 /// Separators people type inside numbers; they carry no meaning and are dropped.
 fn is_separator(c: char) -> bool {
@@ -80,33 +105,53 @@ impl PhoneNumber {
             return Err(PhoneNumberError::UnknownCountryCode);
         }
         let e164 = format!("+{digits}");
-        let parsed = phonenumber::parse(None, &e164).map_err(|error| match error {
-            phonenumber::ParseError::InvalidCountryCode => PhoneNumberError::UnknownCountryCode,
-            _ => PhoneNumberError::NotValidInCountry,
-        })?;
-        if !phonenumber::is_valid(&parsed) {
-            return Err(PhoneNumberError::NotValidInCountry);
-        }
+        let parsed = parse_metadata(&e164)?;
+        let class = NumberClass::of(&parsed).ok_or(PhoneNumberError::NotValidInCountry)?;
         // Re-format so that numbers typed with a national trunk prefix after the country
         // code (e.g. `+44 (0)20…`) still end up in one canonical form.
         let canonical = parsed.format().mode(phonenumber::Mode::E164).to_string();
-        Ok(Self(canonical))
+        Ok(Self {
+            e164: canonical,
+            class: OnceLock::from(Some(class)),
+        })
     }
 
     /// Wraps a number read back from the database, where only parsed numbers are written.
     pub fn from_trusted_storage(e164: String) -> Self {
-        Self(e164)
+        Self {
+            e164,
+            class: OnceLock::new(),
+        }
     }
 
     /// The E.164 string, `+` included.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.e164
     }
 
     /// The number with its middle digits replaced by `*`, for logs.
     pub fn masked(&self) -> String {
-        mask(&self.0)
+        mask(&self.e164)
     }
+
+    /// The number's type and region in its numbering plan. Always known for a number
+    /// that was parsed; `None` only for a number read back from storage that the numbering
+    /// plans of this build no longer recognise.
+    pub fn class(&self) -> Option<NumberClass> {
+        *self.class.get_or_init(|| {
+            parse_metadata(&self.e164)
+                .ok()
+                .and_then(|parsed| NumberClass::of(&parsed))
+        })
+    }
+}
+
+/// Parses E.164 text with libphonenumber.
+fn parse_metadata(e164: &str) -> Result<phonenumber::PhoneNumber, PhoneNumberError> {
+    phonenumber::parse(None, e164).map_err(|error| match error {
+        phonenumber::ParseError::InvalidCountryCode => PhoneNumberError::UnknownCountryCode,
+        _ => PhoneNumberError::NotValidInCountry,
+    })
 }
 
 /// Masks all but the first four and last two characters of a phone number.
@@ -125,7 +170,7 @@ pub fn mask(number: &str) -> String {
 
 impl AsRef<str> for PhoneNumber {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.e164
     }
 }
 
@@ -144,6 +189,7 @@ impl fmt::Display for PhoneNumber {
 #[cfg(test)]
 mod tests {
     use super::{PhoneNumber, PhoneNumberError};
+    use crate::domain::numbering::NumberType;
 
     #[test]
     fn valid_numbers_in_common_notations_normalise_to_e164() {
@@ -216,5 +262,57 @@ mod tests {
             assert_eq!(parsed.as_str(), e164);
             assert_eq!(PhoneNumber::parse(parsed.as_str()).unwrap(), parsed);
         }
+    }
+
+    #[test]
+    fn numbers_carry_the_type_and_region_of_their_numbering_plan() {
+        // Example numbers of libphonenumber's metadata for each type.
+        let cases = [
+            ("+18002345678", NumberType::TollFree, "US"),
+            ("+19002345678", NumberType::PremiumRate, "US"),
+            ("+12015550123", NumberType::FixedLineOrMobile, "US"),
+            ("+449012345678", NumberType::PremiumRate, "GB"),
+            ("+448001234567", NumberType::TollFree, "GB"),
+            ("+447640123456", NumberType::Pager, "GB"),
+            ("+445512345678", NumberType::Uan, "GB"),
+            ("+445612345678", NumberType::Voip, "GB"),
+            ("+447012345678", NumberType::PersonalNumber, "GB"),
+            ("+447400123456", NumberType::Mobile, "GB"),
+            ("+4918012345", NumberType::SharedCost, "DE"),
+            ("+49177991234567", NumberType::Voicemail, "DE"),
+            ("+4915123456789", NumberType::Mobile, "DE"),
+            ("+33891123456", NumberType::PremiumRate, "FR"),
+            ("+33884012345", NumberType::SharedCost, "FR"),
+            ("+80012345678", NumberType::TollFree, "001"),
+            ("+883510012345", NumberType::Voip, "001"),
+            ("+2348021234567", NumberType::Mobile, "NG"),
+            // Italian fixed lines keep a leading 0 after the country code.
+            ("+390236618300", NumberType::FixedLine, "IT"),
+            ("+390669812345", NumberType::FixedLine, "VA"),
+        ];
+        let mut wrong = Vec::new();
+        for (input, number_type, region) in cases {
+            let class = PhoneNumber::parse(input)
+                .unwrap_or_else(|e| panic!("{input}: {e}"))
+                .class()
+                .unwrap_or_else(|| panic!("{input} has no class"));
+            if (class.number_type, class.region.as_str()) != (number_type, region) {
+                wrong.push(format!(
+                    "{input}: {} in {}, expected {number_type} in {region}",
+                    class.number_type, class.region
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn a_number_read_back_from_storage_classifies_itself_like_a_parsed_one() {
+        let stored = PhoneNumber::from_trusted_storage("+449012345678".to_owned());
+        assert_eq!(
+            stored.class(),
+            PhoneNumber::parse("+449012345678").unwrap().class()
+        );
+        assert_eq!(stored, PhoneNumber::parse("+44 901 234 5678").unwrap());
     }
 }
