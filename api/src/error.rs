@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use verify_common::db::DbError;
+use verify_common::domain::abuse::{Refusal, RefusalReason};
 use verify_common::queue::QueueError;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
@@ -67,6 +68,9 @@ pub enum ApiError {
         field: String,
         message: String,
     },
+    /// An abuse rule in enforce mode refused the request: nothing was recorded or sent.
+    #[error("{0}")]
+    Refused(Refusal),
     /// The request is valid but the resource's state does not allow it.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -129,6 +133,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Refused(refusal) => match refusal.reason {
+                RefusalReason::NumberType(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                RefusalReason::Country(_) => StatusCode::FORBIDDEN,
+            },
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -147,6 +155,10 @@ impl ApiError {
             | Self::Unprocessable { code, .. }
             | Self::TooManyRequests { code, .. } => code,
             Self::InvalidQuery { .. } => "invalid_query",
+            Self::Refused(refusal) => match refusal.reason {
+                RefusalReason::NumberType(_) => "number_type_blocked",
+                RefusalReason::Country(_) => "country_blocked",
+            },
             Self::Unauthorized(_) => "unauthorized",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -165,6 +177,21 @@ impl ApiError {
             Self::InvalidHeader { header, .. } => Some(header),
             Self::Unprocessable { field, .. } => Some(field),
             _ => None,
+        }
+    }
+
+    /// What else the answer says about the error, beside its code and message: for a
+    /// refusal, the rule (`rule`) and what it judged (`number_type` or `country`).
+    pub fn details(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Refused(refusal) => {
+                let judged = match refusal.reason {
+                    RefusalReason::NumberType(kind) => ("number_type", kind.to_string()),
+                    RefusalReason::Country(region) => ("country", region.to_string()),
+                };
+                vec![("rule", refusal.rule.to_string()), judged]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -226,6 +253,8 @@ struct ErrorDetail<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(flatten)]
+    details: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// Adds `Retry-After` (whole seconds, at least 1) when the error has one.
@@ -248,6 +277,7 @@ impl ApiError {
                 code: self.code(),
                 message: self.public_message(),
                 field: self.field(),
+                details: self.details().into_iter().collect(),
             },
         };
         let response =

@@ -7,6 +7,8 @@
 //! - [`startup`]: builds the application from settings and serves until shutdown.
 //! - `server`: accepts and serves HTTP/1.1 connections under a cap, with header-read and
 //!   idle deadlines, and stops gracefully.
+//! - `abuse`: the abuse rules start requests are judged by, cached and refreshed from
+//!   Postgres, and the counters of what they did.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
 //!   table of every route ([`ENDPOINTS`]) and the extractors they share (caller, bodies,
 //!   ids).
@@ -23,6 +25,7 @@
 //!   representations.
 #![forbid(unsafe_code)]
 
+mod abuse;
 mod auth;
 mod body;
 mod error;

@@ -8,8 +8,8 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings, SmsSettings,
-    redact_url,
+    AbuseSettings, ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings,
+    SmsSettings, redact_url,
 };
 use verify_common::db::starts::SendLimit;
 use verify_common::db::{self, DbError};
@@ -17,6 +17,7 @@ use verify_common::dependency::wait_for;
 use verify_common::domain::new_template_engine;
 use verify_common::queue::{QueueError, SmsPublisher};
 
+use crate::abuse::AbuseControls;
 use crate::auth::ApiKeys;
 use crate::group_commit::record_starts;
 use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
@@ -40,6 +41,8 @@ pub struct ApiConfig {
     pub sms: SmsSettings,
     #[command(flatten)]
     pub api: ApiSettings,
+    #[command(flatten)]
+    pub abuse: AbuseSettings,
 }
 
 /// A bound, ready-to-run API.
@@ -51,6 +54,7 @@ pub struct Application {
     /// Where the session that hears key revocations connects.
     database: DatabaseSettings,
     connection_limits: ConnectionLimits,
+    abuse_refresh: std::time::Duration,
 }
 
 impl Application {
@@ -79,6 +83,9 @@ impl Application {
         db::migrate(&pool)
             .await
             .context("applying database migrations")?;
+        let abuse = AbuseControls::load(pool.clone(), config.abuse.mode)
+            .await
+            .context("loading the abuse rules")?;
         let publisher = wait_for(
             "RabbitMQ",
             config.rabbit.startup_wait(),
@@ -126,6 +133,7 @@ impl Application {
             api: Arc::new(config.api.clone()),
             template_cache: Arc::new(TemplateCache::new(Arc::clone(&templates))),
             templates,
+            abuse: Arc::new(abuse),
         };
         Ok(Self {
             listener,
@@ -139,6 +147,7 @@ impl Application {
                 max_connections: usize::try_from(config.api.max_connections)
                     .expect("a u32 fits in usize on the platforms we build for"),
             },
+            abuse_refresh: config.abuse.refresh_interval(),
         })
     }
 
@@ -165,6 +174,11 @@ impl Application {
         ));
         let api_keys = Arc::clone(&self.state.api_keys);
         let revocations_stop = shutdown.clone();
+        let abuse = tokio::spawn(crate::abuse::run(
+            Arc::clone(&self.state.abuse),
+            self.abuse_refresh,
+            shutdown.clone(),
+        ));
         tokio::spawn(async move {
             api_keys
                 .follow_revocations(&self.database, revocations_stop)
@@ -186,6 +200,8 @@ impl Application {
         }
         outbox_stop.cancel();
         let _ = outbox.await;
+        // Its last counter write, which began when the shutdown did.
+        let _ = abuse.await;
         Ok(())
     }
 }

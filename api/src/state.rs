@@ -10,6 +10,7 @@ use verify_common::db::starts::SendLimit;
 use verify_common::domain::{CodeSecret, OtpPolicy, SegmentCap};
 use warp::Filter;
 
+use crate::abuse::AbuseControls;
 use crate::auth::ApiKeys;
 use crate::group_commit::Starts;
 use crate::outbox::Outbox;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub templates: Arc<Engine<'static>>,
     pub template_cache: Arc<TemplateCache>,
     pub api_keys: Arc<ApiKeys>,
+    pub abuse: Arc<AbuseControls>,
 }
 
 /// A filter that hands a clone of the state to the handler.

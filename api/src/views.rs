@@ -1,10 +1,14 @@
 //! JSON representations of stored records, shared by the native and PortaText routes.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use verify_common::db::abuse::{AllowRecord, BlockRecord, RuleCount, RuleRecord};
 use verify_common::db::deliveries::DeliveryRecord;
 use verify_common::db::templates::TemplateRecord;
 use verify_common::db::verifications::VerificationRecord;
+use verify_common::domain::abuse::{AllowKind, BlockScope, Outcome, RuleKind, RuleMode};
 use verify_common::domain::{
     DeliveryStatus, SmsEncoding, TemplateBody, VerificationStatus, new_template_engine,
 };
@@ -158,4 +162,89 @@ pub struct PreviewView {
     pub characters: usize,
     pub segments: usize,
     pub variables: Vec<String>,
+}
+
+/// One abuse rule as stored, how it applies under the process-wide mode, and how often it
+/// matched, by outcome (`block`, `shadow_block`, `monitor`; totals of every API process).
+#[derive(Debug, Serialize)]
+pub struct RuleView {
+    pub id: String,
+    pub kind: RuleKind,
+    pub mode: RuleMode,
+    /// The mode it applies in: the weaker of its own and `VERIFY_ABUSE_MODE`.
+    pub effective_mode: RuleMode,
+    pub params: serde_json::Value,
+    pub updated_at: DateTime<Utc>,
+    pub counts: BTreeMap<&'static str, i64>,
+}
+
+impl RuleView {
+    pub fn new(record: &RuleRecord, global: RuleMode, counts: &[RuleCount]) -> Self {
+        let id = record.rule.id.to_string();
+        let mut by_outcome: BTreeMap<&'static str, i64> =
+            Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
+        for count in counts.iter().filter(|count| count.rule_id == id) {
+            by_outcome.insert(count.outcome.as_str(), count.count);
+        }
+        Self {
+            kind: record.rule.id.kind(),
+            id,
+            mode: record.rule.mode,
+            effective_mode: record.rule.mode.under(global),
+            params: record.rule.params.to_json(),
+            updated_at: record.updated_at,
+            counts: by_outcome,
+        }
+    }
+}
+
+/// An allow-list entry.
+#[derive(Debug, Serialize)]
+pub struct AllowView {
+    pub id: i64,
+    pub kind: AllowKind,
+    pub value: String,
+    pub note: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl AllowView {
+    pub fn new(record: &AllowRecord) -> Self {
+        Self {
+            id: record.id,
+            kind: record.kind,
+            value: record.value.clone(),
+            note: record.note.clone(),
+            created_at: record.created_at,
+        }
+    }
+}
+
+/// A block in force.
+#[derive(Debug, Serialize)]
+pub struct BlockView {
+    pub id: i64,
+    pub scope: BlockScope,
+    pub key: String,
+    pub rule: String,
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// The counts that tripped it.
+    pub counts: serde_json::Value,
+}
+
+impl BlockView {
+    pub fn new(record: &BlockRecord) -> Self {
+        Self {
+            id: record.id,
+            scope: record.scope,
+            key: record.key.clone(),
+            rule: record.rule_id.clone(),
+            reason: record.reason.clone(),
+            since: record.since,
+            until: record.until,
+            counts: record.counts.clone(),
+        }
+    }
 }

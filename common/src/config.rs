@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Command, FromArgMatches, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::domain::abuse::RuleMode;
 use crate::domain::otp::{MAX_STRONG_TTL, MIN_SECRET_LEN, MIN_STRONG_LENGTH};
 use crate::domain::{CodeSecret, OtpCodeLength, OtpError, OtpPolicy, SegmentCap};
 
@@ -500,6 +501,40 @@ impl ApiSettings {
     }
 }
 
+/// How strictly the abuse rules apply, and how soon each API process sees a rule change.
+#[derive(Debug, Clone, Args)]
+pub struct AbuseSettings {
+    /// How strictly every abuse rule applies: enforce, shadow (evaluate and record would-be
+    /// blocks, refuse nothing) or off (evaluate nothing). Each rule applies in the weaker
+    /// of this and its own mode.
+    #[arg(
+        long = "abuse-mode",
+        env = "VERIFY_ABUSE_MODE",
+        default_value = "enforce",
+        value_parser = parse_rule_mode
+    )]
+    pub mode: RuleMode,
+    /// How often the API looks for rule changes made by other processes (and adds its rule
+    /// counters to the shared totals). A change made through one API process applies
+    /// there at once.
+    #[arg(
+        long = "abuse-refresh-ms",
+        env = "VERIFY_ABUSE_REFRESH_MS",
+        default_value_t = 1_000
+    )]
+    pub refresh_ms: u64,
+}
+
+fn parse_rule_mode(value: &str) -> Result<RuleMode, String> {
+    value.parse()
+}
+
+impl AbuseSettings {
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.refresh_ms.max(1))
+    }
+}
+
 /// How a worker consumes and retries.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
@@ -685,8 +720,9 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::{
-        ApiSettings, DEV_SECRET, DatabaseSettings, FromFlags, OtpSettings, OtpSettingsError,
-        RabbitSettings, SecretError, SecretSettings, SmsSettings, WorkerSettings, redact_url,
+        AbuseSettings, ApiSettings, DEV_SECRET, DatabaseSettings, FromFlags, OtpSettings,
+        OtpSettingsError, RabbitSettings, SecretError, SecretSettings, SmsSettings, WorkerSettings,
+        redact_url,
     };
 
     #[test]
@@ -707,6 +743,20 @@ mod tests {
         assert_eq!(api.addr.port(), 0);
         assert_eq!(api.send_limit, 9);
         assert_eq!(api.resend_interval(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn abuse_rules_are_enforced_unless_the_mode_says_otherwise() {
+        use crate::domain::abuse::RuleMode;
+        let default = AbuseSettings::from_flags(&[]).unwrap();
+        assert_eq!(default.mode, RuleMode::Enforce);
+        assert_eq!(default.refresh_interval(), Duration::from_secs(1));
+        let shadow = AbuseSettings::from_flags(&["--abuse-mode", "shadow"]).unwrap();
+        assert_eq!(shadow.mode, RuleMode::Shadow);
+        let error = AbuseSettings::from_flags(&["--abuse-mode", "strict"])
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("--abuse-mode"), "{error}");
     }
 
     #[test]

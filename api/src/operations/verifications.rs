@@ -8,6 +8,7 @@ use verify_common::db::deliveries::{self, DeliveryRecord};
 use verify_common::db::idempotency::{self, IdempotencyClaim};
 use verify_common::db::starts::{self, CreateOutcome, NewVerification, ResendOutcome};
 use verify_common::db::verifications::{self, VerificationRecord};
+use verify_common::domain::abuse::{ClientIdError, ClientSignals};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, SmsEncoding, SmsShape, SmsTooLong,
@@ -30,6 +31,17 @@ pub struct StartRequest {
     pub sender: Option<Sender>,
     pub code_length: Option<OtpCodeLength>,
     pub ttl: Option<Duration>,
+    /// What the producer told us about the end user (`client_ip`, `client_id`).
+    pub client: ClientSignals,
+}
+
+/// Reads a request's `client_ip` and `client_id`.
+///
+/// # Errors
+/// 422 `invalid_client_id` naming `client_id`; an unreadable `client_ip` is not an error.
+pub fn client_signals(ip: Option<&str>, id: Option<&str>) -> Result<ClientSignals, ApiError> {
+    ClientSignals::parse(ip, id)
+        .map_err(|e: ClientIdError| ApiError::unprocessable("invalid_client_id", "client_id", e))
 }
 
 /// Phone-number errors as a 400 naming `field`.
@@ -178,16 +190,23 @@ enum Started {
 /// verifications) and enqueues the send. With an idempotency claim, a repeated request
 /// returns the first one's verification instead.
 ///
+/// The abuse rules judge the request before anything is written, the idempotency key
+/// included: a refused request records nothing, so a retry of it is judged again, by the
+/// rules in force then.
+///
 /// # Errors
 /// 400s for unusable templates or variables, 422 for a message over the segment cap or
-/// an idempotency key reused with another body, 429 over the per-number limit, 503 when
-/// Postgres is down.
+/// an idempotency key reused with another body, 403/422 when an abuse rule refuses the
+/// number, 429 over the per-number limit, 503 when Postgres is down.
 async fn start_verification(
     state: &AppState,
     request: StartRequest,
     idempotency: Option<&IdempotencyClaim>,
 ) -> Result<Started, ApiError> {
     check_renderable(state, &request).await?;
+    // TODO(#11): record the client signals and the risk with the verification once the
+    // start batch statement takes them; until then they are counted, not stored.
+    state.abuse.assess(&request.to, &request.client)?;
     let nonce = generate_nonce().map_err(|e| ApiError::Internal(e.into()))?;
     let new = NewVerification {
         id: VerificationId::generate(),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
+use verify_common::domain::abuse::RuleId;
 use verify_common::domain::{PhoneNumber, VerificationId};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -228,6 +229,36 @@ pub async fn template_id(raw: String, caller: Caller) -> Result<(Caller, i64), R
                 "invalid_id",
                 "id",
                 "the template id must be a positive integer",
+            ))
+        })
+}
+
+/// An abuse rule id from the path, parsed once the caller is known (as
+/// [`verification_id`]).
+///
+/// # Errors
+/// 400 `invalid_rule_id` naming `id` when no rule could have this id.
+pub async fn rule_id(raw: String, caller: Caller) -> Result<(Caller, RuleId), Rejection> {
+    RuleId::parse(&raw)
+        .map(|id| (caller, id))
+        .map_err(|e| refuse(ApiError::invalid("invalid_rule_id", "id", e)))
+}
+
+/// The numeric id of an allow-list entry or a block from the path, parsed once the caller
+/// is known (as [`verification_id`]).
+///
+/// # Errors
+/// 400 `invalid_id` unless the segment is a positive integer.
+pub async fn record_id(raw: String, caller: Caller) -> Result<(Caller, i64), Rejection> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(|id| (caller, id))
+        .ok_or_else(|| {
+            refuse(ApiError::invalid(
+                "invalid_id",
+                "id",
+                "the id must be a positive integer",
             ))
         })
 }

@@ -3,7 +3,8 @@
 //! - `table`: every route ([`ENDPOINTS`]) and `endpoint!`, which declares them.
 //! - `extract`: the extractors every family shares (caller, bodies, `Idempotency-Key`,
 //!   ids); handlers take a `Caller`, so no handler can be reached without one.
-//! - `native`: the `/v1` answer shape; `verifications` and `templates` are its routes.
+//! - `native`: the `/v1` answer shape; `verifications`, `templates` and `abuse` (rules,
+//!   allow list, blocks) are its routes.
 //! - `portatext`: PortaText's routes and answer shape; `health`: the probes.
 //!
 //! This module combines the families, answers each family's refusals in its own error
@@ -12,6 +13,7 @@
 #[macro_use]
 mod table;
 
+mod abuse;
 mod extract;
 mod health;
 mod native;
@@ -33,6 +35,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let native = verifications::routes(state.clone())
         .or(templates::routes(state.clone()))
+        .unify()
+        .or(abuse::routes(state.clone()))
         .unify();
     health::routes(state.clone())
         .or(extract::answering_refusals(native, native::error_response))

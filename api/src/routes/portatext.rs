@@ -25,7 +25,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, with_retry_after};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{self as template_ops, TemplateInput, variable_error};
-use crate::operations::verifications::{self as ops, NumberCheck, StartRequest};
+use crate::operations::verifications::{self as ops, NumberCheck, StartRequest, client_signals};
 use crate::state::{AppState, with_state};
 use crate::views::{TemplateView, VerificationView};
 
@@ -35,6 +35,9 @@ struct StartBody {
     template_id: Option<i64>,
     /// An object, or `[]` (PHP encodes an empty array that way), or absent.
     variables: Option<Value>,
+    /// The end user's IP address and an opaque id of theirs, for the abuse rules.
+    client_ip: Option<String>,
+    client_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +177,9 @@ pub fn error_response(error: &ApiError) -> Response {
     if let Some(field) = error.field() {
         body["field"] = Value::String(field.to_owned());
     }
+    for (name, value) in error.details() {
+        body[name] = Value::String(value);
+    }
     with_retry_after(reply(status, body), error.retry_after())
 }
 
@@ -215,6 +221,7 @@ async fn start(
         })
         .transpose()
         .map_err(|e| ApiError::invalid("invalid_sender", "from", e))?;
+    let client = client_signals(request.client_ip.as_deref(), request.client_id.as_deref())?;
     let body = ops::start_verification_answer(
         &state,
         StartRequest {
@@ -225,6 +232,7 @@ async fn start(
             sender,
             code_length: None,
             ttl: None,
+            client,
         },
         claim.as_ref(),
         start_body,

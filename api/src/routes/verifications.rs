@@ -17,7 +17,9 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{template_error, variable_error};
-use crate::operations::verifications::{self as ops, NumberCheck, StartRequest, phone_error};
+use crate::operations::verifications::{
+    self as ops, NumberCheck, StartRequest, client_signals, phone_error,
+};
 use crate::state::{AppState, with_state};
 use crate::views::{RefusedCheckView, VerificationView};
 
@@ -31,6 +33,8 @@ struct CreateBody {
     from: Option<String>,
     code_length: Option<i64>,
     ttl_seconds: Option<i64>,
+    client_ip: Option<String>,
+    client_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +145,7 @@ fn start_request(body: CreateBody, otp: &OtpPolicy) -> Result<StartRequest, ApiE
             .map(|seconds| otp.requested_ttl(seconds))
             .transpose()
             .map_err(|e| ApiError::invalid("invalid_ttl", "ttl_seconds", e))?,
+        client: client_signals(body.client_ip.as_deref(), body.client_id.as_deref())?,
     })
 }
 

@@ -18,8 +18,8 @@ use tokio::process::{Child, ChildStderr, Command};
 use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
-    ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings, SecretSettings,
-    SmsSettings, WorkerSettings,
+    AbuseSettings, ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings,
+    SecretSettings, SmsSettings, WorkerSettings,
 };
 use verify_common::db::Pool;
 use verify_common::telemetry::init_test_tracing;
@@ -43,6 +43,7 @@ pub struct TestOptions {
     /// The SMS limits of the API and of the worker.
     pub sms: SmsSettings,
     pub worker: WorkerSettings,
+    pub abuse: AbuseSettings,
     /// Start the worker at once; otherwise call [`TestApp::start_worker`] later.
     pub start_worker: bool,
 }
@@ -80,6 +81,7 @@ impl Default for TestOptions {
                 "2",
             ])
             .expect("the test worker flags parse"),
+            abuse: AbuseSettings::from_flags(&[]).expect("the abuse defaults parse"),
             start_worker: true,
         }
     }
@@ -130,6 +132,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         otp: options.otp,
         sms: options.sms.clone(),
         api: options.api,
+        abuse: options.abuse,
     })
     .await
     .expect("building the API");

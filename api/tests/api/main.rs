@@ -2,6 +2,7 @@
 //! real Postgres and RabbitMQ.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod auth;
 mod bad_inputs;
 mod checks;

@@ -7,6 +7,7 @@
 //! replicas and workers cannot step on each other. Rows are read by column name, from one
 //! column list per table (`rows`).
 
+pub mod abuse;
 pub mod api_keys;
 pub mod deliveries;
 pub mod idempotency;
@@ -206,7 +207,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 7] = [
+const MIGRATIONS: [(i32, &str, &str); 8] = [
     (
         1,
         "api_keys",
@@ -241,6 +242,11 @@ const MIGRATIONS: [(i32, &str, &str); 7] = [
         7,
         "one_send_path",
         include_str!("../../../migrations/V7__one_send_path.sql"),
+    ),
+    (
+        8,
+        "abuse_controls",
+        include_str!("../../../migrations/V8__abuse_controls.sql"),
     ),
 ];
 

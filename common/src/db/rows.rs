@@ -192,6 +192,9 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::TableRow;
+    use crate::db::abuse::{
+        AbuseAllowRow, AbuseBlockRow, AbuseRuleCountRow, AbuseRuleRow, AbuseRulesVersionRow,
+    };
     use crate::db::api_keys::ApiKeyRow;
     use crate::db::deliveries::DeliveryRow;
     use crate::db::idempotency::IdempotencyKeyRow;
@@ -217,6 +220,11 @@ mod tests {
             declared::<VerificationRow>(),
             declared::<DeliveryRow>(),
             declared::<IdempotencyKeyRow>(),
+            declared::<AbuseRuleRow>(),
+            declared::<AbuseRulesVersionRow>(),
+            declared::<AbuseRuleCountRow>(),
+            declared::<AbuseAllowRow>(),
+            declared::<AbuseBlockRow>(),
         ];
 
         let client = pool.get().await.unwrap();

@@ -1,6 +1,7 @@
 //! Verification rows: reading them back, checks and cancel. They are created, with their
 //! sends, by [`super::starts`].
 
+use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -9,6 +10,7 @@ use tokio_postgres::Row;
 
 use super::DbError;
 use super::rows::{columns, named, read_one, table_row};
+use crate::domain::abuse::ClientId;
 use crate::domain::otp::NONCE_LEN;
 use crate::domain::{OtpCodeLength, PhoneNumber, Variables, VerificationId, VerificationStatus};
 
@@ -31,6 +33,11 @@ pub struct VerificationRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
+    /// The end user's address and id, as the start request gave them.
+    pub client_ip: Option<IpAddr>,
+    pub client_id: Option<ClientId>,
+    /// What the abuse rules made of the start request (`null` when none were evaluated).
+    pub risk: Option<serde_json::Value>,
 }
 
 impl VerificationRecord {
@@ -63,6 +70,9 @@ table_row! {
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
         approved_at: Option<DateTime<Utc>>,
+        client_ip: Option<IpAddr>,
+        client_id: Option<String>,
+        risk: Option<serde_json::Value>,
     }
 }
 
@@ -93,6 +103,9 @@ impl TryFrom<VerificationRow> for VerificationRecord {
             created_at: row.created_at,
             updated_at: row.updated_at,
             approved_at: row.approved_at,
+            client_ip: row.client_ip,
+            client_id: row.client_id.map(ClientId::from_trusted_storage),
+            risk: row.risk,
         })
     }
 }

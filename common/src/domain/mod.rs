@@ -1,5 +1,6 @@
 //! Domain types: each one is valid by construction, so the rest of the code never re-checks.
 
+pub mod abuse;
 pub mod api_key;
 pub mod delivery;
 pub mod numbering;

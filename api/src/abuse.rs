@@ -1,0 +1,173 @@
+//! Abuse controls in the API: the rules every start request is judged by, held in memory
+//! so judging costs no database round trip, and the counters of what the rules did.
+//!
+//! Rules live in Postgres and every change bumps their version. Each API process polls the
+//! version every `VERIFY_ABUSE_REFRESH_MS` (1 s by default) and reloads the rules when it
+//! moved, so a change made through any replica applies everywhere within about a second
+//! (the README promises two); a change made through this process applies here at once.
+//! Should Postgres be unreachable, the process keeps judging by the rules it has, and
+//! start requests fail with 503 anyway because they cannot be recorded.
+//!
+//! Outcomes (blocks, would-be blocks, monitored requests) are counted in memory per rule
+//! and added to the shared totals on the same schedule, never per request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use verify_common::db::abuse::{self, RuleCount};
+use verify_common::db::{DbError, Pool};
+use verify_common::domain::PhoneNumber;
+use verify_common::domain::abuse::{ClientSignals, Outcome, Risk, RuleMode, RuleSet};
+
+use crate::error::ApiError;
+
+/// The rules as last loaded, with the version they were read at.
+struct Loaded {
+    version: i64,
+    rules: Arc<RuleSet>,
+}
+
+/// The rules in force in this process, and its uncounted rule outcomes.
+pub struct AbuseControls {
+    pool: Pool,
+    global: RuleMode,
+    loaded: RwLock<Loaded>,
+    /// Outcomes per rule not yet added to the shared totals.
+    pending: Mutex<HashMap<(String, Outcome), i64>>,
+}
+
+impl AbuseControls {
+    /// Loads the rules; `global` caps every rule's mode.
+    ///
+    /// # Errors
+    /// [`DbError`] when the rules cannot be read: the API must not start without them.
+    pub async fn load(pool: Pool, global: RuleMode) -> Result<Self, DbError> {
+        let snapshot = abuse::load_rules(&pool).await?;
+        let rules = RuleSet::new(global, snapshot.rules.iter().map(|record| record.rule));
+        Ok(Self {
+            pool,
+            global,
+            loaded: RwLock::new(Loaded {
+                version: snapshot.version,
+                rules: Arc::new(rules),
+            }),
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The process-wide mode (`VERIFY_ABUSE_MODE`).
+    pub fn global_mode(&self) -> RuleMode {
+        self.global
+    }
+
+    fn rules(&self) -> Arc<RuleSet> {
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(&loaded.rules)
+    }
+
+    /// Judges a start request to `to` and counts what the rules did.
+    ///
+    /// # Errors
+    /// [`ApiError::Refused`] when an enforced rule blocks the request.
+    pub fn assess(&self, to: &PhoneNumber, client: &ClientSignals) -> Result<Risk, ApiError> {
+        let class = to.class().ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_phone_number",
+                "to",
+                verify_common::domain::PhoneNumberError::NotValidInCountry,
+            )
+        })?;
+        let assessment = self.rules().assess(class, client);
+        if !assessment.risk.rules.is_empty() {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for hit in &assessment.risk.rules {
+                *pending.entry((hit.id.clone(), hit.outcome)).or_default() += 1;
+            }
+        }
+        match assessment.refusal {
+            Some(refusal) => Err(ApiError::Refused(refusal)),
+            None => Ok(assessment.risk),
+        }
+    }
+
+    /// Reads the rules again, now. An older snapshot never replaces a newer one, so a
+    /// slow reload cannot undo a faster one.
+    ///
+    /// # Errors
+    /// [`DbError`] when the rules cannot be read; the rules in force stay.
+    pub async fn reload(&self) -> Result<(), DbError> {
+        let snapshot = abuse::load_rules(&self.pool).await?;
+        let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        if snapshot.version >= loaded.version {
+            let rules = RuleSet::new(self.global, snapshot.rules.iter().map(|r| r.rule));
+            *loaded = Loaded {
+                version: snapshot.version,
+                rules: Arc::new(rules),
+            };
+        }
+        Ok(())
+    }
+
+    /// Reloads the rules if their version moved since they were loaded.
+    async fn refresh(&self) -> Result<(), DbError> {
+        let version = abuse::rules_version(&self.pool).await?;
+        let current = self
+            .loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .version;
+        if version != current {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds this process's uncounted outcomes to the shared totals. On failure they are
+    /// kept for the next attempt.
+    async fn flush_counts(&self) -> Result<(), DbError> {
+        let taken: Vec<RuleCount> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending
+                .drain()
+                .map(|((rule_id, outcome), count)| RuleCount {
+                    rule_id,
+                    outcome,
+                    count,
+                })
+                .collect()
+        };
+        if let Err(error) = abuse::add_rule_counts(&self.pool, &taken).await {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for count in taken {
+                *pending.entry((count.rule_id, count.outcome)).or_default() += count.count;
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+/// Refreshes the rules and writes the counters every `interval` until `shutdown`, then
+/// writes the counters a last time.
+pub async fn run(controls: Arc<AbuseControls>, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(error) = controls.refresh().await {
+            tracing::warn!(%error, "could not refresh the abuse rules; the loaded ones stay");
+        }
+        if let Err(error) = controls.flush_counts().await {
+            tracing::warn!(%error, "could not write the abuse rule counters; will retry");
+        }
+    }
+    if let Err(error) = controls.flush_counts().await {
+        tracing::warn!(%error, "could not write the abuse rule counters at shutdown");
+    }
+}

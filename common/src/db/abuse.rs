@@ -1,0 +1,485 @@
+//! Abuse controls in Postgres: the rules (with the version every change bumps), their
+//! counters, the allow list and blocks.
+//!
+//! API processes keep the rules in memory and reload them when the version moves
+//! ([`rules_version`], [`load_rules`]), so judging a request reads nothing here. Counters
+//! are added in batches ([`add_rule_counts`]), never per request.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::DbError;
+use super::rows::{columns, named, read_all, read_one, table_row};
+use crate::domain::abuse::{
+    AllowEntry, AllowKind, BlockScope, Outcome, Rule, RuleId, RuleMode, RuleParams,
+};
+
+/// A stored rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    pub rule: Rule,
+    pub updated_at: DateTime<Utc>,
+}
+
+table_row! {
+    /// An `abuse_rules` row as stored.
+    pub(crate) struct AbuseRuleRow in "abuse_rules" {
+        id: String,
+        mode: String,
+        params: serde_json::Value,
+        updated_at: DateTime<Utc>,
+    }
+    // The kind is implied by the id; it is stored for queries by kind.
+    unread [kind]
+}
+
+impl TryFrom<AbuseRuleRow> for RuleRecord {
+    type Error = DbError;
+
+    fn try_from(row: AbuseRuleRow) -> Result<Self, DbError> {
+        let corrupt = |what: String| DbError::Corrupt(format!("abuse rule {}: {what}", row.id));
+        let id = RuleId::parse(&row.id).map_err(|e| corrupt(e.to_string()))?;
+        let mode = row.mode.parse::<RuleMode>().map_err(corrupt)?;
+        let params = RuleParams::parse(&row.params).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Self {
+            rule: Rule { id, mode, params },
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+table_row! {
+    /// The `abuse_rules_version` row: how many changes the rules have seen.
+    pub(crate) struct AbuseRulesVersionRow in "abuse_rules_version" {
+        version: i64,
+    }
+    // A constant that keeps the table to one row.
+    unread [singleton]
+}
+
+/// The rules and the version they were read at.
+#[derive(Debug, Clone)]
+pub struct RulesSnapshot {
+    pub version: i64,
+    pub rules: Vec<RuleRecord>,
+}
+
+/// The rules' version: it changes whenever a rule is written or deleted.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn rules_version(pool: &Pool) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("SELECT version FROM abuse_rules_version")
+        .await?;
+    let row = client.query_one(&statement, &[]).await?;
+    Ok(read_one::<AbuseRulesVersionRow>(&row)?.version)
+}
+
+/// Every rule with the version they were read at, in one statement, so the version is
+/// never newer than the rules.
+///
+/// # Errors
+/// [`DbError`] on database failure; [`DbError::Corrupt`] for a stored rule the API would
+/// not have written.
+pub async fn load_rules(pool: &Pool) -> Result<RulesSnapshot, DbError> {
+    static LOAD: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT (SELECT version FROM abuse_rules_version) AS current_version, {}
+             FROM abuse_rules ORDER BY id",
+            columns::<AbuseRuleRow>()
+        )
+    });
+    let client = pool.get().await?;
+    let rows = client.query(LOAD.as_str(), &[]).await?;
+    let version = match rows.first() {
+        Some(row) => named(row, "current_version")?,
+        // No rules at all: the version alone says when that changes.
+        None => {
+            drop(client);
+            return Ok(RulesSnapshot {
+                version: rules_version(pool).await?,
+                rules: Vec::new(),
+            });
+        }
+    };
+    let rules = read_all::<AbuseRuleRow>(&rows)?
+        .into_iter()
+        .map(RuleRecord::try_from)
+        .collect::<Result<_, _>>()?;
+    Ok(RulesSnapshot { version, rules })
+}
+
+/// One rule by id.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn find_rule(pool: &Pool, id: RuleId) -> Result<Option<RuleRecord>, DbError> {
+    static FIND: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM abuse_rules WHERE id = $1",
+            columns::<AbuseRuleRow>()
+        )
+    });
+    let client = pool.get().await?;
+    client
+        .query_opt(FIND.as_str(), &[&id.to_string()])
+        .await?
+        .map(|row| read_one::<AbuseRuleRow>(&row)?.try_into())
+        .transpose()
+}
+
+/// Creates or replaces a rule.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn put_rule(pool: &Pool, rule: &Rule) -> Result<RuleRecord, DbError> {
+    static PUT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO abuse_rules (id, kind, mode, params) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE
+                 SET mode = EXCLUDED.mode, params = EXCLUDED.params, updated_at = now()
+             RETURNING {}",
+            columns::<AbuseRuleRow>()
+        )
+    });
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            PUT.as_str(),
+            &[
+                &rule.id.to_string(),
+                &rule.id.kind().as_str(),
+                &rule.mode.as_str(),
+                &rule.params.to_json(),
+            ],
+        )
+        .await?;
+    read_one::<AbuseRuleRow>(&row)?.try_into()
+}
+
+/// Deletes a rule; false when there was none.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_rule(pool: &Pool, id: RuleId) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let deleted = client
+        .execute("DELETE FROM abuse_rules WHERE id = $1", &[&id.to_string()])
+        .await?;
+    Ok(deleted == 1)
+}
+
+table_row! {
+    /// An `abuse_rule_counts` row as stored.
+    pub(crate) struct AbuseRuleCountRow in "abuse_rule_counts" {
+        rule_id: String,
+        outcome: String,
+        count: i64,
+    }
+    // When the count last grew; only for people reading the table.
+    unread [updated_at]
+}
+
+/// How often one rule had one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCount {
+    pub rule_id: String,
+    pub outcome: Outcome,
+    pub count: i64,
+}
+
+/// Adds counts of rule outcomes (several processes add to the same totals).
+///
+/// # Errors
+/// [`DbError`] on database failure; then nothing was added.
+pub async fn add_rule_counts(pool: &Pool, counts: &[RuleCount]) -> Result<(), DbError> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let rule_ids: Vec<&str> = counts.iter().map(|c| c.rule_id.as_str()).collect();
+    let outcomes: Vec<&str> = counts.iter().map(|c| c.outcome.as_str()).collect();
+    let amounts: Vec<i64> = counts.iter().map(|c| c.count).collect();
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO abuse_rule_counts AS c (rule_id, outcome, count)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+             ON CONFLICT (rule_id, outcome) DO UPDATE
+                 SET count = c.count + EXCLUDED.count, updated_at = now()",
+            &[&rule_ids, &outcomes, &amounts],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every rule's counts so far.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn rule_counts(pool: &Pool) -> Result<Vec<RuleCount>, DbError> {
+    static LIST: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM abuse_rule_counts ORDER BY rule_id, outcome",
+            columns::<AbuseRuleCountRow>()
+        )
+    });
+    let client = pool.get().await?;
+    let rows = client.query(LIST.as_str(), &[]).await?;
+    read_all::<AbuseRuleCountRow>(&rows)?
+        .into_iter()
+        .map(|row| {
+            let outcome = Outcome::ALL
+                .into_iter()
+                .find(|outcome| outcome.as_str() == row.outcome)
+                .ok_or_else(|| DbError::Corrupt(format!("rule outcome {:?}", row.outcome)))?;
+            Ok(RuleCount {
+                rule_id: row.rule_id,
+                outcome,
+                count: row.count,
+            })
+        })
+        .collect()
+}
+
+/// A stored allow-list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRecord {
+    pub id: i64,
+    pub kind: AllowKind,
+    pub value: String,
+    pub note: String,
+    pub created_at: DateTime<Utc>,
+}
+
+table_row! {
+    /// An `abuse_allow` row as stored.
+    pub(crate) struct AbuseAllowRow in "abuse_allow" {
+        id: i64,
+        kind: String,
+        value: String,
+        note: String,
+        created_at: DateTime<Utc>,
+    }
+}
+
+impl TryFrom<AbuseAllowRow> for AllowRecord {
+    type Error = DbError;
+
+    fn try_from(row: AbuseAllowRow) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.id,
+            kind: row
+                .kind
+                .parse()
+                .map_err(|_| DbError::Corrupt(format!("allow-list kind {:?}", row.kind)))?,
+            value: row.value,
+            note: row.note,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// The result of adding an allow-list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowInsertOutcome {
+    Added(AllowRecord),
+    /// An entry of that kind and value exists already.
+    Exists,
+    /// The entry names an API key id that no stored key has.
+    UnknownApiKey,
+}
+
+/// Every allow-list entry, oldest first.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn list_allow_entries(pool: &Pool) -> Result<Vec<AllowRecord>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {} FROM abuse_allow ORDER BY id",
+                columns::<AbuseAllowRow>()
+            ),
+            &[],
+        )
+        .await?;
+    read_all::<AbuseAllowRow>(&rows)?
+        .into_iter()
+        .map(AllowRecord::try_from)
+        .collect()
+}
+
+/// Adds an entry to the allow list.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn insert_allow_entry(
+    pool: &Pool,
+    entry: &AllowEntry,
+) -> Result<AllowInsertOutcome, DbError> {
+    let client = pool.get().await?;
+    if entry.kind() == AllowKind::ApiKey {
+        let id = Uuid::parse_str(entry.value())
+            .map_err(|e| DbError::Corrupt(format!("allow-list API key id: {e}")))?;
+        let known = client
+            .query_opt("SELECT 1 FROM api_keys WHERE id = $1", &[&id])
+            .await?
+            .is_some();
+        if !known {
+            return Ok(AllowInsertOutcome::UnknownApiKey);
+        }
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "INSERT INTO abuse_allow (kind, value, note) VALUES ($1, $2, $3)
+                 ON CONFLICT (kind, value) DO NOTHING
+                 RETURNING {}",
+                columns::<AbuseAllowRow>()
+            ),
+            &[&entry.kind().as_str(), &entry.value(), &entry.note()],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(AllowInsertOutcome::Added(
+            read_one::<AbuseAllowRow>(&row)?.try_into()?,
+        )),
+        None => Ok(AllowInsertOutcome::Exists),
+    }
+}
+
+/// Removes an allow-list entry; false when there was none.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_allow_entry(pool: &Pool, id: i64) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let deleted = client
+        .execute("DELETE FROM abuse_allow WHERE id = $1", &[&id])
+        .await?;
+    Ok(deleted == 1)
+}
+
+/// A stored block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub id: i64,
+    pub scope: BlockScope,
+    pub key: String,
+    pub rule_id: String,
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// The counts that tripped the block.
+    pub counts: serde_json::Value,
+}
+
+table_row! {
+    /// An `abuse_blocks` row as stored.
+    pub(crate) struct AbuseBlockRow in "abuse_blocks" {
+        id: i64,
+        scope: String,
+        key: String,
+        rule_id: String,
+        reason: String,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        counts: serde_json::Value,
+    }
+}
+
+impl TryFrom<AbuseBlockRow> for BlockRecord {
+    type Error = DbError;
+
+    fn try_from(row: AbuseBlockRow) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.id,
+            scope: row.scope.parse().map_err(DbError::Corrupt)?,
+            key: row.key,
+            rule_id: row.rule_id,
+            reason: row.reason,
+            since: row.since,
+            until: row.until,
+            counts: row.counts,
+        })
+    }
+}
+
+/// A block to record.
+#[derive(Debug, Clone)]
+pub struct NewBlock {
+    pub scope: BlockScope,
+    pub key: String,
+    pub rule_id: String,
+    pub reason: String,
+    pub until: DateTime<Utc>,
+    pub counts: serde_json::Value,
+}
+
+/// Records a block from now until `block.until`.
+///
+/// # Errors
+/// [`DbError`] on database failure (also when `until` is not in the future).
+pub async fn insert_block(pool: &Pool, block: &NewBlock) -> Result<BlockRecord, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO abuse_blocks (scope, key, rule_id, reason, until, counts)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {}",
+                columns::<AbuseBlockRow>()
+            ),
+            &[
+                &block.scope.as_str(),
+                &block.key,
+                &block.rule_id,
+                &block.reason,
+                &block.until,
+                &block.counts,
+            ],
+        )
+        .await?;
+    read_one::<AbuseBlockRow>(&row)?.try_into()
+}
+
+/// Blocks in force now, newest first.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn list_active_blocks(pool: &Pool) -> Result<Vec<BlockRecord>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {} FROM abuse_blocks WHERE until > now() ORDER BY since DESC, id DESC",
+                columns::<AbuseBlockRow>()
+            ),
+            &[],
+        )
+        .await?;
+    read_all::<AbuseBlockRow>(&rows)?
+        .into_iter()
+        .map(BlockRecord::try_from)
+        .collect()
+}
+
+/// Lifts a block in force; false when no block in force has this id.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_block(pool: &Pool, id: i64) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let deleted = client
+        .execute(
+            "DELETE FROM abuse_blocks WHERE id = $1 AND until > now()",
+            &[&id],
+        )
+        .await?;
+    Ok(deleted == 1)
+}
