@@ -30,6 +30,12 @@ pub struct VerificationView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
+    /// The end user's address and id, as the start request gave them.
+    pub client_ip: Option<String>,
+    pub client_id: Option<String>,
+    /// What the abuse rules made of the start request: `{decision, mode, number_type,
+    /// country, rules, notes}`.
+    pub risk: Option<serde_json::Value>,
     pub sends: Vec<SendView>,
 }
 
@@ -76,6 +82,12 @@ impl VerificationView {
             created_at: verification.created_at,
             updated_at: verification.updated_at,
             approved_at: verification.approved_at,
+            client_ip: verification.client_ip.map(|ip| ip.to_string()),
+            client_id: verification
+                .client_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            risk: verification.risk.clone(),
             sends: sends.iter().map(SendView::new).collect(),
         }
     }

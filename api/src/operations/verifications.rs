@@ -204,9 +204,8 @@ async fn start_verification(
     idempotency: Option<&IdempotencyClaim>,
 ) -> Result<Started, ApiError> {
     check_renderable(state, &request).await?;
-    // TODO(#11): record the client signals and the risk with the verification once the
-    // start batch statement takes them; until then they are counted, not stored.
-    state.abuse.assess(&request.to, &request.client)?;
+    let risk = state.abuse.assess(&request.to, &request.client)?;
+    let risk = serde_json::to_value(&risk).map_err(|e| ApiError::Internal(e.into()))?;
     let nonce = generate_nonce().map_err(|e| ApiError::Internal(e.into()))?;
     let new = NewVerification {
         id: VerificationId::generate(),
@@ -221,6 +220,9 @@ async fn start_verification(
         max_checks: state.otp.max_checks,
         ttl: request.ttl.unwrap_or(state.otp.ttl),
         idempotency: idempotency.cloned(),
+        client_ip: request.client.ip,
+        client_id: request.client.id,
+        risk: Some(risk),
     };
     // The group commit hands the send's job to the outbox itself.
     match state.starts.submit(new).await? {

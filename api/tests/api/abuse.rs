@@ -83,6 +83,34 @@ async fn wait_for_count(app: &TestApp, id: &str, outcome: &str, count: i64) {
     }
 }
 
+/// Starts a verification that must be accepted and returns the risk its GET shows.
+async fn risk_of_start(app: &TestApp, body: &Value) -> Value {
+    let started = app.start_verification(body).await;
+    let shown = app.get_verification(started["id"].as_str().unwrap()).await;
+    assert_eq!(
+        shown["risk"], started["risk"],
+        "the answer and the GET agree"
+    );
+    shown["risk"].clone()
+}
+
+/// The (id, mode, outcome) of every rule a risk lists.
+fn hits(risk: &Value) -> Vec<(String, String, String)> {
+    risk["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rules in {risk}"))
+        .iter()
+        .map(|hit| {
+            let text = |key: &str| hit[key].as_str().unwrap().to_owned();
+            (text("id"), text("mode"), text("outcome"))
+        })
+        .collect()
+}
+
+fn hit(id: &str, mode: &str, outcome: &str) -> (String, String, String) {
+    (id.to_owned(), mode.to_owned(), outcome.to_owned())
+}
+
 async fn verifications_recorded(app: &TestApp) -> i64 {
     app.sql("SELECT count(*) FROM verifications").await[0].get(0)
 }
@@ -122,7 +150,18 @@ async fn the_default_rules_refuse_costly_number_types_and_allow_every_country() 
         rule(&listed, "country.default")["params"],
         json!({"action": "allow"})
     );
-    app.start_verification(&json!({ "to": NG_MOBILE })).await;
+    let risk = risk_of_start(&app, &json!({ "to": NG_MOBILE })).await;
+    assert_eq!(
+        risk,
+        json!({
+            "decision": "allow",
+            "mode": "enforce",
+            "number_type": "mobile",
+            "country": "NG",
+            "rules": [],
+            "notes": [],
+        })
+    );
 }
 
 #[tokio::test]
@@ -202,9 +241,14 @@ async fn a_number_type_rule_in_shadow_mode_sends_and_counts_the_would_be_block()
         "params are kept"
     );
 
-    app.start_verification(&json!({ "to": GB_PREMIUM_RATE }))
-        .await;
+    let risk = risk_of_start(&app, &json!({ "to": GB_PREMIUM_RATE })).await;
 
+    assert_eq!(risk["decision"], "shadow_block");
+    assert_eq!(risk["number_type"], "premium_rate");
+    assert_eq!(
+        hits(&risk),
+        [hit("number_type.premium_rate", "shadow", "shadow_block")]
+    );
     app.wait_for_sms(GB_PREMIUM_RATE, 1).await;
     wait_for_count(&app, "number_type.premium_rate", "shadow_block", 1).await;
 }
@@ -214,10 +258,18 @@ async fn under_the_global_shadow_mode_every_rule_only_records() {
     let app = spawn_app_in_mode("shadow").await;
     set_rule(&app, "country.NG", &json!({"params": {"action": "block"}})).await;
 
-    app.start_verification(&json!({ "to": GB_PREMIUM_RATE }))
-        .await;
-    app.start_verification(&json!({ "to": NG_MOBILE })).await;
+    let premium = risk_of_start(&app, &json!({ "to": GB_PREMIUM_RATE })).await;
+    let nigerian = risk_of_start(&app, &json!({ "to": NG_MOBILE })).await;
 
+    assert_eq!(premium["mode"], "shadow");
+    assert_eq!(
+        hits(&premium),
+        [hit("number_type.premium_rate", "shadow", "shadow_block")]
+    );
+    assert_eq!(
+        hits(&nigerian),
+        [hit("country.NG", "shadow", "shadow_block")]
+    );
     let listed = rules(&app).await;
     assert_eq!(listed["mode"], "shadow");
     assert_eq!(
@@ -232,8 +284,11 @@ async fn under_the_global_shadow_mode_every_rule_only_records() {
 async fn with_the_global_mode_off_no_rule_applies() {
     let app = spawn_app_in_mode("off").await;
 
-    app.start_verification(&json!({ "to": GB_PREMIUM_RATE }))
-        .await;
+    let risk = risk_of_start(&app, &json!({ "to": GB_PREMIUM_RATE })).await;
+
+    assert_eq!(risk["mode"], "off");
+    assert_eq!(risk["decision"], "allow");
+    assert_eq!(risk["rules"], json!([]), "no rule was evaluated");
 
     let listed = rules(&app).await;
     assert_eq!(listed["mode"], "off");
@@ -272,8 +327,10 @@ async fn a_country_rule_in_shadow_mode_sends_and_counts() {
     )
     .await;
 
-    app.start_verification(&json!({ "to": NG_MOBILE })).await;
+    let risk = risk_of_start(&app, &json!({ "to": NG_MOBILE })).await;
 
+    assert_eq!(risk["decision"], "shadow_block");
+    assert_eq!(hits(&risk), [hit("country.NG", "shadow", "shadow_block")]);
     app.wait_for_sms(NG_MOBILE, 1).await;
     wait_for_count(&app, "country.NG", "shadow_block", 1).await;
 }
@@ -288,8 +345,11 @@ async fn a_monitored_country_is_sent_and_counted() {
     )
     .await;
 
-    app.start_verification(&json!({ "to": DE_MOBILE })).await;
+    let risk = risk_of_start(&app, &json!({ "to": DE_MOBILE })).await;
 
+    assert_eq!(risk["decision"], "monitor");
+    assert_eq!(risk["rules"][0]["detail"], "country DE");
+    assert_eq!(hits(&risk), [hit("country.DE", "enforce", "monitor")]);
     app.wait_for_sms(DE_MOBILE, 1).await;
     wait_for_count(&app, "country.DE", "monitor", 1).await;
 }
@@ -316,21 +376,26 @@ async fn the_default_country_rule_decides_for_countries_without_their_own() {
 }
 
 #[tokio::test]
-async fn client_signals_are_accepted_and_an_unreadable_client_ip_does_not_refuse() {
+async fn client_signals_are_stored_and_shown_with_the_verification() {
     let app = spawn_app().await;
+    let cases = [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        (" 2001:DB8::1 ", "2001:db8::1"),
+    ];
 
-    for (n, client_ip) in ["203.0.113.9", "2001:db8::1", "not-an-address"]
-        .into_iter()
-        .enumerate()
-    {
-        let response = app
-            .post_verification(&json!({
-                "to": phone_number(u32::try_from(n).unwrap()),
-                "client_ip": client_ip,
+    for (n, (sent, stored)) in (0..).zip(cases) {
+        let started = app
+            .start_verification(&json!({
+                "to": phone_number(n),
+                "client_ip": sent,
                 "client_id": "session-1f9a",
             }))
             .await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED, "{client_ip}");
+        let shown = app.get_verification(started["id"].as_str().unwrap()).await;
+        assert_eq!(shown["client_ip"], stored, "{sent:?}");
+        assert_eq!(shown["client_id"], "session-1f9a");
+        assert_eq!(shown["risk"]["notes"], json!([]), "{sent:?}");
     }
     let portatext = app
         .request(Method::POST, "/number_verify/14155550199")
@@ -339,6 +404,23 @@ async fn client_signals_are_accepted_and_an_unreadable_client_ip_does_not_refuse
         .await
         .unwrap();
     assert_eq!(portatext.status(), StatusCode::OK);
+    let body: Value = portatext.json().await.unwrap();
+    assert_eq!(body["verification"]["client_ip"], "198.51.100.4");
+    assert_eq!(body["verification"]["client_id"], "device-7");
+}
+
+#[tokio::test]
+async fn an_unreadable_client_ip_is_ignored_and_noted_in_the_risk() {
+    let app = spawn_app().await;
+
+    let started = app
+        .start_verification(&json!({ "to": phone_number(1), "client_ip": "10.0.0.300" }))
+        .await;
+
+    let shown = app.get_verification(started["id"].as_str().unwrap()).await;
+    assert_eq!(shown["client_ip"], Value::Null);
+    assert_eq!(shown["risk"]["decision"], "allow");
+    assert_eq!(shown["risk"]["notes"][0]["code"], "client_ip_unreadable");
 }
 
 #[tokio::test]

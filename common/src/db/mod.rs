@@ -207,7 +207,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 8] = [
+const MIGRATIONS: [(i32, &str, &str); 9] = [
     (
         1,
         "api_keys",
@@ -247,6 +247,11 @@ const MIGRATIONS: [(i32, &str, &str); 8] = [
         8,
         "abuse_controls",
         include_str!("../../../migrations/V8__abuse_controls.sql"),
+    ),
+    (
+        9,
+        "start_signals",
+        include_str!("../../../migrations/V9__start_signals.sql"),
     ),
 ];
 

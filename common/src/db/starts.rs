@@ -1,8 +1,9 @@
 //! New sends: starting verifications (in batches, each with its first send, some under an
 //! idempotency key) and resending a verification's code, each under the per-number send
-//! limit. Both call one SQL function each (migration V7), and both apply the limit through
-//! the same one, `send_limit_waits`.
+//! limit. Both call one SQL function each (migrations V7 and V9), and both apply the limit
+//! through the same one, `send_limit_waits`.
 
+use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use super::idempotency::IdempotencyClaim;
 use super::rows::{Layout, named, prefixed_columns};
 use super::verifications::{VerificationRecord, VerificationRow};
 use super::{DbError, seconds};
+use crate::domain::abuse::ClientId;
 use crate::domain::otp::NONCE_LEN;
 use crate::domain::{
     DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
@@ -36,6 +38,11 @@ pub struct NewVerification {
     pub ttl: Duration,
     /// The request's idempotency key: a repeat of the request replays this one's outcome.
     pub idempotency: Option<IdempotencyClaim>,
+    /// What the request said about its end user.
+    pub client_ip: Option<IpAddr>,
+    pub client_id: Option<ClientId>,
+    /// What the abuse rules made of the request (a JSON object).
+    pub risk: Option<serde_json::Value>,
 }
 
 /// At most `max_sends` SMS to one number per `window`.
@@ -68,7 +75,7 @@ fn retry_after_from(seconds: Option<f64>) -> Duration {
     Duration::from_secs_f64(seconds.unwrap_or(1.0).max(1.0))
 }
 
-/// The call of the `start_verifications` function (migration V7), which writes the
+/// The call of the `start_verifications` function (migration V9), which writes the
 /// idempotency keys, applies the send limit, cancels the numbers' earlier open
 /// verifications and inserts the rows of a whole batch in one statement. Its rows are the
 /// request's position (`ord`), the limit's wait (`retry_after_secs`), the key's verdicts
@@ -78,7 +85,7 @@ static START_VERIFICATIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT s.ord, s.retry_after_secs, s.key_reused, s.replay_of, s.replay_response, {}, {}
          FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                  $15, $16) s",
+                                  $15, $16, $17, $18, $19) s",
         prefixed_columns::<VerificationRow>("(s.verification)", "v_"),
         prefixed_columns::<DeliveryRow>("(s.delivery)", "d_"),
     )
@@ -118,6 +125,13 @@ pub async fn insert_verifications(
         .collect();
     let ttls: Vec<f64> = batch.iter().map(|new| seconds(new.ttl)).collect();
     let delivery_ids: Vec<uuid::Uuid> = batch.iter().map(|new| new.delivery_id.as_uuid()).collect();
+    let client_ips: Vec<Option<IpAddr>> = batch.iter().map(|new| new.client_ip).collect();
+    let client_ids: Vec<Option<&str>> = batch
+        .iter()
+        .map(|new| new.client_id.as_ref().map(ClientId::as_str))
+        .collect();
+    let risks: Vec<Option<&serde_json::Value>> =
+        batch.iter().map(|new| new.risk.as_ref()).collect();
     let claims = || batch.iter().map(|new| new.idempotency.as_ref());
     let key_scopes: Vec<Option<&[u8]>> = claims()
         .map(|claim| claim.map(|c| c.scope.as_slice()))
@@ -145,6 +159,9 @@ pub async fn insert_verifications(
                 &max_checks,
                 &ttls,
                 &delivery_ids,
+                &client_ips,
+                &client_ids,
+                &risks,
                 &key_scopes,
                 &keys,
                 &request_hashes,
@@ -299,6 +316,7 @@ mod tests {
     use crate::db::idempotency::IdempotencyClaim;
     use crate::db::verifications::find_verification;
     use crate::db::{Pool, build_pool, migrate};
+    use crate::domain::abuse::ClientId;
     use crate::domain::{
         DeliveryId, OtpCodeLength, PhoneNumber, Variables, VerificationId, VerificationStatus,
     };
@@ -330,6 +348,9 @@ mod tests {
             max_checks: 5,
             ttl: Duration::from_secs(600),
             idempotency: None,
+            client_ip: None,
+            client_id: None,
+            risk: None,
         }
     }
 
@@ -365,6 +386,33 @@ mod tests {
                 CreateOutcome::KeyReused => "key reused".to_owned(),
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn the_client_signals_and_the_risk_are_stored_with_the_verification() {
+        let pool = database().await;
+        let risk = serde_json::json!({"decision": "monitor", "rules": [], "notes": []});
+        let start = NewVerification {
+            client_ip: Some("2001:db8::7".parse().unwrap()),
+            client_id: Some(ClientId::parse("session-9").unwrap()),
+            risk: Some(risk.clone()),
+            ..new_start("+14155550100")
+        };
+        let bare = new_start("+14155550101");
+
+        insert_verifications(&pool, &[start.clone(), bare.clone()], LIMIT)
+            .await
+            .unwrap();
+
+        let stored = find_verification(&pool, start.id).await.unwrap().unwrap();
+        assert_eq!(stored.client_ip, start.client_ip);
+        assert_eq!(stored.client_id, start.client_id);
+        assert_eq!(stored.risk, Some(risk));
+        let stored = find_verification(&pool, bare.id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.client_ip, stored.client_id, stored.risk),
+            (None, None, None)
+        );
     }
 
     #[tokio::test]

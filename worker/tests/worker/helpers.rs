@@ -190,6 +190,9 @@ pub fn new_verification(to: &str) -> NewVerification {
         max_checks: 5,
         ttl: Duration::from_secs(600),
         idempotency: None,
+        client_ip: None,
+        client_id: None,
+        risk: None,
     }
 }
 

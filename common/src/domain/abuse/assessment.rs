@@ -75,6 +75,8 @@ pub struct RiskNote {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Risk {
     pub decision: Decision,
+    /// The process-wide mode the rules were judged under (`off`: none was evaluated).
+    pub mode: RuleMode,
     /// The number's type and region, as the rules saw them.
     pub number_type: NumberType,
     pub country: Region,
@@ -217,6 +219,7 @@ impl RuleSet {
         Assessment {
             risk: Risk {
                 decision,
+                mode: self.global,
                 number_type: class.number_type,
                 country: class.region,
                 rules: hits,
