@@ -1,17 +1,21 @@
 //! Abuse controls in the API: the rules every start request is judged by, held in memory
 //! so judging costs no database round trip, and the counters of what the rules did.
 //!
-//! Rules live in Postgres and every change bumps their version. Each API process polls the
-//! version every `VERIFY_ABUSE_REFRESH_MS` (1 s by default) and reloads the rules when it
-//! moved, so a change made through any replica applies everywhere within about a second
-//! (the README promises two); a change made through this process applies here at once.
-//! Should Postgres be unreachable, the process keeps judging by the rules it has, and
-//! start requests fail with 503 anyway because they cannot be recorded.
+//! Rules live in Postgres and every change bumps their version and announces it. Each API
+//! process hears the announcement on its listener session (`crate::notifications`) and
+//! reloads the rules at once, so a change made through any replica applies everywhere
+//! within milliseconds. While that session is down, the process polls the version every
+//! `VERIFY_ABUSE_REFRESH_MS` (1 s by default) instead, so a change still applies within
+//! about a second (the README promises two); a change made through this process applies
+//! here at once either way. Should Postgres be unreachable, the process keeps judging by
+//! the rules it has, and start requests fail with 503 anyway because they cannot be
+//! recorded.
 //!
 //! Outcomes (blocks, would-be blocks, monitored requests) are counted in memory per rule
 //! and added to the shared totals on the same schedule, never per request.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -36,6 +40,8 @@ pub struct AbuseControls {
     loaded: RwLock<Loaded>,
     /// Outcomes per rule not yet added to the shared totals.
     pending: Mutex<HashMap<(String, Outcome), i64>>,
+    /// Whether rule changes are being heard, so the version need not be polled.
+    listening: AtomicBool,
 }
 
 impl AbuseControls {
@@ -54,6 +60,7 @@ impl AbuseControls {
                 rules: Arc::new(rules),
             }),
             pending: Mutex::new(HashMap::new()),
+            listening: AtomicBool::new(false),
         })
     }
 
@@ -113,8 +120,28 @@ impl AbuseControls {
         Ok(())
     }
 
-    /// Reloads the rules if their version moved since they were loaded.
+    /// The listener session now hears rule changes. Changes made before it listened were
+    /// not heard, so the rules are read again.
+    ///
+    /// # Errors
+    /// [`DbError`] when the rules cannot be read; polling goes on until they are.
+    pub async fn listening_started(&self) -> Result<(), DbError> {
+        self.reload().await?;
+        self.listening.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The listener session is lost: rule changes are polled for until it is back.
+    pub fn listening_lost(&self) {
+        self.listening.store(false, Ordering::Release);
+    }
+
+    /// Reloads the rules if their version moved since they were loaded, unless changes
+    /// are being heard.
     async fn refresh(&self) -> Result<(), DbError> {
+        if self.listening.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let version = abuse::rules_version(&self.pool).await?;
         let current = self
             .loaded
@@ -152,8 +179,8 @@ impl AbuseControls {
     }
 }
 
-/// Refreshes the rules and writes the counters every `interval` until `shutdown`, then
-/// writes the counters a last time.
+/// Writes the counters (and, while no rule change is heard, refreshes the rules) every
+/// `interval` until `shutdown`, then writes the counters a last time.
 pub async fn run(controls: Arc<AbuseControls>, interval: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {

@@ -7,21 +7,19 @@
 //! round trip per request; requests presenting one key at the same moment share a single
 //! lookup.
 //!
-//! A cached key must not outlive its revocation: every API process follows revocations
-//! ([`ApiKeys::follow_revocations`]) on a Postgres session of its own, and drops a key the
-//! moment its revocation is announced, so a revoked key stops working everywhere within
-//! the time a notification takes (milliseconds). The cache is trusted only while that
-//! session listens; while it is down every request asks Postgres, and whenever it is lost
-//! or re-established the cache is emptied, since announcements made in between were
-//! missed.
+//! A cached key must not outlive its revocation: every API process hears revocations on
+//! its listener session (`crate::notifications`) and drops a key the moment its
+//! revocation is announced ([`ApiKeys::revoked`]), so a revoked key stops working
+//! everywhere within the time a notification takes (milliseconds). The cache is trusted
+//! only while that session listens; while it is down every request asks Postgres, and
+//! whenever it is lost or re-established the cache is emptied, since announcements made in
+//! between were missed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
-use verify_common::config::DatabaseSettings;
 use verify_common::db::api_keys::{self, Revocation};
 use verify_common::db::{DbError, Pool};
 use verify_common::domain::api_key::hash_api_key;
@@ -32,10 +30,6 @@ use crate::expiring::ExpiringMap;
 /// How long a key found in the database is trusted without asking again. Revocations
 /// reach the cache at once; this bounds only what a lost announcement could leave.
 const CACHE_TTL: Duration = Duration::from_secs(30);
-/// Waits between attempts to re-open the revocation session: from the first to the last,
-/// doubling.
-const RELISTEN_FIRST_WAIT: Duration = Duration::from_millis(100);
-const RELISTEN_LAST_WAIT: Duration = Duration::from_secs(5);
 /// Bound on cached keys, so random keys cannot grow memory.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -95,56 +89,27 @@ impl ApiKeys {
         }
     }
 
-    /// Follows key revocations until `shutdown`: listens on a Postgres session of its own
-    /// and drops each revoked key from the cache as its revocation is announced. When the
-    /// session is lost it stops trusting the cache, empties it and opens a new session,
-    /// retrying with growing waits while Postgres cannot be reached.
-    pub async fn follow_revocations(
-        &self,
-        database: &DatabaseSettings,
-        shutdown: CancellationToken,
-    ) {
-        let mut wait = RELISTEN_FIRST_WAIT;
-        loop {
-            let listener = tokio::select! {
-                listener = api_keys::listen_for_revocations(database) => listener,
-                () = shutdown.cancelled() => return,
-            };
-            match listener {
-                Ok(mut listener) => {
-                    // In this order: a key read before the session listened may have been
-                    // revoked unheard, and one read from now on is either still active or
-                    // its revocation will be heard.
-                    self.listening.store(true, Ordering::Release);
-                    self.verified.clear();
-                    wait = RELISTEN_FIRST_WAIT;
-                    tracing::debug!("listening for API key revocations");
-                    loop {
-                        let heard = tokio::select! {
-                            heard = listener.next() => heard,
-                            () = shutdown.cancelled() => return,
-                        };
-                        match heard {
-                            Some(Revocation::Key(hash)) => self.verified.remove(&hash),
-                            Some(Revocation::Unreadable) => self.verified.clear(),
-                            None => break,
-                        }
-                    }
-                    self.listening.store(false, Ordering::Release);
-                    self.verified.clear();
-                    tracing::warn!(
-                        "lost the session that hears API key revocations; every key is checked in Postgres until it is back"
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?wait, "cannot listen for API key revocations");
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return,
-            }
-            wait = (wait * 2).min(RELISTEN_LAST_WAIT);
+    /// The listener session now hears revocations. In this order: a key read before it
+    /// listened may have been revoked unheard, and one read from now on is either still
+    /// active or its revocation will be heard.
+    pub fn listening_started(&self) {
+        self.listening.store(true, Ordering::Release);
+        self.verified.clear();
+    }
+
+    /// A revocation was announced: the key (or, if the announcement names none, every
+    /// key) is looked up again.
+    pub fn revoked(&self, revocation: Revocation) {
+        match revocation {
+            Revocation::Key(hash) => self.verified.remove(&hash),
+            Revocation::Unreadable => self.verified.clear(),
         }
+    }
+
+    /// The listener session is lost: revocations may go unheard, so the cache is emptied
+    /// and not used until a session listens again.
+    pub fn listening_lost(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.verified.clear();
     }
 }

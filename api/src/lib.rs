@@ -20,7 +20,9 @@
 //! - `idempotency`: `Idempotency-Key` handling for start requests.
 //! - `expiring`: the bounded, time-limited map behind the API's caches.
 //! - `template_cache`: parsed templates for validating start requests without a query.
-//! - `auth`: who is calling, from the API key a request presents; follows revocations.
+//! - `auth`: who is calling, from the API key a request presents; drops revoked keys.
+//! - `notifications`: hears what other processes announce (key revocations, rule
+//!   changes) on one Postgres session and hands it to `auth` and `abuse`.
 //! - `body`, `state`, `views`: bounded JSON bodies, shared state and response
 //!   representations.
 #![forbid(unsafe_code)]
@@ -33,6 +35,7 @@ mod expiring;
 mod group_commit;
 mod housekeeping;
 mod idempotency;
+mod notifications;
 mod operations;
 mod outbox;
 mod routes;

@@ -51,7 +51,7 @@ pub struct Application {
     state: AppState,
     outbox_tasks: OutboxTasks,
     grace: std::time::Duration,
-    /// Where the session that hears key revocations connects.
+    /// Where the session that hears announcements (key revocations, rule changes) connects.
     database: DatabaseSettings,
     connection_limits: ConnectionLimits,
     abuse_refresh: std::time::Duration,
@@ -172,18 +172,17 @@ impl Application {
             self.state.pool.clone(),
             shutdown.clone(),
         ));
-        let api_keys = Arc::clone(&self.state.api_keys);
-        let revocations_stop = shutdown.clone();
         let abuse = tokio::spawn(crate::abuse::run(
             Arc::clone(&self.state.abuse),
             self.abuse_refresh,
             shutdown.clone(),
         ));
-        tokio::spawn(async move {
-            api_keys
-                .follow_revocations(&self.database, revocations_stop)
-                .await;
-        });
+        tokio::spawn(crate::notifications::follow(
+            self.database,
+            Arc::clone(&self.state.api_keys),
+            Arc::clone(&self.state.abuse),
+            shutdown.clone(),
+        ));
         let server = crate::server::serve(
             self.listener,
             routes(self.state),

@@ -514,9 +514,8 @@ pub struct AbuseSettings {
         value_parser = parse_rule_mode
     )]
     pub mode: RuleMode,
-    /// How often the API looks for rule changes made by other processes (and adds its rule
-    /// counters to the shared totals). A change made through one API process applies
-    /// there at once.
+    /// How often the API adds its rule counters to the shared totals, and looks for rule
+    /// changes while its session that hears them announced is down.
     #[arg(
         long = "abuse-refresh-ms",
         env = "VERIFY_ABUSE_REFRESH_MS",

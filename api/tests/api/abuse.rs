@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use verify_api::keys::{create_key, list_keys};
 use verify_common::config::{AbuseSettings, FromFlags};
 use verify_common::db::abuse::{NewBlock, insert_block};
+use verify_common::db::notifications::LISTENER_APPLICATION_NAME;
 use verify_common::domain::abuse::BlockScope;
 
 use crate::helpers::{TestApp, TestOptions, WAIT, phone_number, spawn_app, spawn_app_with};
@@ -485,6 +486,50 @@ async fn a_rule_changed_through_one_api_applies_in_another_process_within_two_se
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(changed.elapsed() < RULE_DELAY, "{:?}", changed.elapsed());
+}
+
+#[tokio::test]
+async fn a_rule_changed_while_the_listening_session_is_lost_still_applies_within_two_seconds() {
+    let app = spawn_app().await;
+    let listener = format!(
+        "FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = '{LISTENER_APPLICATION_NAME}'"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.sql(&format!("SELECT pid {listener}")).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    app.sql(&format!("SELECT pg_terminate_backend(pid) {listener}"))
+        .await;
+    // Written in SQL, as another process would: this API hears of it only by asking.
+    app.sql(
+        "INSERT INTO abuse_rules (id, kind, mode, params)
+         VALUES ('country.NG', 'country', 'enforce', '{\"action\": \"block\"}')",
+    )
+    .await;
+    let changed = tokio::time::Instant::now();
+
+    for n in 0.. {
+        let status = app
+            .post_verification(&json!({ "to": format!("+234802123{n:04}") }))
+            .await
+            .status();
+        if status == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(
+            changed.elapsed() < RULE_DELAY,
+            "still accepted after {:?}",
+            changed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 use verify_api::keys::{create_key, list_keys, revoke_key};
 use verify_api::{ENDPOINTS, Endpoint, Family};
-use verify_common::db::api_keys::LISTENER_APPLICATION_NAME;
+use verify_common::db::notifications::LISTENER_APPLICATION_NAME;
 
 use crate::helpers::{API_KEY, ApiProcess, TestApp, WAIT, spawn_app};
 

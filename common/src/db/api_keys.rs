@@ -1,17 +1,13 @@
 //! Stored API keys (hashes only), and the announcement of their revocation to every API
-//! process (`LISTEN`/`NOTIFY`), so a revoked key stops working everywhere at once.
-
-use std::time::Duration;
+//! process (`db::notifications`), so a revoked key stops working everywhere at once.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
+use super::DbError;
+use super::notifications::Channel;
 use super::rows::{columns, read_all, table_row};
-use super::{DbError, session_config};
-use crate::config::DatabaseSettings;
 
 /// An API key as listed: never the key itself.
 #[derive(Debug, Clone)]
@@ -92,8 +88,8 @@ pub async fn list_api_keys(pool: &Pool) -> Result<Vec<ApiKeyRecord>, DbError> {
         .collect())
 }
 
-/// Revokes a key and announces it to every [`RevocationListener`]; false when no
-/// unrevoked key has this id.
+/// Revokes a key and announces it on [`Channel::KeyRevocations`]; false when no unrevoked
+/// key has this id.
 ///
 /// One statement, so the announcement is part of the revocation's transaction: Postgres
 /// delivers it when the revocation commits, never for one that rolled back, and never for
@@ -111,7 +107,8 @@ pub async fn revoke_api_key(pool: &Pool, id: Uuid) -> Result<bool, DbError> {
                      WHERE id = $1 AND revoked_at IS NULL
                      RETURNING key_hash
                  )
-                 SELECT pg_notify('{REVOCATIONS}', encode(key_hash, 'hex')) FROM revoked"
+                 SELECT pg_notify('{}', encode(key_hash, 'hex')) FROM revoked",
+                Channel::KeyRevocations.as_str()
             ),
             &[&id],
         )
@@ -119,19 +116,7 @@ pub async fn revoke_api_key(pool: &Pool, id: Uuid) -> Result<bool, DbError> {
     Ok(revoked.len() == 1)
 }
 
-/// The channel revocations are announced on; the payload is the key's hash in hex.
-const REVOCATIONS: &str = "verify_api_key_revoked";
-
-/// The `application_name` of listener sessions, so operators (and tests) can tell them
-/// apart in `pg_stat_activity`.
-pub const LISTENER_APPLICATION_NAME: &str = "verify revocation listener";
-
-/// How often a listener makes sure its session still answers. A session whose server
-/// vanished without closing the connection would otherwise look open (and miss every
-/// announcement) until TCP gives up, which takes hours.
-const LISTENER_HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// An announcement heard by a [`RevocationListener`].
+/// What an announcement on [`Channel::KeyRevocations`] says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
     /// The key with this hash was revoked.
@@ -141,79 +126,10 @@ pub enum Revocation {
     Unreadable,
 }
 
-/// A session of its own that hears every key revocation committed from now on, by any
-/// process. Dropping it closes the session.
-pub struct RevocationListener {
-    client: tokio_postgres::Client,
-    announcements: mpsc::UnboundedReceiver<String>,
-    heartbeat: tokio::time::Interval,
-}
-
-/// Opens a session and listens for revocations on it. Revocations committed before this
-/// returns are not announced to it: read the keys again afterwards.
-///
-/// # Errors
-/// [`DbError`] when Postgres cannot be reached or refuses the session.
-pub async fn listen_for_revocations(
-    settings: &DatabaseSettings,
-) -> Result<RevocationListener, DbError> {
-    let mut config = session_config(settings)?;
-    config.application_name(LISTENER_APPLICATION_NAME);
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let (sender, announcements) = mpsc::unbounded_channel();
-    // Drives the session and hands its notifications on. It ends with the session (closed
-    // by the server, broken, or dropped with the listener), which closes the channel.
-    tokio::spawn(async move {
-        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            match message {
-                Ok(AsyncMessage::Notification(notification)) => {
-                    if sender.send(notification.payload().to_owned()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "the revocation listener's session failed");
-                    break;
-                }
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {REVOCATIONS}"))
-        .await?;
-    let mut heartbeat = tokio::time::interval(LISTENER_HEARTBEAT);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.reset();
-    Ok(RevocationListener {
-        client,
-        announcements,
-        heartbeat,
-    })
-}
-
-impl RevocationListener {
-    /// The next revocation; `None` once the session is lost (closed, broken, or not
-    /// answering its heartbeat within [`LISTENER_HEARTBEAT`]). Announcements are missed
-    /// from then on, so the caller must assume any key may have been revoked.
-    pub async fn next(&mut self) -> Option<Revocation> {
-        loop {
-            tokio::select! {
-                payload = self.announcements.recv() => {
-                    return Some(payload.as_deref().map(parse_hash)?.map_or(Revocation::Unreadable, Revocation::Key));
-                }
-                _ = self.heartbeat.tick() => {
-                    let answered = tokio::time::timeout(
-                        LISTENER_HEARTBEAT,
-                        self.client.batch_execute("SELECT 1"),
-                    )
-                    .await;
-                    if !matches!(answered, Ok(Ok(()))) {
-                        return None;
-                    }
-                }
-            }
-        }
+impl Revocation {
+    /// Reads an announcement's payload.
+    pub fn from_payload(payload: &str) -> Self {
+        parse_hash(payload).map_or(Self::Unreadable, Self::Key)
     }
 }
 

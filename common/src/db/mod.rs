@@ -11,6 +11,7 @@ pub mod abuse;
 pub mod api_keys;
 pub mod deliveries;
 pub mod idempotency;
+pub mod notifications;
 mod rows;
 pub mod starts;
 pub mod templates;
