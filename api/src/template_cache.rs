@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use upon::Engine;
 use verify_common::db::{DbError, Pool, templates};
-use verify_common::domain::{TemplateBody, TemplateError, default_template_text};
+use verify_common::domain::{TemplateBody, TemplateError, TemplateId, default_template_text};
 
 use crate::expiring::ExpiringMap;
 
@@ -28,7 +28,7 @@ const CAPACITY: usize = 4_096;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
     #[error("template {0} does not exist")]
-    NotFound(i64),
+    NotFound(TemplateId),
     #[error("there is no built-in text for {0:?}")]
     NoBuiltIn(String),
     /// The stored body no longer parses (it was valid when written; the rules changed).
@@ -41,7 +41,7 @@ pub enum LookupError {
 /// Stored templates by id, and the built-in texts by language.
 pub struct TemplateCache {
     engine: Arc<Engine<'static>>,
-    stored: ExpiringMap<i64, Result<Arc<TemplateBody>, LookupError>>,
+    stored: ExpiringMap<TemplateId, Result<Arc<TemplateBody>, LookupError>>,
     built_in: Mutex<HashMap<String, Arc<TemplateBody>>>,
 }
 
@@ -58,7 +58,11 @@ impl TemplateCache {
     ///
     /// # Errors
     /// [`LookupError`] when it does not exist, does not parse or cannot be read.
-    pub async fn stored(&self, pool: &Pool, id: i64) -> Result<Arc<TemplateBody>, LookupError> {
+    pub async fn stored(
+        &self,
+        pool: &Pool,
+        id: TemplateId,
+    ) -> Result<Arc<TemplateBody>, LookupError> {
         self.stored
             .get_or_load(id, || async {
                 let record = templates::find_template(pool, id)
@@ -86,7 +90,7 @@ impl TemplateCache {
     }
 
     /// Drops template `id`, after it was changed or deleted through this process.
-    pub fn forget(&self, id: i64) {
+    pub fn forget(&self, id: TemplateId) {
         self.stored.remove(&id);
     }
 }

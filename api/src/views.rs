@@ -10,7 +10,8 @@ use verify_common::db::templates::TemplateRecord;
 use verify_common::db::verifications::VerificationRecord;
 use verify_common::domain::abuse::{AllowKind, BlockScope, Outcome, RuleKind, RuleMode};
 use verify_common::domain::{
-    DeliveryStatus, SmsEncoding, TemplateBody, VerificationStatus, new_template_engine,
+    AttemptLogEntry, DeliveryStatus, SmsEncoding, TemplateBody, TemplateId, VerificationStatus,
+    new_template_engine,
 };
 
 /// A verification with its sends.
@@ -21,7 +22,7 @@ pub struct VerificationView {
     pub status: VerificationStatus,
     /// Status of the newest send.
     pub delivery_status: Option<DeliveryStatus>,
-    pub template_id: Option<i64>,
+    pub template_id: Option<TemplateId>,
     pub locale: Option<String>,
     pub from: Option<String>,
     pub code_length: u8,
@@ -54,7 +55,7 @@ pub struct SendView {
     pub sent_at: Option<DateTime<Utc>>,
     /// One entry per provider attempt: outcome, error and, for retries, when the next
     /// attempt was scheduled.
-    pub attempt_log: serde_json::Value,
+    pub attempt_log: Vec<AttemptLogEntry>,
 }
 
 impl VerificationView {
@@ -70,7 +71,10 @@ impl VerificationView {
             status,
             delivery_status: sends.last().map(|send| send.status),
             template_id: verification.template_id,
-            locale: verification.locale.clone(),
+            locale: verification
+                .locale
+                .as_ref()
+                .map(|locale| locale.as_str().to_owned()),
             from: verification.sender.clone(),
             code_length: verification.code_length.get(),
             attempts_remaining: if status == VerificationStatus::Pending {
@@ -136,7 +140,7 @@ pub struct RefusedCheckView {
 /// A stored template.
 #[derive(Debug, Serialize)]
 pub struct TemplateView {
-    pub id: i64,
+    pub id: TemplateId,
     pub name: String,
     pub description: String,
     pub locale: Option<String>,
@@ -157,7 +161,10 @@ impl TemplateView {
             id: record.id,
             name: record.name.clone(),
             description: record.description.clone(),
-            locale: record.locale.clone(),
+            locale: record
+                .locale
+                .as_ref()
+                .map(|locale| locale.as_str().to_owned()),
             text: record.body.clone(),
             variables,
             created_at: record.created_at,

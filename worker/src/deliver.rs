@@ -19,13 +19,15 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use serde_json::json;
+use chrono::{DateTime, Utc};
 use verify_common::db::deliveries::{
-    self, AttemptRecord, ClaimOutcome, ClaimedSend, FinishedAttempt,
+    self, AttemptRecord, ClaimOutcome, ClaimedSend, FinishedAttempt, UnusableSend, UnusableValue,
 };
 use verify_common::db::{DbError, Pool};
-use verify_common::domain::{CodeSecret, DeliveryId, DeliveryStatus, VerificationStatus};
+use verify_common::domain::{
+    AttemptLogEntry, AttemptOutcome, CodeSecret, DeliveryId, DeliveryStatus, PhoneNumber,
+    VerificationStatus,
+};
 use verify_common::group_commit::{BatchLimits, GroupCommit};
 use verify_common::queue::SendSms;
 
@@ -154,25 +156,75 @@ pub async fn deliver_sms<L: SendLedger, P: SmsSender>(
                 job.delivery_id,
             )));
         }
+        ClaimOutcome::Unusable(send) => return refuse_unusable(&send, deps).await,
     };
     attempt(&send, deps).await
+}
+
+/// Ends the attempt of a send whose verification holds a value this build cannot use, and
+/// has the job dead-lettered so it can be replayed once the value is put right.
+async fn refuse_unusable<L: SendLedger, P: SmsSender>(
+    send: &UnusableSend,
+    deps: &Deps<L, P>,
+) -> Result<Outcome, DbError> {
+    let reason = match &send.problem {
+        UnusableValue::Locale(locale) => DeadLetterReason::LocaleInvalid(locale.clone()),
+    };
+    dead_letter(
+        &Ending::from(send),
+        deps,
+        reason,
+        AttemptOutcome::RenderError,
+    )
+    .await
+}
+
+/// The attempt being ended: what recording its end needs to know of its send.
+struct Ending<'a> {
+    delivery_id: DeliveryId,
+    attempt: i32,
+    to: &'a PhoneNumber,
+    expires_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a ClaimedSend> for Ending<'a> {
+    fn from(send: &'a ClaimedSend) -> Self {
+        Self {
+            delivery_id: send.delivery_id,
+            attempt: send.attempt,
+            to: &send.to,
+            expires_at: send.expires_at,
+        }
+    }
+}
+
+impl<'a> From<&'a UnusableSend> for Ending<'a> {
+    fn from(send: &'a UnusableSend) -> Self {
+        Self {
+            delivery_id: send.delivery_id,
+            attempt: send.attempt,
+            to: &send.to,
+            expires_at: send.expires_at,
+        }
+    }
 }
 
 async fn attempt<L: SendLedger, P: SmsSender>(
     send: &ClaimedSend,
     deps: &Deps<L, P>,
 ) -> Result<Outcome, DbError> {
+    let ending = Ending::from(send);
     let now = Utc::now();
     let status = send.verification_status.at(send.expires_at, now);
     if status != VerificationStatus::Pending {
         let reason = format!("not sent: the verification is {}", status.as_str());
-        fail(send, deps, reason, "skipped").await?;
+        fail(&ending, deps, reason, AttemptOutcome::Skipped).await?;
         return Ok(Outcome::Done);
     }
     let margin = chrono::Duration::from_std(deps.expiry_margin).unwrap_or_default();
     if now + margin >= send.expires_at {
         let reason = "not sent: the code expires too soon".to_owned();
-        fail(send, deps, reason, "skipped").await?;
+        fail(&ending, deps, reason, AttemptOutcome::Skipped).await?;
         return Ok(Outcome::Done);
     }
     let text = match deps.renderer.render(send, &deps.secret, now) {
@@ -180,14 +232,13 @@ async fn attempt<L: SendLedger, P: SmsSender>(
         Err(error) => {
             let reason = match error {
                 RenderError::TemplateDeleted(id) => DeadLetterReason::TemplateMissing(id),
-                RenderError::InvalidLocale(locale) => DeadLetterReason::LocaleInvalid(locale),
                 RenderError::UnsupportedLocale(locale) => {
                     DeadLetterReason::LocaleUnsupported(locale)
                 }
                 RenderError::TooLong(too_long) => DeadLetterReason::MessageTooLong(too_long),
                 error => DeadLetterReason::RenderFailed(error.to_string()),
             };
-            return dead_letter(send, deps, reason, "render_error").await;
+            return dead_letter(&ending, deps, reason, AttemptOutcome::RenderError).await;
         }
     };
     let from = send.sender.as_deref().unwrap_or(&deps.default_from);
@@ -208,18 +259,19 @@ async fn attempt<L: SendLedger, P: SmsSender>(
                 provider_message_id: Some(message_id.clone()),
                 error: None,
                 retry_in: None,
-                log_entry: json!({
-                    "attempt": send.attempt, "at": now, "outcome": "sent",
-                    "provider_message_id": message_id, "duration_ms": elapsed_ms,
-                }),
+                log_entry: AttemptLogEntry {
+                    provider_message_id: Some(message_id.clone()),
+                    duration_ms: Some(elapsed_ms),
+                    ..log_entry(send.attempt, now, AttemptOutcome::Sent)
+                },
             };
-            finish(send, deps, &record).await?;
+            finish(&ending, deps, &record).await?;
             tracing::info!(delivery = %send.delivery_id, to = %send.to, attempt = send.attempt, "SMS sent");
             Ok(Outcome::Done)
         }
         Err(ProviderError::Permanent { reason }) => {
             let reason = DeadLetterReason::ProviderRejected(reason);
-            dead_letter(send, deps, reason, "permanent_error").await
+            dead_letter(&ending, deps, reason, AttemptOutcome::PermanentError).await
         }
         Err(ProviderError::Transient {
             reason,
@@ -231,7 +283,7 @@ async fn attempt<L: SendLedger, P: SmsSender>(
                     attempts: attempt,
                     last_error: reason,
                 };
-                return dead_letter(send, deps, reason, "transient_error").await;
+                return dead_letter(&ending, deps, reason, AttemptOutcome::TransientError).await;
             }
             let delay = deps
                 .retry
@@ -240,22 +292,37 @@ async fn attempt<L: SendLedger, P: SmsSender>(
             let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
             if next_at + margin >= send.expires_at {
                 let reason = DeadLetterReason::ExpiresBeforeRetry(reason);
-                return dead_letter(send, deps, reason, "transient_error").await;
+                return dead_letter(&ending, deps, reason, AttemptOutcome::TransientError).await;
             }
             let record = AttemptRecord {
                 next: DeliveryStatus::Retrying,
                 provider_message_id: None,
                 error: Some(reason.clone()),
                 retry_in: Some(delay),
-                log_entry: json!({
-                    "attempt": send.attempt, "at": now, "outcome": "transient_error",
-                    "error": reason, "retry_at": next_at, "duration_ms": elapsed_ms,
-                }),
+                log_entry: AttemptLogEntry {
+                    error: Some(reason.clone()),
+                    retry_at: Some(next_at),
+                    duration_ms: Some(elapsed_ms),
+                    ..log_entry(send.attempt, now, AttemptOutcome::TransientError)
+                },
             };
-            finish(send, deps, &record).await?;
+            finish(&ending, deps, &record).await?;
             tracing::warn!(delivery = %send.delivery_id, attempt, delay_ms = delay.as_millis() as u64, %reason, "send failed; retrying");
             Ok(Outcome::RetryLater(delay))
         }
+    }
+}
+
+/// An attempt log entry with nothing but the attempt, its time and its outcome.
+fn log_entry(attempt: i32, at: DateTime<Utc>, outcome: AttemptOutcome) -> AttemptLogEntry {
+    AttemptLogEntry {
+        attempt,
+        at,
+        outcome,
+        provider_message_id: None,
+        error: None,
+        retry_at: None,
+        duration_ms: None,
     }
 }
 
@@ -263,12 +330,12 @@ async fn attempt<L: SendLedger, P: SmsSender>(
 /// replayed. If another worker took the send over meanwhile, its result stands and this
 /// job is simply finished.
 async fn dead_letter<L: SendLedger, P: SmsSender>(
-    send: &ClaimedSend,
+    ending: &Ending<'_>,
     deps: &Deps<L, P>,
     reason: DeadLetterReason,
-    outcome: &str,
+    outcome: AttemptOutcome,
 ) -> Result<Outcome, DbError> {
-    if fail(send, deps, reason.to_string(), outcome).await? {
+    if fail(ending, deps, reason.to_string(), outcome).await? {
         Ok(Outcome::DeadLetter(reason))
     } else {
         Ok(Outcome::Done)
@@ -278,23 +345,24 @@ async fn dead_letter<L: SendLedger, P: SmsSender>(
 /// Records a permanent failure. Returns whether it was recorded (false: the send was
 /// taken over by another worker, whose result stands).
 async fn fail<L: SendLedger, P: SmsSender>(
-    send: &ClaimedSend,
+    ending: &Ending<'_>,
     deps: &Deps<L, P>,
     reason: String,
-    outcome: &str,
+    outcome: AttemptOutcome,
 ) -> Result<bool, DbError> {
     let record = AttemptRecord {
         next: DeliveryStatus::Failed,
         provider_message_id: None,
         error: Some(reason.clone()),
         retry_in: None,
-        log_entry: json!({
-            "attempt": send.attempt, "at": Utc::now(), "outcome": outcome, "error": reason,
-        }),
+        log_entry: AttemptLogEntry {
+            error: Some(reason.clone()),
+            ..log_entry(ending.attempt, Utc::now(), outcome)
+        },
     };
-    let recorded = finish(send, deps, &record).await?;
+    let recorded = finish(ending, deps, &record).await?;
     if recorded {
-        tracing::warn!(delivery = %send.delivery_id, to = %send.to, %reason, "send failed permanently");
+        tracing::warn!(delivery = %ending.delivery_id, to = %ending.to, %reason, "send failed permanently");
     }
     Ok(recorded)
 }
@@ -308,28 +376,30 @@ async fn fail<L: SendLedger, P: SmsSender>(
 /// other worker gets it; if one does take the send over through a duplicate job, the
 /// guarded update refuses our late result.
 async fn finish<L: SendLedger, P: SmsSender>(
-    send: &ClaimedSend,
+    ending: &Ending<'_>,
     deps: &Deps<L, P>,
     record: &AttemptRecord,
 ) -> Result<bool, DbError> {
-    let code_lifetime = (send.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let code_lifetime = (ending.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or_default();
     let give_up_at = Instant::now() + code_lifetime.max(deps.lease);
     let mut pause = RECORD_RETRY_FIRST;
     loop {
         let finished = FinishedAttempt {
-            id: send.delivery_id,
-            attempt: send.attempt,
+            id: ending.delivery_id,
+            attempt: ending.attempt,
             record: record.clone(),
         };
         match deps.ledger.finish(finished).await {
             Ok(true) => return Ok(true),
             // Our lease ran out and another worker took the send over: its result stands.
             Ok(false) => {
-                tracing::warn!(delivery = %send.delivery_id, "send was taken over by another worker; result dropped");
+                tracing::warn!(delivery = %ending.delivery_id, "send was taken over by another worker; result dropped");
                 return Ok(false);
             }
             Err(DbError::Unavailable(reason)) if Instant::now() + pause < give_up_at => {
-                tracing::warn!(delivery = %send.delivery_id, %reason, retry_in_ms = pause.as_millis() as u64, "could not record the outcome; retrying");
+                tracing::warn!(delivery = %ending.delivery_id, %reason, retry_in_ms = pause.as_millis() as u64, "could not record the outcome; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RECORD_RETRY_MAX);
             }
@@ -347,10 +417,13 @@ mod tests {
     use chrono::Utc;
     use secrecy::SecretString;
     use verify_common::db::DbError;
-    use verify_common::db::deliveries::{ClaimOutcome, ClaimedSend, FinishedAttempt};
+    use verify_common::db::deliveries::{
+        ClaimOutcome, ClaimedSend, FinishedAttempt, UnusableSend, UnusableValue,
+    };
     use verify_common::domain::{
-        CodeSecret, DeliveryId, DeliveryStatus, OtpCode, OtpCodeLength, PhoneNumber, SegmentCap,
-        Variables, VerificationId, VerificationStatus,
+        AttemptOutcome, CodeSecret, DeliveryId, DeliveryStatus, OtpCode, OtpCodeLength,
+        PhoneNumber, SegmentCap, TemplateId, TemplateLocale, Variables, VerificationId,
+        VerificationStatus,
     };
     use verify_common::queue::SendSms;
 
@@ -432,6 +505,10 @@ mod tests {
             ));
             self.answer.clone()
         }
+    }
+
+    fn template(id: i64) -> TemplateId {
+        TemplateId::try_from(id).unwrap()
     }
 
     fn transient(reason: &str, retry_after: Option<Duration>) -> ProviderError {
@@ -534,7 +611,7 @@ mod tests {
             finished.record.provider_message_id.as_deref(),
             Some("SM123")
         );
-        assert_eq!(finished.record.log_entry["outcome"], "sent");
+        assert_eq!(finished.record.log_entry.outcome, AttemptOutcome::Sent);
     }
 
     #[tokio::test]
@@ -554,7 +631,10 @@ mod tests {
                 finished.record.error.as_deref(),
                 Some("provider answered 503")
             );
-            assert_eq!(finished.record.log_entry["outcome"], "transient_error");
+            assert_eq!(
+                finished.record.log_entry.outcome,
+                AttemptOutcome::TransientError
+            );
         }
     }
 
@@ -575,16 +655,14 @@ mod tests {
     #[tokio::test]
     async fn each_reason_to_give_up_fails_the_send_and_dead_letters_its_job() {
         let mut template_deleted = claimed(1);
-        template_deleted.template_id = Some(7);
+        template_deleted.template_id = Some(template(7));
         let mut variable_missing = claimed(1);
-        variable_missing.template_id = Some(8);
+        variable_missing.template_id = Some(template(8));
         variable_missing.template_body = Some("{{shop}}: {{code}}".to_owned());
         let mut locale_unsupported = claimed(1);
-        locale_unsupported.locale = Some("sw-KE".to_owned());
-        let mut locale_invalid = claimed(1);
-        locale_invalid.locale = Some("english".to_owned());
+        locale_unsupported.locale = Some(TemplateLocale::parse("sw-KE").unwrap());
         let mut too_long = claimed(1);
-        too_long.template_id = Some(9);
+        too_long.template_id = Some(template(9));
         too_long.template_body = Some("{{brand}}: {{code}}".to_owned());
         // 208 UTF-16 units: four UCS-2 segments, over the cap of three.
         too_long.variables =
@@ -601,7 +679,7 @@ mod tests {
                     reason: "provider answered 400: bad number".to_owned(),
                 }),
                 "provider_rejected",
-                "permanent_error",
+                AttemptOutcome::PermanentError,
                 true,
             ),
             (
@@ -609,7 +687,7 @@ mod tests {
                 claimed(3),
                 Err(transient("provider answered 503", None)),
                 "attempts_exhausted",
-                "transient_error",
+                AttemptOutcome::TransientError,
                 true,
             ),
             (
@@ -620,7 +698,7 @@ mod tests {
                     Some(Duration::from_secs(10)),
                 )),
                 "expires_before_retry",
-                "transient_error",
+                AttemptOutcome::TransientError,
                 true,
             ),
             (
@@ -628,7 +706,7 @@ mod tests {
                 template_deleted,
                 Ok("never".to_owned()),
                 "template_missing",
-                "render_error",
+                AttemptOutcome::RenderError,
                 false,
             ),
             (
@@ -636,7 +714,7 @@ mod tests {
                 variable_missing,
                 Ok("never".to_owned()),
                 "render_failed",
-                "render_error",
+                AttemptOutcome::RenderError,
                 false,
             ),
             (
@@ -644,15 +722,7 @@ mod tests {
                 locale_unsupported,
                 Ok("never".to_owned()),
                 "locale_unsupported",
-                "render_error",
-                false,
-            ),
-            (
-                "locale that does not parse",
-                locale_invalid,
-                Ok("never".to_owned()),
-                "locale_invalid",
-                "render_error",
+                AttemptOutcome::RenderError,
                 false,
             ),
             (
@@ -660,7 +730,7 @@ mod tests {
                 too_long,
                 Ok("never".to_owned()),
                 "message_too_long",
-                "render_error",
+                AttemptOutcome::RenderError,
                 false,
             ),
         ];
@@ -684,15 +754,15 @@ mod tests {
             if reason.code() != code
                 || recorded.record.next != DeliveryStatus::Failed
                 || recorded.record.error.as_deref() != Some(reason_text.as_str())
-                || recorded.record.log_entry["outcome"] != logged
+                || recorded.record.log_entry.outcome != logged
                 || deps.provider.handed().is_empty() == called
             {
                 failures.push(format!(
-                    "{case}: {} {reason_text:?}, recorded {:?} {:?} {}, provider called: {}",
+                    "{case}: {} {reason_text:?}, recorded {:?} {:?} {:?}, provider called: {}",
                     reason.code(),
                     recorded.record.next,
                     recorded.record.error,
-                    recorded.record.log_entry["outcome"],
+                    recorded.record.log_entry.outcome,
                     !deps.provider.handed().is_empty()
                 ));
             }
@@ -703,11 +773,11 @@ mod tests {
     #[tokio::test]
     async fn the_reasons_name_what_went_wrong() {
         let mut template_deleted = claimed(1);
-        template_deleted.template_id = Some(7);
+        template_deleted.template_id = Some(template(7));
         let (outcome, _) = deliver(&template_deleted, Ok("never".to_owned())).await;
         assert_eq!(
             outcome,
-            Outcome::DeadLetter(DeadLetterReason::TemplateMissing(7))
+            Outcome::DeadLetter(DeadLetterReason::TemplateMissing(template(7)))
         );
 
         let (outcome, _) =
@@ -755,6 +825,42 @@ mod tests {
             assert!(deps.ledger.finished().is_empty(), "{status:?}");
             assert!(deps.provider.handed().is_empty(), "{status:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_send_whose_stored_locale_does_not_parse_is_failed_and_dead_lettered_unsent() {
+        let send = UnusableSend {
+            delivery_id: DeliveryId::generate(),
+            attempt: 1,
+            to: PhoneNumber::parse("+14155550100").unwrap(),
+            expires_at: Utc::now() + chrono::Duration::minutes(10),
+            problem: UnusableValue::Locale("english".to_owned()),
+        };
+        let deps = deps(
+            FakeLedger::claiming(ClaimOutcome::Unusable(Box::new(send.clone()))),
+            ScriptedProvider::answering(Ok("never".to_owned())),
+        );
+
+        let outcome = deliver_sms(&SendSms::new(send.delivery_id), &deps)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            outcome,
+            Outcome::DeadLetter(DeadLetterReason::LocaleInvalid("english".to_owned()))
+        );
+        assert!(deps.provider.handed().is_empty());
+        let finished = only_record(&deps);
+        assert_eq!((finished.id, finished.attempt), (send.delivery_id, 1));
+        assert_eq!(finished.record.next, DeliveryStatus::Failed);
+        assert_eq!(
+            finished.record.error.as_deref(),
+            Some("the stored locale \"english\" is not a language tag")
+        );
+        assert_eq!(
+            finished.record.log_entry.outcome,
+            AttemptOutcome::RenderError
+        );
     }
 
     #[tokio::test]
@@ -812,7 +918,11 @@ mod tests {
             let finished = only_record(&deps);
             assert_eq!(finished.record.next, DeliveryStatus::Failed, "{case}");
             assert_eq!(finished.record.error.as_deref(), Some(why), "{case}");
-            assert_eq!(finished.record.log_entry["outcome"], "skipped", "{case}");
+            assert_eq!(
+                finished.record.log_entry.outcome,
+                AttemptOutcome::Skipped,
+                "{case}"
+            );
         }
     }
 

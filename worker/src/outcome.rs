@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use verify_common::domain::{DeliveryId, SmsTooLong};
+use verify_common::domain::{DeliveryId, SmsTooLong, TemplateId};
 
 /// What the consumer must do with the job's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub enum DeadLetterReason {
     /// The job names a delivery that does not exist.
     DeliveryMissing(DeliveryId),
     /// The verification's template was deleted.
-    TemplateMissing(i64),
+    TemplateMissing(TemplateId),
     /// The verification's stored locale is not a language tag.
     LocaleInvalid(String),
     /// The verification names no template and this build has no built-in text for its
@@ -93,7 +93,7 @@ impl fmt::Display for DeadLetterReason {
 
 #[cfg(test)]
 mod tests {
-    use verify_common::domain::{DeliveryId, SegmentCap};
+    use verify_common::domain::{DeliveryId, SegmentCap, TemplateId};
 
     use super::DeadLetterReason;
 
@@ -102,7 +102,7 @@ mod tests {
         let reasons = [
             DeadLetterReason::UnreadablePayload("bad".into()),
             DeadLetterReason::DeliveryMissing(DeliveryId::generate()),
-            DeadLetterReason::TemplateMissing(7),
+            DeadLetterReason::TemplateMissing(TemplateId::try_from(7).unwrap()),
             DeadLetterReason::LocaleInvalid("english".into()),
             DeadLetterReason::LocaleUnsupported("sw-KE".into()),
             DeadLetterReason::RenderFailed("missing variable".into()),

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use verify_common::db::templates::{self, TemplateFields, TemplateRecord};
 use verify_common::domain::{
-    OtpCodeLength, SmsShape, TemplateBody, TemplateDescription, TemplateError, TemplateLocale,
-    TemplateName, VariableError, Variables,
+    OtpCodeLength, SmsShape, TemplateBody, TemplateDescription, TemplateError, TemplateId,
+    TemplateLocale, TemplateName, VariableError, Variables,
 };
 
 use crate::error::ApiError;
@@ -94,17 +94,17 @@ fn validate(
         .or_else(|| base.map(|b| b.description.clone()))
         .unwrap_or_default();
     let locale = match input.locale {
-        Some(given) => given,
+        Some(given) => given
+            .as_deref()
+            .map(TemplateLocale::parse)
+            .transpose()
+            .map_err(template_error)?,
         None => base.and_then(|b| b.locale.clone()),
     };
     Ok(TemplateFields {
         name: TemplateName::parse(&name).map_err(template_error)?,
         description: TemplateDescription::parse(&description).map_err(template_error)?,
-        locale: locale
-            .as_deref()
-            .map(TemplateLocale::parse)
-            .transpose()
-            .map_err(template_error)?,
+        locale,
         body: fitting_body(state, &text)?,
     })
 }
@@ -159,7 +159,7 @@ pub async fn create_template(
 /// 404 for an unknown id; 400s naming the field.
 pub async fn update_template(
     state: &AppState,
-    id: i64,
+    id: TemplateId,
     input: TemplateInput,
 ) -> Result<TemplateRecord, ApiError> {
     let current = find_template(state, id).await?;
@@ -173,7 +173,7 @@ pub async fn update_template(
 ///
 /// # Errors
 /// 404 for an unknown id.
-pub async fn find_template(state: &AppState, id: i64) -> Result<TemplateRecord, ApiError> {
+pub async fn find_template(state: &AppState, id: TemplateId) -> Result<TemplateRecord, ApiError> {
     templates::find_template(&state.pool, id)
         .await?
         .ok_or_else(not_found)
@@ -183,7 +183,7 @@ pub async fn find_template(state: &AppState, id: i64) -> Result<TemplateRecord, 
 ///
 /// # Errors
 /// 404 for an unknown id.
-pub async fn delete_template(state: &AppState, id: i64) -> Result<(), ApiError> {
+pub async fn delete_template(state: &AppState, id: TemplateId) -> Result<(), ApiError> {
     let deleted = templates::delete_template(&state.pool, id).await;
     state.template_cache.forget(id);
     if deleted? { Ok(()) } else { Err(not_found()) }

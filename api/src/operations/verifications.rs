@@ -12,7 +12,7 @@ use verify_common::domain::abuse::{ClientIdError, ClientSignals};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, SmsEncoding, SmsShape, SmsTooLong,
-    TemplateBody, TemplateLocale, Variables, VerificationId, VerificationStatus,
+    TemplateBody, TemplateId, TemplateLocale, Variables, VerificationId, VerificationStatus,
 };
 
 use crate::error::ApiError;
@@ -25,7 +25,7 @@ use crate::views::CheckView;
 #[derive(Debug)]
 pub struct StartRequest {
     pub to: PhoneNumber,
-    pub template_id: Option<i64>,
+    pub template_id: Option<TemplateId>,
     pub locale: Option<TemplateLocale>,
     pub variables: Variables,
     pub sender: Option<Sender>,
@@ -56,6 +56,25 @@ fn not_found() -> ApiError {
     }
 }
 
+/// The 400 for a `template_id` that names no template.
+fn template_not_found(id: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(
+        "template_not_found",
+        "template_id",
+        format!("template {id} does not exist"),
+    )
+}
+
+/// The template id of a start request's body. A number that cannot be an id names no
+/// template, so it is answered as an unknown one is.
+///
+/// # Errors
+/// 400 `template_not_found` naming `template_id`.
+pub fn body_template_id(raw: Option<i64>) -> Result<Option<TemplateId>, ApiError> {
+    raw.map(|id| TemplateId::try_from(id).map_err(|_| template_not_found(id)))
+        .transpose()
+}
+
 /// Checks that the template (or the built-in text for the locale) exists, that every
 /// variable it needs was supplied and that the message fits the segment cap, so a request
 /// that could never be sent fails now instead of later in a worker. The message is
@@ -71,11 +90,7 @@ async fn check_renderable(state: &AppState, request: &StartRequest) -> Result<()
         ),
     }
     .map_err(|error| match error {
-        LookupError::NotFound(id) => ApiError::invalid(
-            "template_not_found",
-            "template_id",
-            format!("template {id} does not exist"),
-        ),
+        LookupError::NotFound(id) => template_not_found(id),
         LookupError::NoBuiltIn(language) => ApiError::invalid(
             "unsupported_locale",
             "locale",

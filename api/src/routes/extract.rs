@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use verify_common::domain::abuse::RuleId;
-use verify_common::domain::{PhoneNumber, VerificationId};
+use verify_common::domain::{PhoneNumber, TemplateId, VerificationId};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -219,10 +219,10 @@ pub async fn verification_id(
 ///
 /// # Errors
 /// 400 `invalid_id` unless the segment is a positive integer.
-pub async fn template_id(raw: String, caller: Caller) -> Result<(Caller, i64), Rejection> {
+pub async fn template_id(raw: String, caller: Caller) -> Result<(Caller, TemplateId), Rejection> {
     raw.parse::<i64>()
         .ok()
-        .filter(|id| *id > 0)
+        .and_then(|id| TemplateId::try_from(id).ok())
         .map(|id| (caller, id))
         .ok_or_else(|| {
             refuse(ApiError::invalid(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use verify_common::domain::{PhoneNumber, Sender, Variables};
+use verify_common::domain::{PhoneNumber, Sender, TemplateId, Variables};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -226,7 +226,7 @@ async fn start(
         &state,
         StartRequest {
             to,
-            template_id: request.template_id,
+            template_id: ops::body_template_id(request.template_id)?,
             locale: None,
             variables,
             sender,
@@ -310,7 +310,11 @@ async fn create_template(
     ))
 }
 
-async fn get_template(_caller: Caller, id: i64, state: AppState) -> Result<Response, ApiError> {
+async fn get_template(
+    _caller: Caller,
+    id: TemplateId,
+    state: AppState,
+) -> Result<Response, ApiError> {
     let record = template_ops::find_template(&state, id).await?;
     Ok(reply(
         StatusCode::OK,
@@ -320,7 +324,7 @@ async fn get_template(_caller: Caller, id: i64, state: AppState) -> Result<Respo
 
 async fn update_template(
     _caller: Caller,
-    id: i64,
+    id: TemplateId,
     state: AppState,
     body: JsonBody<TemplateBodyJson>,
 ) -> Result<Response, ApiError> {
@@ -331,7 +335,11 @@ async fn update_template(
     ))
 }
 
-async fn delete_template(_caller: Caller, id: i64, state: AppState) -> Result<Response, ApiError> {
+async fn delete_template(
+    _caller: Caller,
+    id: TemplateId,
+    state: AppState,
+) -> Result<Response, ApiError> {
     template_ops::delete_template(&state, id).await?;
     Ok(reply(StatusCode::OK, json!({})))
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
-use verify_common::domain::Variables;
+use verify_common::domain::{TemplateId, Variables};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -197,14 +197,14 @@ async fn preview(
     Ok(warp::reply::json(&view))
 }
 
-async fn get(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
+async fn get(_caller: Caller, id: TemplateId, state: AppState) -> Result<impl Reply, ApiError> {
     let record = ops::find_template(&state, id).await?;
     Ok(template_reply(StatusCode::OK, &record))
 }
 
 async fn update(
     _caller: Caller,
-    id: i64,
+    id: TemplateId,
     state: AppState,
     input: TemplateBodyJson,
 ) -> Result<impl Reply, ApiError> {
@@ -212,7 +212,7 @@ async fn update(
     Ok(template_reply(StatusCode::OK, &record))
 }
 
-async fn delete(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
+async fn delete(_caller: Caller, id: TemplateId, state: AppState) -> Result<impl Reply, ApiError> {
     ops::delete_template(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

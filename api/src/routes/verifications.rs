@@ -115,7 +115,7 @@ pub fn routes(
 fn start_request(body: CreateBody, otp: &OtpPolicy) -> Result<StartRequest, ApiError> {
     Ok(StartRequest {
         to: PhoneNumber::parse(&body.to).map_err(|e| phone_error("to", &e))?,
-        template_id: body.template_id,
+        template_id: ops::body_template_id(body.template_id)?,
         locale: body
             .locale
             .as_deref()

@@ -7,14 +7,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
+use tokio_postgres::types::Json;
 
 use super::rows::{Layout, columns, named, prefixed_columns, read_all, table_row};
 use super::verifications::VerificationRecord;
 use super::verifications::VerificationRow;
 use super::{DbError, seconds};
 use crate::domain::{
-    DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, Variables, VerificationId,
-    VerificationStatus,
+    AttemptLogEntry, DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, TemplateId,
+    TemplateLocale, Variables, VerificationId, VerificationStatus,
 };
 
 /// A delivery row.
@@ -28,8 +29,8 @@ pub struct DeliveryRecord {
     pub provider_message_id: Option<String>,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
-    /// One JSON object per provider attempt, oldest first.
-    pub attempt_log: serde_json::Value,
+    /// One entry per provider attempt, oldest first.
+    pub attempt_log: Vec<AttemptLogEntry>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -69,7 +70,8 @@ impl TryFrom<DeliveryRow> for DeliveryRecord {
             provider_message_id: row.provider_message_id,
             last_error: row.last_error,
             next_attempt_at: row.next_attempt_at,
-            attempt_log: row.attempt_log,
+            attempt_log: serde_json::from_value(row.attempt_log)
+                .map_err(|e| DbError::Corrupt(format!("attempt log: {e}")))?,
             created_at: row.created_at,
             updated_at: row.updated_at,
             sent_at: row.sent_at,
@@ -115,17 +117,41 @@ pub struct ClaimedSend {
     pub code_nonce: Vec<u8>,
     pub code_length: OtpCodeLength,
     pub variables: Variables,
-    pub template_id: Option<i64>,
+    pub template_id: Option<TemplateId>,
     /// The template's current body; `None` with a `template_id` means it was deleted.
     pub template_body: Option<String>,
-    pub locale: Option<String>,
+    pub locale: Option<TemplateLocale>,
     pub sender: Option<String>,
+}
+
+/// A send claimed for an attempt that cannot be made, because its verification holds a
+/// value this build cannot use. The attempt must be ended as failed, with `problem` as the
+/// reason; the other sends of its claim batch are not affected.
+#[derive(Debug, Clone)]
+pub struct UnusableSend {
+    pub delivery_id: DeliveryId,
+    /// This attempt's number, as for [`ClaimedSend::attempt`].
+    pub attempt: i32,
+    pub to: PhoneNumber,
+    pub expires_at: DateTime<Utc>,
+    pub problem: UnusableValue,
+}
+
+/// A stored value of a verification that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableValue {
+    /// Only parsed locales are written, so this one was written by hand or by another
+    /// program.
+    #[error("the stored locale {0:?} is not a language tag")]
+    Locale(String),
 }
 
 /// Result of trying to claim a delivery.
 #[derive(Debug, Clone)]
 pub enum ClaimOutcome {
     Claimed(Box<ClaimedSend>),
+    /// Claimed, but unusable: the attempt must be recorded as failed.
+    Unusable(Box<UnusableSend>),
     /// Already sent or failed: a duplicate or redelivered job; nothing to do.
     AlreadyFinished(DeliveryStatus),
     /// Another worker holds a live claim; it may be retried once the lease runs out.
@@ -185,8 +211,8 @@ pub async fn claim_deliveries(
     if let Some(first) = rows.first() {
         let verification = Layout::<VerificationRow>::find(first, "v_")?;
         for row in &rows {
-            let send = claimed_send(row, &verification)?;
-            claimed.insert(send.delivery_id.as_uuid(), send);
+            let (id, outcome) = claimed_send(row, &verification)?;
+            claimed.insert(id.as_uuid(), outcome);
         }
     }
     let unclaimed: Vec<uuid::Uuid> = uuids
@@ -220,9 +246,9 @@ pub async fn claim_deliveries(
     Ok(uuids
         .iter()
         .map(|id| {
-            if let Some(send) = claimed.remove(id) {
+            if let Some(outcome) = claimed.remove(id) {
                 handed_out.insert(*id);
-                return ClaimOutcome::Claimed(Box::new(send));
+                return outcome;
             }
             if handed_out.contains(id) {
                 return ClaimOutcome::Duplicate;
@@ -247,12 +273,33 @@ fn in_lock_order(ids: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
     sorted
 }
 
-/// Reads a claimed send from a row of the claim statement.
-fn claimed_send(row: &Row, verification: &Layout<VerificationRow>) -> Result<ClaimedSend, DbError> {
-    let verification: VerificationRecord = verification.read(row)?.try_into()?;
-    Ok(ClaimedSend {
-        delivery_id: DeliveryId::from_uuid(named(row, "delivery_id")?),
-        attempt: named(row, "attempt")?,
+/// Reads a claimed send from a row of the claim statement: [`ClaimOutcome::Claimed`], or
+/// [`ClaimOutcome::Unusable`] when a value of its verification cannot be used, so that one
+/// bad row fails its own send rather than the whole batch.
+fn claimed_send(
+    row: &Row,
+    verification: &Layout<VerificationRow>,
+) -> Result<(DeliveryId, ClaimOutcome), DbError> {
+    let delivery_id = DeliveryId::from_uuid(named(row, "delivery_id")?);
+    let attempt = named(row, "attempt")?;
+    let mut stored = verification.read(row)?;
+    if let Some(locale) = stored
+        .locale
+        .take_if(|locale| TemplateLocale::parse(locale).is_err())
+    {
+        let unusable = UnusableSend {
+            delivery_id,
+            attempt,
+            to: PhoneNumber::from_trusted_storage(stored.to_number),
+            expires_at: stored.expires_at,
+            problem: UnusableValue::Locale(locale),
+        };
+        return Ok((delivery_id, ClaimOutcome::Unusable(Box::new(unusable))));
+    }
+    let verification: VerificationRecord = stored.try_into()?;
+    let send = ClaimedSend {
+        delivery_id,
+        attempt,
         verification_id: verification.id,
         verification_status: verification.stored_status,
         to: verification.to,
@@ -264,7 +311,8 @@ fn claimed_send(row: &Row, verification: &Layout<VerificationRow>) -> Result<Cla
         template_body: named(row, "template_body")?,
         locale: verification.locale,
         sender: verification.sender,
-    })
+    };
+    Ok((delivery_id, ClaimOutcome::Claimed(Box::new(send))))
 }
 
 /// How one claimed attempt ended, as recorded in the row.
@@ -277,7 +325,7 @@ pub struct AttemptRecord {
     /// For `Retrying`: when the next attempt is due.
     pub retry_in: Option<Duration>,
     /// Appended to the delivery's attempt log.
-    pub log_entry: serde_json::Value,
+    pub log_entry: AttemptLogEntry,
 }
 
 /// The end of one claimed attempt, to be recorded.
@@ -312,7 +360,8 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
         .iter()
         .map(|f| f.record.retry_in.map(seconds))
         .collect();
-    let log_entries: Vec<&serde_json::Value> = rows.iter().map(|f| &f.record.log_entry).collect();
+    let log_entries: Vec<Json<&AttemptLogEntry>> =
+        rows.iter().map(|f| Json(&f.record.log_entry)).collect();
     // Each status's allowed sources, as one comma-separated text per row (arrays of
     // arrays must be rectangular).
     let allowed_from: Vec<String> = rows

@@ -18,8 +18,8 @@ use super::{DbError, seconds};
 use crate::domain::abuse::ClientId;
 use crate::domain::otp::NONCE_LEN;
 use crate::domain::{
-    DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
-    VerificationStatus,
+    DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateId, TemplateLocale, Variables,
+    VerificationId, VerificationStatus,
 };
 
 /// Everything needed to record a new verification and its first send.
@@ -28,7 +28,7 @@ pub struct NewVerification {
     pub id: VerificationId,
     pub delivery_id: DeliveryId,
     pub to: PhoneNumber,
-    pub template_id: Option<i64>,
+    pub template_id: Option<TemplateId>,
     pub locale: Option<TemplateLocale>,
     pub sender: Option<Sender>,
     pub variables: Variables,
@@ -103,7 +103,10 @@ pub async fn insert_verifications(
 ) -> Result<Vec<CreateOutcome>, DbError> {
     let ids: Vec<uuid::Uuid> = batch.iter().map(|new| new.id.as_uuid()).collect();
     let tos: Vec<&str> = batch.iter().map(|new| new.to.as_str()).collect();
-    let template_ids: Vec<Option<i64>> = batch.iter().map(|new| new.template_id).collect();
+    let template_ids: Vec<Option<i64>> = batch
+        .iter()
+        .map(|new| new.template_id.map(TemplateId::get))
+        .collect();
     let locales: Vec<Option<&str>> = batch
         .iter()
         .map(|new| new.locale.as_ref().map(TemplateLocale::as_str))

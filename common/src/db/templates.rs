@@ -7,15 +7,15 @@ use deadpool_postgres::Pool;
 
 use super::DbError;
 use super::rows::{columns, read_all, read_one, table_row};
-use crate::domain::{TemplateBody, TemplateDescription, TemplateLocale, TemplateName};
+use crate::domain::{TemplateBody, TemplateDescription, TemplateId, TemplateLocale, TemplateName};
 
 /// A template row. The body was validated before it was written.
 #[derive(Debug, Clone)]
 pub struct TemplateRecord {
-    pub id: i64,
+    pub id: TemplateId,
     pub name: String,
     pub description: String,
-    pub locale: Option<String>,
+    pub locale: Option<TemplateLocale>,
     pub body: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -43,25 +43,40 @@ table_row! {
     }
 }
 
-impl From<TemplateRow> for TemplateRecord {
-    fn from(row: TemplateRow) -> Self {
-        Self {
-            id: row.id,
+impl TryFrom<TemplateRow> for TemplateRecord {
+    type Error = DbError;
+
+    fn try_from(row: TemplateRow) -> Result<Self, DbError> {
+        Ok(Self {
+            id: TemplateId::try_from(row.id).map_err(|e| DbError::Corrupt(e.to_string()))?,
             name: row.name,
             description: row.description,
-            locale: row.locale,
+            locale: row.locale.as_deref().map(read_locale).transpose()?,
             body: row.body,
             created_at: row.created_at,
             updated_at: row.updated_at,
-        }
+        })
     }
+}
+
+/// A stored locale, parsed again: only parsed ones are written, so one that does not parse
+/// was written by hand or by another program.
+///
+/// # Errors
+/// [`DbError::Corrupt`] naming the value.
+pub(crate) fn read_locale(stored: &str) -> Result<TemplateLocale, DbError> {
+    TemplateLocale::parse(stored).map_err(|_| {
+        DbError::Corrupt(format!(
+            "the stored locale {stored:?} is not a language tag"
+        ))
+    })
 }
 
 /// Every column of [`TemplateRow`], for `SELECT` and `RETURNING`.
 static COLUMNS: LazyLock<String> = LazyLock::new(columns::<TemplateRow>);
 
 fn read_template(row: &tokio_postgres::Row) -> Result<TemplateRecord, DbError> {
-    read_one::<TemplateRow>(row).map(TemplateRecord::from)
+    read_one::<TemplateRow>(row)?.try_into()
 }
 
 /// Stores a new template.
@@ -95,20 +110,21 @@ pub async fn insert_template(
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn find_template(pool: &Pool, id: i64) -> Result<Option<TemplateRecord>, DbError> {
+pub async fn find_template(pool: &Pool, id: TemplateId) -> Result<Option<TemplateRecord>, DbError> {
     static FIND: LazyLock<String> =
         LazyLock::new(|| format!("SELECT {} FROM templates WHERE id = $1", *COLUMNS));
     let client = pool.get().await?;
     let statement = client.prepare_cached(&FIND).await?;
     client
-        .query_opt(&statement, &[&id])
+        .query_opt(&statement, &[&id.get()])
         .await?
         .as_ref()
         .map(read_template)
         .transpose()
 }
 
-/// Templates in id order, `limit` at most, after the id `after` (for paging).
+/// Templates in id order, `limit` at most, with ids above `after` (for paging: the last id
+/// seen, or 0 for the first page).
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -127,10 +143,10 @@ pub async fn list_templates(
             &[&after, &limit],
         )
         .await?;
-    Ok(read_all::<TemplateRow>(&rows)?
+    read_all::<TemplateRow>(&rows)?
         .into_iter()
-        .map(TemplateRecord::from)
-        .collect())
+        .map(TemplateRecord::try_from)
+        .collect()
 }
 
 /// Replaces a template's fields; `None` when it does not exist.
@@ -139,7 +155,7 @@ pub async fn list_templates(
 /// [`DbError`] on database failure.
 pub async fn update_template(
     pool: &Pool,
-    id: i64,
+    id: TemplateId,
     fields: &TemplateFields,
 ) -> Result<Option<TemplateRecord>, DbError> {
     let client = pool.get().await?;
@@ -152,7 +168,7 @@ pub async fn update_template(
                 *COLUMNS
             ),
             &[
-                &id,
+                &id.get(),
                 &fields.name.as_str(),
                 &fields.description.as_str(),
                 &fields.locale.as_ref().map(TemplateLocale::as_str),
@@ -167,10 +183,10 @@ pub async fn update_template(
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn delete_template(pool: &Pool, id: i64) -> Result<bool, DbError> {
+pub async fn delete_template(pool: &Pool, id: TemplateId) -> Result<bool, DbError> {
     let client = pool.get().await?;
     Ok(client
-        .execute("DELETE FROM templates WHERE id = $1", &[&id])
+        .execute("DELETE FROM templates WHERE id = $1", &[&id.get()])
         .await?
         == 1)
 }

@@ -10,17 +10,21 @@ use tokio_postgres::Row;
 
 use super::DbError;
 use super::rows::{columns, named, read_one, table_row};
+use super::templates::read_locale;
 use crate::domain::abuse::ClientId;
 use crate::domain::otp::NONCE_LEN;
-use crate::domain::{OtpCodeLength, PhoneNumber, Variables, VerificationId, VerificationStatus};
+use crate::domain::{
+    OtpCodeLength, PhoneNumber, TemplateId, TemplateLocale, Variables, VerificationId,
+    VerificationStatus,
+};
 
 /// A verification row, read back into domain types.
 #[derive(Debug, Clone)]
 pub struct VerificationRecord {
     pub id: VerificationId,
     pub to: PhoneNumber,
-    pub template_id: Option<i64>,
-    pub locale: Option<String>,
+    pub template_id: Option<TemplateId>,
+    pub locale: Option<TemplateLocale>,
     pub sender: Option<String>,
     pub variables: Variables,
     pub code_length: OtpCodeLength,
@@ -89,8 +93,12 @@ impl TryFrom<VerificationRow> for VerificationRecord {
         Ok(Self {
             id: VerificationId::from_uuid(row.id),
             to: PhoneNumber::from_trusted_storage(row.to_number),
-            template_id: row.template_id,
-            locale: row.locale,
+            template_id: row
+                .template_id
+                .map(TemplateId::try_from)
+                .transpose()
+                .map_err(|e| DbError::Corrupt(e.to_string()))?,
+            locale: row.locale.as_deref().map(read_locale).transpose()?,
             sender: row.sender,
             variables: Variables::from_trusted_storage(&row.variables),
             code_length: OtpCodeLength::parse(i64::from(row.code_length))

@@ -1,9 +1,11 @@
-//! SMS deliveries (one per send of a verification's code) and their status machine.
+//! SMS deliveries (one per send of a verification's code), their status machine and the
+//! log of their attempts.
 
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Identifies one send of a code.
@@ -111,6 +113,55 @@ impl DeliveryStatus {
     }
 }
 
+/// One entry of a send's attempt log: a provider attempt, or the decision not to make
+/// one. Stored as JSON in the send's row, oldest first, and shown as it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLogEntry {
+    /// The attempt's number (1 for the first).
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    pub outcome: AttemptOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// After a transient error: when the next attempt is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    /// How long the provider took, for attempts that called it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The provider accepted the message.
+    Sent,
+    /// The provider failed in a way worth retrying.
+    TransientError,
+    /// The provider refused the message for good.
+    PermanentError,
+    /// The message could not be made (template, locale, variables, segment cap).
+    RenderError,
+    /// Not attempted: the verification had ended or its code was about to expire.
+    Skipped,
+}
+
+impl AttemptOutcome {
+    /// The stored text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::TransientError => "transient_error",
+            Self::PermanentError => "permanent_error",
+            Self::RenderError => "render_error",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 impl FromStr for DeliveryStatus {
     type Err = String;
 
@@ -175,5 +226,22 @@ mod tests {
             assert_eq!(status.as_str().parse::<DeliveryStatus>(), Ok(status));
         }
         assert!("delivered".parse::<DeliveryStatus>().is_err());
+    }
+
+    #[test]
+    fn an_attempt_log_entry_is_stored_as_the_json_the_api_has_always_shown() {
+        use super::{AttemptLogEntry, AttemptOutcome};
+
+        let stored = serde_json::json!({
+            "attempt": 2, "at": "2026-11-26T02:48:35.123456789Z", "outcome": "transient_error",
+            "error": "provider answered 503", "retry_at": "2026-11-26T02:48:37Z",
+            "duration_ms": 41,
+        });
+
+        let entry: AttemptLogEntry = serde_json::from_value(stored.clone()).unwrap();
+
+        assert_eq!(entry.outcome, AttemptOutcome::TransientError);
+        assert_eq!(entry.provider_message_id, None);
+        assert_eq!(serde_json::to_value(&entry).unwrap(), stored);
     }
 }

@@ -12,15 +12,15 @@ pub mod template;
 pub mod variables;
 pub mod verification;
 
-pub use delivery::{DeliveryId, DeliveryStatus};
+pub use delivery::{AttemptLogEntry, AttemptOutcome, DeliveryId, DeliveryStatus};
 pub use numbering::{NumberClass, NumberType, Region, RegionError};
 pub use otp::{CodeSecret, OtpCode, OtpCodeLength, OtpError, OtpPolicy};
 pub use phone_number::{PhoneNumber, PhoneNumberError};
 pub use sender::{Sender, SenderError};
 pub use sms::{SegmentCap, SegmentCapError, SmsEncoding, SmsShape, SmsTooLong};
 pub use template::{
-    TemplateBody, TemplateDescription, TemplateError, TemplateLocale, TemplateName,
-    default_template_text, new_template_engine,
+    InvalidTemplateId, TemplateBody, TemplateDescription, TemplateError, TemplateId,
+    TemplateLocale, TemplateName, default_template_text, new_template_engine,
 };
 pub use variables::{VariableError, Variables};
 pub use verification::{CheckOutcome, VerificationId, VerificationStatus};

@@ -7,7 +7,9 @@
 //! blocks a render is a single linear pass over the text.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
+use serde::Serialize;
 use upon::{Engine, Value, ValueAccess, ValueMember};
 
 use super::variables::{
@@ -55,6 +57,42 @@ pub enum TemplateError {
     DescriptionTooLong,
     #[error("the locale must look like \"en\" or \"pt-BR\"")]
     InvalidLocale,
+}
+
+/// Identifies a stored template. Always positive: stored ids come from the table's
+/// identity column, and an id given in a request is checked before it is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TemplateId(i64);
+
+/// A number that cannot be a template id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("template ids are positive integers, not {0}")]
+pub struct InvalidTemplateId(pub i64);
+
+impl TryFrom<i64> for TemplateId {
+    type Error = InvalidTemplateId;
+
+    fn try_from(id: i64) -> Result<Self, InvalidTemplateId> {
+        if id > 0 {
+            Ok(Self(id))
+        } else {
+            Err(InvalidTemplateId(id))
+        }
+    }
+}
+
+impl TemplateId {
+    /// The id as stored.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TemplateId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A new engine configured the way every template is compiled and rendered.
@@ -347,8 +385,8 @@ fn describe_path(path: &[ValueMember<'_>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::{
-        TemplateBody, TemplateError, TemplateLocale, TemplateName, default_template_text,
-        new_template_engine,
+        InvalidTemplateId, TemplateBody, TemplateError, TemplateId, TemplateLocale, TemplateName,
+        default_template_text, new_template_engine,
     };
     use crate::domain::Variables;
     use serde_json::json;
@@ -469,6 +507,14 @@ mod tests {
             assert!(body.variables().is_empty(), "{lang}");
         }
         assert_eq!(default_template_text("xx"), None);
+    }
+
+    #[test]
+    fn template_ids_are_positive() {
+        assert_eq!(TemplateId::try_from(7).map(TemplateId::get), Ok(7));
+        for bad in [0, -1, i64::MIN] {
+            assert_eq!(TemplateId::try_from(bad), Err(InvalidTemplateId(bad)));
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use verify_common::config::{FromFlags, SmsSettings};
-use verify_common::domain::{DeliveryId, DeliveryStatus, TemplateLocale, VerificationId};
+use verify_common::db::deliveries::{self, ClaimOutcome, UnusableValue};
+use verify_common::domain::{
+    DeliveryId, DeliveryStatus, TemplateId, TemplateLocale, VerificationId,
+};
 use verify_common::queue::DeadLetterBrowser;
 use verify_worker::dlq::{list_dead_letters, replay_dead_letters};
 
@@ -23,7 +26,7 @@ pub struct DeadLettered {
     pub to: String,
     pub verification_id: VerificationId,
     pub delivery_id: DeliveryId,
-    pub template_id: i64,
+    pub template_id: TemplateId,
 }
 
 /// Starts a verification with a template, deletes the template, then runs the pipeline:
@@ -196,6 +199,75 @@ async fn a_locale_without_built_in_text_fails_the_send_instead_of_sending_englis
     assert_eq!(listing.letters.len(), 1);
     assert_eq!(listing.letters[0].delivery_id, Some(started.delivery_id));
     assert_eq!(listing.letters[0].reason_code, "locale_unsupported");
+}
+
+#[tokio::test]
+async fn a_stored_locale_that_does_not_parse_fails_its_own_send_and_no_other() {
+    let worker = spawn_worker().await;
+    let broken = worker.start_verification(&phone_number(6)).await;
+    let sound = phone_number(7);
+    let fine = worker.start_verification(&sound).await;
+    // Written by hand: the API stores only parsed locales.
+    worker
+        .sql(&format!(
+            "UPDATE verifications SET locale = 'english' WHERE id = '{}'",
+            broken.verification_id
+        ))
+        .await;
+
+    worker.drain().await;
+
+    let send = worker.newest_send(broken.verification_id).await;
+    assert_eq!(send.status, DeliveryStatus::Failed);
+    assert_eq!(outcomes(&send), ["render_error"]);
+    assert_eq!(
+        send.last_error.as_deref(),
+        Some("the stored locale \"english\" is not a language tag")
+    );
+    let listing = list_dead_letters(&worker.rabbit, 10).await.unwrap();
+    assert_eq!(listing.letters.len(), 1);
+    assert_eq!(listing.letters[0].delivery_id, Some(broken.delivery_id));
+    assert_eq!(listing.letters[0].reason_code, "locale_invalid");
+    assert_eq!(worker.sent_sms(&sound).len(), 1);
+    let fine = worker.newest_send(fine.verification_id).await;
+    assert_eq!(fine.status, DeliveryStatus::Sent);
+}
+
+#[tokio::test]
+async fn a_claim_batch_reads_an_unusable_locale_as_that_sends_outcome_and_claims_the_rest() {
+    let worker = spawn_worker().await;
+    let broken = worker.start_verification(&phone_number(8)).await;
+    let fine = worker.start_verification(&phone_number(9)).await;
+    worker
+        .sql(&format!(
+            "UPDATE verifications SET locale = 'english' WHERE id = '{}'",
+            broken.verification_id
+        ))
+        .await;
+
+    let outcomes = deliveries::claim_deliveries(
+        &worker.pool,
+        &[broken.delivery_id, fine.delivery_id],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+
+    match outcomes.as_slice() {
+        [
+            ClaimOutcome::Unusable(unusable),
+            ClaimOutcome::Claimed(claimed),
+        ] => {
+            assert_eq!(unusable.delivery_id, broken.delivery_id);
+            assert_eq!(unusable.attempt, 1);
+            assert_eq!(
+                unusable.problem,
+                UnusableValue::Locale("english".to_owned())
+            );
+            assert_eq!(claimed.delivery_id, fine.delivery_id);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

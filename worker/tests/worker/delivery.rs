@@ -31,7 +31,7 @@ async fn a_job_is_sent_once_with_the_code_and_recorded_as_sent() {
     assert_eq!(outcomes(&send), ["sent"]);
     assert_eq!(
         send.provider_message_id.as_deref(),
-        Some(send.attempt_log[0]["provider_message_id"].as_str().unwrap())
+        send.attempt_log[0].provider_message_id.as_deref()
     );
 }
 

@@ -21,7 +21,7 @@ use verify_common::db::{Pool, connect_pool};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, TemplateBody, TemplateDescription,
-    TemplateName, Variables, VerificationId, new_template_engine,
+    TemplateId, TemplateName, Variables, VerificationId, new_template_engine,
 };
 use verify_common::queue::{QueueNames, SendSms, SmsPublisher, queue_depth};
 use verify_common::telemetry::init_test_tracing;
@@ -260,7 +260,7 @@ impl TestWorker {
     }
 
     /// Stores a template; returns its id.
-    pub async fn create_template(&self, name: &str, text: &str) -> i64 {
+    pub async fn create_template(&self, name: &str, text: &str) -> TemplateId {
         templates::insert_template(&self.pool, &template_fields(name, text))
             .await
             .expect("storing a template")
@@ -268,7 +268,7 @@ impl TestWorker {
     }
 
     /// Replaces a template's text.
-    pub async fn change_template(&self, id: i64, name: &str, text: &str) {
+    pub async fn change_template(&self, id: TemplateId, name: &str, text: &str) {
         let changed = templates::update_template(&self.pool, id, &template_fields(name, text))
             .await
             .expect("changing a template");
@@ -276,7 +276,7 @@ impl TestWorker {
     }
 
     /// Deletes a template.
-    pub async fn delete_template(&self, id: i64) {
+    pub async fn delete_template(&self, id: TemplateId) {
         let deleted = templates::delete_template(&self.pool, id)
             .await
             .expect("deleting a template");
@@ -350,21 +350,12 @@ fn template_fields(name: &str, text: &str) -> TemplateFields {
     }
 }
 
-/// The outcomes recorded in a send's attempt log, oldest first.
-pub fn outcomes(send: &DeliveryRecord) -> Vec<String> {
+/// The outcomes recorded in a send's attempt log, oldest first, as stored.
+pub fn outcomes(send: &DeliveryRecord) -> Vec<&'static str> {
     send.attempt_log
-        .as_array()
-        .unwrap()
         .iter()
-        .map(|entry| entry["outcome"].as_str().unwrap().to_owned())
+        .map(|entry| entry.outcome.as_str())
         .collect()
-}
-
-/// A timestamp written in an attempt log.
-pub fn timestamp(value: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap())
-        .unwrap()
-        .with_timezone(&chrono::Utc)
 }
 
 /// A distinct valid US number per call within a test.
