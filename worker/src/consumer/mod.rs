@@ -36,6 +36,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use verify_common::config::RabbitSettings;
@@ -79,32 +80,36 @@ pub fn worker_identity() -> String {
 
 /// Why a consume session ended.
 enum SessionEnd {
-    ShutdownRequested,
+    /// Shutdown was asked for; in-flight jobs may run until `deadline`, one grace period
+    /// after the request, however the remaining waits are split.
+    ShutdownRequested {
+        deadline: Instant,
+    },
     ConnectionLost(String),
 }
 
 impl Consumer {
-    /// Runs consume sessions until shut down, then waits (up to the grace period) for
-    /// in-flight jobs to finish.
+    /// Runs consume sessions until shut down, then waits for in-flight jobs to finish, at
+    /// most one grace period after the shutdown request in all.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(usize::from(self.concurrency)));
         let mut pause = Duration::from_millis(200);
-        loop {
+        let deadline = loop {
             match self.session(&shutdown, &tracker, &permits).await {
-                SessionEnd::ShutdownRequested => break,
+                SessionEnd::ShutdownRequested { deadline } => break deadline,
                 SessionEnd::ConnectionLost(reason) => {
                     tracing::warn!(%reason, retry_in_ms = pause.as_millis() as u64, "consumer lost its connection; reconnecting");
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = shutdown.cancelled() => break Instant::now() + self.grace,
                         () = tokio::time::sleep(pause) => {}
                     }
                     pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
                 }
             }
-        }
+        };
         tracker.close();
-        if tokio::time::timeout(self.grace, tracker.wait())
+        if tokio::time::timeout_at(deadline, tracker.wait())
             .await
             .is_err()
         {
@@ -152,16 +157,19 @@ impl Consumer {
             Err(e) => return SessionEnd::ConnectionLost(e.to_string()),
         };
         tracing::info!(queue = %names.send_queue, concurrency = self.concurrency, "consuming");
+        let shutdown_requested = || SessionEnd::ShutdownRequested {
+            deadline: Instant::now() + self.grace,
+        };
         let end = loop {
             let permit = tokio::select! {
-                () = shutdown.cancelled() => break SessionEnd::ShutdownRequested,
+                () = shutdown.cancelled() => break shutdown_requested(),
                 permit = Arc::clone(permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
-                    Err(_) => break SessionEnd::ShutdownRequested,
+                    Err(_) => break shutdown_requested(),
                 },
             };
             let next = tokio::select! {
-                () = shutdown.cancelled() => break SessionEnd::ShutdownRequested,
+                () = shutdown.cancelled() => break shutdown_requested(),
                 next = consumer.next() => next,
             };
             let delivery = match next {
@@ -177,13 +185,13 @@ impl Consumer {
                 drop(permit);
             });
         };
-        if matches!(end, SessionEnd::ShutdownRequested) {
+        if let SessionEnd::ShutdownRequested { deadline } = end {
             // Stop deliveries first so nothing new arrives while in-flight jobs finish;
             // the channel stays open so their acks can still be sent.
             let _ = channel
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                 .await;
-            if tokio::time::timeout(self.grace, async {
+            if tokio::time::timeout_at(deadline, async {
                 tracker.close();
                 tracker.wait().await;
             })
