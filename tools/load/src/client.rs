@@ -13,6 +13,8 @@ use reqwest::{Client, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::signals::Signals;
+
 /// Builds the HTTP client shared by every call: keeps up to `connections` idle connections
 /// per host, so each request that can be in flight gets a warm connection, and gives up on
 /// any answer after `timeout`.
@@ -176,6 +178,10 @@ impl CheckAnswer {
 struct StartBody<'a> {
     to: &'a str,
     template_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -188,6 +194,11 @@ struct TemplateBody<'a> {
     name: &'a str,
     description: &'a str,
     text: &'a str,
+}
+
+#[derive(Deserialize)]
+struct AbuseRules {
+    mode: String,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +256,25 @@ impl ApiClient {
         expect_status(response, StatusCode::OK).await.map(drop)
     }
 
+    /// `GET /v1/abuse/rules`: the process-wide abuse mode the API judges requests under
+    /// (`enforce`, `shadow` or `off`).
+    ///
+    /// # Errors
+    /// Any status but 200, or no answer.
+    pub async fn abuse_mode(&self) -> Result<String, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/abuse/rules", self.base))
+            .header(API_KEY_HEADER, self.key.clone())
+            .send()
+            .await?;
+        let rules: AbuseRules = expect_status(response, StatusCode::OK)
+            .await?
+            .json()
+            .await?;
+        Ok(rules.mode)
+    }
+
     /// `POST /v1/templates` with a body that reads only `{{code}}`; returns the new id.
     ///
     /// # Errors
@@ -268,7 +298,8 @@ impl ApiClient {
         Ok(template.id)
     }
 
-    /// `POST /v1/verifications` to `to` with `template_id`.
+    /// `POST /v1/verifications` to `to` with `template_id`, and the end user's `signals`
+    /// when given.
     ///
     /// # Errors
     /// Any status but 202, or no answer.
@@ -276,12 +307,18 @@ impl ApiClient {
         &self,
         to: &str,
         template_id: i64,
+        signals: Option<&Signals>,
     ) -> Result<Started, ClientError> {
         let response = self
             .http
             .post(format!("{}/v1/verifications", self.base))
             .header(API_KEY_HEADER, self.key.clone())
-            .json(&StartBody { to, template_id })
+            .json(&StartBody {
+                to,
+                template_id,
+                client_ip: signals.map(|s| s.client_ip.as_str()),
+                client_id: signals.map(|s| s.client_id.as_str()),
+            })
             .send()
             .await?;
         Ok(expect_status(response, StatusCode::ACCEPTED)

@@ -12,6 +12,7 @@
 //! - [`settings`]: flags and environment variables, duration parsing.
 //! - [`numbers`]: distinct, valid, run-unique phone numbers.
 //! - [`schedule`]: the open-loop timetable.
+//! - [`signals`]: the end-user signals (`client_ip`, `client_id`) of `--client-signals`.
 //! - [`client`]: typed calls to the API and the sink; failure classification.
 //! - [`clock`]: relating the tool's monotonic clock to the sink's wall-clock stamps.
 //! - [`tally`]: what the send phase records.
@@ -34,6 +35,7 @@ pub mod report;
 mod run;
 pub mod schedule;
 pub mod settings;
+pub mod signals;
 pub mod tally;
 
 pub use crate::report::Report;

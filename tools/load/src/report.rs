@@ -40,6 +40,8 @@ pub struct Report {
     pub drain_secs: f64,
     /// Whether codes were checked.
     pub check: bool,
+    /// Whether every POST carried a `client_ip` and a `client_id`.
+    pub client_signals: bool,
     /// The template every verification used.
     pub template_id: i64,
     /// The run's first phone number (`--numbers-from` repeats the run's numbers).
@@ -255,10 +257,15 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "verify-load: {pacing} for {} s (drain up to {} s){}; template {}; numbers from {}",
+            "verify-load: {pacing} for {} s (drain up to {} s){}{}; template {}; numbers from {}",
             self.duration_secs,
             self.drain_secs,
             if self.check { "; checking codes" } else { "" },
+            if self.client_signals {
+                "; with client signals"
+            } else {
+                ""
+            },
             self.template_id,
             self.first_number
         );
@@ -426,6 +433,7 @@ mod tests {
             duration_secs: 20.0,
             drain_secs: 30.0,
             template_id: 7,
+            client_signals: false,
             first_number: "+12122000000".to_owned(),
             sent: 20_000,
             accepted: 19_990,

@@ -21,6 +21,7 @@ use crate::progress::{self, Phase, Snapshot};
 use crate::report::{CheckReport, LOST_IDS_LISTED, Report, failure_maps};
 use crate::schedule::Schedule;
 use crate::settings::{LoadSettings, Mode};
+use crate::signals::SignalSequence;
 use crate::tally::{Accepted, Answer, Tally};
 
 /// Longest wait for the sink's small answers (`/stats`, one number's messages).
@@ -40,6 +41,8 @@ struct Shared {
     tally: Tally,
     clock: Clock,
     numbers: NumberSequence,
+    /// The end-user signals sent with every POST, with `--client-signals`.
+    client_signals: Option<SignalSequence>,
     template_id: i64,
     checker: Option<Arc<Checker>>,
 }
@@ -50,7 +53,11 @@ impl Shared {
         let number = self.numbers.nth(index);
         self.tally.record_start();
         let started = Instant::now();
-        let result = self.api.start_verification(&number, self.template_id).await;
+        let signals = self.client_signals.map(|sequence| sequence.nth(index));
+        let result = self
+            .api
+            .start_verification(&number, self.template_id, signals.as_ref())
+            .await;
         let answered = Instant::now();
         let accepted = self.tally.record_answer(Answer {
             number: number.clone(),
@@ -94,15 +101,21 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
             sink.base()
         )
     })?;
+    refuse_enforced_abuse_rules(&api).await?;
     let template_id = prepare_template(&api, settings.template_id).await?;
     let numbers = settings.numbers_from.unwrap_or_else(NumberSequence::random);
     eprintln!(
-        "verify-load: {} for {:?} (drain up to {:?}) against {}, sink {}; template {template_id}; numbers from {numbers}",
+        "verify-load: {} for {:?} (drain up to {:?}) against {}, sink {}; template {template_id}; numbers from {numbers}{}",
         describe(mode),
         settings.duration,
         settings.drain,
         api.base(),
         sink.base(),
+        if settings.client_signals {
+            "; client_ip and client_id on every request"
+        } else {
+            ""
+        },
     );
 
     let checker = settings.check.then(|| {
@@ -118,6 +131,7 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
         tally: Tally::default(),
         clock,
         numbers,
+        client_signals: settings.client_signals.then(SignalSequence::random),
         template_id,
         checker: checker.clone(),
     });
@@ -223,6 +237,7 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
         duration_secs: settings.duration.as_secs_f64(),
         drain_secs: settings.drain.as_secs_f64(),
         check: settings.check,
+        client_signals: settings.client_signals,
         template_id,
         first_number: numbers.to_string(),
         started_at: clock.started_wall(),
@@ -285,6 +300,26 @@ fn describe(mode: Mode) -> String {
 
 /// The template to use: `--template-id` if given (after making sure it exists), else a new
 /// one with a run-unique name.
+/// A run sends to consecutive numbers that share prefixes, which is what SMS pumping looks
+/// like: under enforced abuse rules most of it would be refused and the figures would
+/// measure the rules, not the pipeline. So the run asks for a deployment that judges
+/// without refusing (`shadow`) or does not judge (`off`).
+async fn refuse_enforced_abuse_rules(api: &ApiClient) -> anyhow::Result<()> {
+    let mode = api
+        .abuse_mode()
+        .await
+        .context("reading the API's abuse mode (GET /v1/abuse/rules)")?;
+    if mode == "enforce" {
+        anyhow::bail!(
+            "the API enforces its abuse rules (VERIFY_ABUSE_MODE=enforce), and a load run's \
+             consecutive numbers look like SMS pumping to them: most requests would be refused. \
+             Start the API with VERIFY_ABUSE_MODE=shadow (rules judged and recorded, nothing \
+             refused) or VERIFY_ABUSE_MODE=off, then run again"
+        );
+    }
+    Ok(())
+}
+
 async fn prepare_template(api: &ApiClient, template_id: Option<i64>) -> anyhow::Result<i64> {
     if let Some(id) = template_id {
         api.find_template(id).await.with_context(|| {

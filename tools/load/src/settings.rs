@@ -76,6 +76,12 @@ pub struct LoadSettings {
     #[arg(long, env = "VERIFY_LOAD_NUMBERS_FROM", value_parser = parse_first_number)]
     pub numbers_from: Option<NumberSequence>,
 
+    /// Send a `client_ip` and a `client_id` with every POST (distinct for every request), so
+    /// the abuse rules that read them are evaluated. Without it the API sees no end-user
+    /// signals and skips those rules.
+    #[arg(long, env = "VERIFY_LOAD_CLIENT_SIGNALS")]
+    pub client_signals: bool,
+
     /// Longest wait for one HTTP answer; a request that takes longer counts as a timeout.
     #[arg(long, env = "VERIFY_LOAD_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
@@ -97,6 +103,7 @@ impl fmt::Debug for LoadSettings {
             .field("duration", &self.duration)
             .field("drain", &self.drain)
             .field("check", &self.check)
+            .field("client_signals", &self.client_signals)
             .field("json", &self.json)
             .field("template_id", &self.template_id)
             .finish_non_exhaustive()
