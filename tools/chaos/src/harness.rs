@@ -17,6 +17,9 @@ use crate::traffic::{NumberPlan, Traffic, TrafficShape};
 /// short so a killed worker's claims are recovered within a scenario.
 pub const SEND_LEASE: Duration = Duration::from_secs(20);
 
+/// The prefix of every number the fault scenarios' traffic sends to.
+const FAULT_TRAFFIC_PREFIX: &str = "+1415";
+
 /// Everything a scenario works with.
 pub struct Harness {
     pub settings: ChaosSettings,
@@ -100,6 +103,10 @@ impl Harness {
             stack.migrate().await?;
             stack.start_api().await?;
             stack.scale_workers_to(usize::from(settings.workers))?;
+            // The fault scenarios send to consecutive numbers of +1415, which is what
+            // pumping looks like; they test delivery, not the abuse rules, so their
+            // numbers are on the allow list, as QA traffic would be.
+            stack.allow_prefix(FAULT_TRAFFIC_PREFIX).await?;
             stack.create_template().await
         }
         .await;
@@ -125,6 +132,11 @@ impl Harness {
                 short_ttl_every,
             },
         )
+    }
+
+    /// The template every scenario's traffic uses.
+    pub fn template_id(&self) -> i64 {
+        self.template_id
     }
 
     /// Stops the private Postgres.

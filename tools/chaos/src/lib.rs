@@ -10,6 +10,7 @@
 //! - [`rabbitmq`]: the private RabbitMQ node (own epmd, start, stop, close connections).
 //! - [`stack`]: the system under test as processes, and the sink's fault controls.
 //! - [`traffic`]: verifications at a fixed rate, every answer recorded.
+//! - [`pumping`]: the SMS-pumping simulation: an attack and legitimate sign-ups at once.
 //! - [`audit`]: the figures: lost, stuck, late, duplicated, refused, recovery time.
 //! - [`harness`]: sets everything up once and restores health between scenarios.
 //! - [`scenarios`]: the fault timelines and the guarantees each must keep.
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod harness;
 pub mod postgres;
 pub mod process;
+pub mod pumping;
 pub mod rabbitmq;
 pub mod report;
 pub mod scenarios;

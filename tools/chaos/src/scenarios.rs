@@ -11,6 +11,7 @@ use tokio::time::sleep;
 
 use crate::audit::{Figures, audit};
 use crate::harness::{Harness, SEND_LEASE};
+use crate::pumping::{self, PumpingFigures};
 use crate::settings::ScenarioName;
 use crate::traffic::{Answer, Submission};
 
@@ -98,6 +99,7 @@ pub async fn run(name: ScenarioName, harness: &mut Harness) -> ScenarioReport {
         ScenarioName::ProviderOutage => provider_outage(harness, &mut run).await,
         ScenarioName::GracefulShutdown => graceful_shutdown(harness, &mut run).await,
         ScenarioName::ColdStart => cold_start(harness, &mut run).await,
+        ScenarioName::Pumping => pumping(harness, &mut run).await,
     };
     let (figures, error) = match result {
         Ok(figures) => (figures, None),
@@ -475,4 +477,64 @@ async fn cold_start(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
     );
     recovery_check(run, &figures);
     Ok(figures)
+}
+
+/// SMS pumping against the rules as shipped: the attack's SMS must be held to the prefix
+/// limit's few, while every legitimate request is accepted and every code typed in
+/// approves.
+async fn pumping(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let shape = h.settings.pumping();
+    run.event(format!(
+        "{} attack requests to one prefix and {} legitimate ones, {}/s",
+        shape.attack, shape.legitimate, shape.rate
+    ));
+    let started = Utc::now();
+    let (submissions, mut found) = pumping::simulate(&h.stack, h.template_id(), shape).await?;
+    run.event("traffic stopped; auditing");
+    let figures = audit(&h.stack, &submissions, started, None, &[], DRAIN).await?;
+    found.attack_delivered = pumping::count_attack_sms(&h.stack).await?;
+    report_pumping(run, &found);
+    Ok(figures)
+}
+
+/// The simulation's verdict: at most a tenth of the attack reaches the provider (the
+/// prefix limit lets its first few through), and legitimate traffic loses nothing.
+fn report_pumping(run: &mut Run, found: &PumpingFigures) {
+    run.event(format!(
+        "attack: {} requests, {} accepted, {} SMS reached the provider; refused: {:?}",
+        found.attack_requests, found.attack_accepted, found.attack_delivered, found.attack_refusals
+    ));
+    run.event(format!(
+        "legitimate: {} requests, {} refused {:?}, {} of {} checked codes approved",
+        found.legitimate_requests,
+        found.legitimate_refused(),
+        found.legitimate_refusals,
+        found.legitimate_approved,
+        found.legitimate_checked
+    ));
+    run.check(
+        "the attack is stopped: at most 10 % of it reaches the provider",
+        found.attack_delivered * 10 <= found.attack_requests,
+        format!(
+            "{} of {} attack requests sent",
+            found.attack_delivered, found.attack_requests
+        ),
+    );
+    run.check(
+        "no legitimate request refused",
+        found.legitimate_requests > 0 && found.legitimate_refused() == 0,
+        format!(
+            "{} of {} refused",
+            found.legitimate_refused(),
+            found.legitimate_requests
+        ),
+    );
+    run.check(
+        "every legitimate code typed in is approved",
+        found.legitimate_checked > 0 && found.legitimate_approved == found.legitimate_checked,
+        format!(
+            "{} of {} approved",
+            found.legitimate_approved, found.legitimate_checked
+        ),
+    );
 }

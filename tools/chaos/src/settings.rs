@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::pumping::PumpingShape;
+
 /// The fault-injection suite's settings.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -84,6 +86,24 @@ impl ChaosSettings {
         Duration::from_secs(if self.quick { 15 } else { 60 })
     }
 
+    /// The pumping simulation's traffic: hundreds of attack requests and fewer legitimate
+    /// ones in the short form, about three times as many in the full one.
+    pub fn pumping(&self) -> PumpingShape {
+        if self.quick {
+            PumpingShape {
+                attack: 300,
+                legitimate: 200,
+                rate: 50,
+            }
+        } else {
+            PumpingShape {
+                attack: 1_000,
+                legitimate: 600,
+                rate: 50,
+            }
+        }
+    }
+
     /// How long traffic runs before and after a fault.
     pub fn calm(&self) -> Duration {
         Duration::from_secs(if self.quick { 5 } else { 10 })
@@ -109,6 +129,9 @@ pub enum ScenarioName {
     GracefulShutdown,
     /// The API and workers started before Postgres and RabbitMQ: they wait, then serve.
     ColdStart,
+    /// SMS pumping to one prefix from many addresses, mixed with legitimate sign-ups: the
+    /// default abuse rules stop the attack and refuse no legitimate request.
+    Pumping,
 }
 
 impl ScenarioName {
@@ -123,6 +146,7 @@ impl ScenarioName {
             Self::ProviderOutage => "provider-outage",
             Self::GracefulShutdown => "graceful-shutdown",
             Self::ColdStart => "cold-start",
+            Self::Pumping => "pumping",
         }
     }
 }

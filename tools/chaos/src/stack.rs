@@ -296,6 +296,29 @@ impl Stack {
         .await
     }
 
+    /// Puts `prefix` on the abuse rules' allow list, so traffic to it skips the velocity
+    /// and conversion rules.
+    ///
+    /// # Errors
+    /// When the API refuses it.
+    pub async fn allow_prefix(&self, prefix: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/v1/abuse/allow", self.api_url()))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({"kind": "prefix", "value": prefix, "note": "fault-injection traffic"}))
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "allowing {prefix} answered {status}: {}",
+                response.text().await?
+            );
+        }
+        Ok(())
+    }
+
     /// Creates the template the traffic uses and returns its id.
     ///
     /// # Errors

@@ -133,7 +133,7 @@ async fn drive(
         let url = format!("{api_url}/v1/verifications");
         let log = Arc::clone(&log);
         requests.spawn(async move {
-            let submission = submit(&client, &url, body).await;
+            let (submission, _) = submit(&client, &url, body).await;
             log.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(submission);
@@ -146,7 +146,13 @@ async fn drive(
     std::mem::take(&mut *log.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
-async fn submit(client: &reqwest::Client, url: &str, body: Value) -> Submission {
+/// POSTs one start request to `url` and records the answer, with the body of an answer
+/// that was not an acceptance (its error code says why).
+pub(crate) async fn submit(
+    client: &reqwest::Client,
+    url: &str,
+    body: Value,
+) -> (Submission, Option<Value>) {
     let to = body["to"].as_str().unwrap_or_default().to_owned();
     let sent_at = Utc::now();
     let started = tokio::time::Instant::now();
@@ -157,6 +163,7 @@ async fn submit(client: &reqwest::Client, url: &str, body: Value) -> Submission 
         .json(&body)
         .send()
         .await;
+    let mut refusal_body = None;
     let answer = match result {
         Err(error) => Answer::Unanswered(error.to_string()),
         Ok(response) => {
@@ -171,22 +178,26 @@ async fn submit(client: &reqwest::Client, url: &str, body: Value) -> Submission 
                     status,
                     retry_after,
                 }),
-                Ok(_) => Answer::Refused {
-                    status,
-                    retry_after,
-                },
+                Ok(view) => {
+                    refusal_body = Some(view);
+                    Answer::Refused {
+                        status,
+                        retry_after,
+                    }
+                }
                 Err(error) => {
                     Answer::Unanswered(format!("{status} with an unreadable body: {error}"))
                 }
             }
         }
     };
-    Submission {
+    let submission = Submission {
         to,
         sent_at,
         latency: started.elapsed(),
         answer,
-    }
+    };
+    (submission, refusal_body)
 }
 
 fn accepted(view: &Value) -> Option<Answer> {
