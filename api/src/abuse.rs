@@ -34,7 +34,7 @@ struct Loaded {
 }
 
 /// The rules in force in this process, and its uncounted rule outcomes.
-pub struct AbuseControls {
+pub(crate) struct AbuseControls {
     pool: Pool,
     global: RuleMode,
     loaded: RwLock<Loaded>,
@@ -49,7 +49,7 @@ impl AbuseControls {
     ///
     /// # Errors
     /// [`DbError`] when the rules cannot be read: the API must not start without them.
-    pub async fn load(pool: Pool, global: RuleMode) -> Result<Self, DbError> {
+    pub(crate) async fn load(pool: Pool, global: RuleMode) -> Result<Self, DbError> {
         let snapshot = abuse::load_rules(&pool).await?;
         let rules = RuleSet::new(global, snapshot.rules.iter().map(|record| record.rule));
         Ok(Self {
@@ -65,7 +65,7 @@ impl AbuseControls {
     }
 
     /// The process-wide mode (`VERIFY_ABUSE_MODE`).
-    pub fn global_mode(&self) -> RuleMode {
+    pub(crate) fn global_mode(&self) -> RuleMode {
         self.global
     }
 
@@ -81,7 +81,11 @@ impl AbuseControls {
     ///
     /// # Errors
     /// [`ApiError::Refused`] when an enforced rule blocks the request.
-    pub fn assess(&self, to: &PhoneNumber, client: &ClientSignals) -> Result<Risk, ApiError> {
+    pub(crate) fn assess(
+        &self,
+        to: &PhoneNumber,
+        client: &ClientSignals,
+    ) -> Result<Risk, ApiError> {
         let class = to.class().ok_or_else(|| {
             ApiError::invalid(
                 "invalid_phone_number",
@@ -107,7 +111,7 @@ impl AbuseControls {
     ///
     /// # Errors
     /// [`DbError`] when the rules cannot be read; the rules in force stay.
-    pub async fn reload(&self) -> Result<(), DbError> {
+    pub(crate) async fn reload(&self) -> Result<(), DbError> {
         let snapshot = abuse::load_rules(&self.pool).await?;
         let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
         if snapshot.version >= loaded.version {
@@ -125,14 +129,14 @@ impl AbuseControls {
     ///
     /// # Errors
     /// [`DbError`] when the rules cannot be read; polling goes on until they are.
-    pub async fn listening_started(&self) -> Result<(), DbError> {
+    pub(crate) async fn listening_started(&self) -> Result<(), DbError> {
         self.reload().await?;
         self.listening.store(true, Ordering::Release);
         Ok(())
     }
 
     /// The listener session is lost: rule changes are polled for until it is back.
-    pub fn listening_lost(&self) {
+    pub(crate) fn listening_lost(&self) {
         self.listening.store(false, Ordering::Release);
     }
 
@@ -181,7 +185,11 @@ impl AbuseControls {
 
 /// Writes the counters (and, while no rule change is heard, refreshes the rules) every
 /// `interval` until `shutdown`, then writes the counters a last time.
-pub async fn run(controls: Arc<AbuseControls>, interval: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    controls: Arc<AbuseControls>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

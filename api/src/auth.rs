@@ -35,12 +35,12 @@ const CACHE_CAPACITY: usize = 10_000;
 
 /// An authenticated client, identified by the hash of its API key.
 #[derive(Debug, Clone, Copy)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub key_hash: [u8; 32],
 }
 
 /// Checks presented API keys.
-pub struct ApiKeys {
+pub(crate) struct ApiKeys {
     configured: Option<[u8; 32]>,
     pool: Pool,
     /// Whether each recently presented key is active; only active ones are kept.
@@ -50,7 +50,7 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    pub fn new(configured: Option<&SecretString>, pool: Pool) -> Self {
+    pub(crate) fn new(configured: Option<&SecretString>, pool: Pool) -> Self {
         Self {
             configured: configured.map(|key| hash_api_key(key.expose_secret())),
             pool,
@@ -66,7 +66,7 @@ impl ApiKeys {
     /// # Errors
     /// [`ApiError::Unauthorized`] for a missing or unknown key; [`ApiError::Unavailable`]
     /// when the key store cannot be read.
-    pub async fn authenticate(&self, presented: Option<String>) -> Result<Caller, ApiError> {
+    pub(crate) async fn authenticate(&self, presented: Option<String>) -> Result<Caller, ApiError> {
         let key = presented.ok_or(ApiError::Unauthorized(
             "missing API key: send X-Api-Key or Authorization: Bearer",
         ))?;
@@ -92,14 +92,14 @@ impl ApiKeys {
     /// The listener session now hears revocations. In this order: a key read before it
     /// listened may have been revoked unheard, and one read from now on is either still
     /// active or its revocation will be heard.
-    pub fn listening_started(&self) {
+    pub(crate) fn listening_started(&self) {
         self.listening.store(true, Ordering::Release);
         self.verified.clear();
     }
 
     /// A revocation was announced: the key (or, if the announcement names none, every
     /// key) is looked up again.
-    pub fn revoked(&self, revocation: Revocation) {
+    pub(crate) fn revoked(&self, revocation: Revocation) {
         match revocation {
             Revocation::Key(hash) => self.verified.remove(&hash),
             Revocation::Unreadable => self.verified.clear(),
@@ -108,7 +108,7 @@ impl ApiKeys {
 
     /// The listener session is lost: revocations may go unheard, so the cache is emptied
     /// and not used until a session listens again.
-    pub fn listening_lost(&self) {
+    pub(crate) fn listening_lost(&self) {
         self.listening.store(false, Ordering::Release);
         self.verified.clear();
     }

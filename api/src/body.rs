@@ -8,14 +8,14 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 
 /// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The body, read up to `limit` bytes; longer bodies are an error, not a truncation.
 ///
 /// # Errors
 /// [`ApiError::PayloadTooLarge`] past `limit`; [`ApiError::InvalidJson`] when the body
 /// cannot be read (the client sent a broken chunked encoding, say).
-pub async fn collect_limited<S, B>(stream: S, limit: usize) -> Result<Bytes, ApiError>
+pub(crate) async fn collect_limited<S, B>(stream: S, limit: usize) -> Result<Bytes, ApiError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -45,7 +45,7 @@ where
 ///
 /// # Errors
 /// [`ApiError::UnsupportedMediaType`].
-pub fn require_json(content_type: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn require_json(content_type: Option<&str>) -> Result<(), ApiError> {
     match content_type {
         None => Ok(()),
         Some(value) => {
@@ -65,7 +65,7 @@ pub fn require_json(content_type: Option<&str>) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// [`ApiError::InvalidJson`] naming the field where possible.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidJson {
             message: "the request body is empty; send a JSON object".to_owned(),

@@ -21,7 +21,7 @@ const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Every failure the API reports.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The body is not JSON, or JSON of the wrong shape.
     #[error("{message}")]
     InvalidJson {
@@ -89,7 +89,11 @@ pub enum ApiError {
 
 impl ApiError {
     /// A field-level validation error.
-    pub fn invalid(code: &'static str, field: impl Into<String>, message: impl ToString) -> Self {
+    pub(crate) fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl ToString,
+    ) -> Self {
         Self::InvalidField {
             code,
             field: field.into(),
@@ -98,7 +102,7 @@ impl ApiError {
     }
 
     /// A 422 about a field.
-    pub fn unprocessable(
+    pub(crate) fn unprocessable(
         code: &'static str,
         field: impl Into<String>,
         message: impl ToString,
@@ -112,7 +116,7 @@ impl ApiError {
 
     /// A header that is present but cannot be read as visible ASCII text. It is refused,
     /// never taken for absent, so a client learns its header was not understood.
-    pub fn unreadable_header(code: &'static str, header: &'static str) -> Self {
+    pub(crate) fn unreadable_header(code: &'static str, header: &'static str) -> Self {
         Self::InvalidHeader {
             code,
             header: header.to_owned(),
@@ -121,7 +125,7 @@ impl ApiError {
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::InvalidJson { .. }
             | Self::InvalidField { .. }
@@ -145,7 +149,7 @@ impl ApiError {
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::InvalidJson { .. } => "invalid_json",
             Self::InvalidField { code, .. }
@@ -170,7 +174,7 @@ impl ApiError {
     }
 
     /// The field the error is about, if any.
-    pub fn field(&self) -> Option<&str> {
+    pub(crate) fn field(&self) -> Option<&str> {
         match self {
             Self::InvalidJson { field, .. } => field.as_deref(),
             Self::InvalidField { field, .. } => Some(field),
@@ -182,7 +186,7 @@ impl ApiError {
 
     /// What else the answer says about the error, beside its code and message: for a
     /// refusal, the rule (`rule`) and what it judged (`number_type` or `country`).
-    pub fn details(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn details(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Refused(refusal) => {
                 let judged = match refusal.reason {
@@ -196,7 +200,7 @@ impl ApiError {
     }
 
     /// How long to wait before retrying, for 429 and 503.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
@@ -205,7 +209,7 @@ impl ApiError {
     }
 
     /// The message shown to clients; internal details stay in the log.
-    pub fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self {
             Self::Internal(_) => "internal error".to_owned(),
             Self::Unavailable(_) => {
@@ -218,7 +222,7 @@ impl ApiError {
     /// Writes the error to the log if it is the server's fault or a dependency's: internal
     /// errors with their cause chain, outages as warnings. Client mistakes are not logged
     /// (their answer says everything). Call it once, where the error becomes a response.
-    pub fn log(&self) {
+    pub(crate) fn log(&self) {
         match self {
             Self::Internal(error) => tracing::error!(error = ?error, "request failed"),
             Self::Unavailable(reason) => tracing::warn!(%reason, "dependency unavailable"),
@@ -258,7 +262,7 @@ struct ErrorDetail<'a> {
 }
 
 /// Adds `Retry-After` (whole seconds, at least 1) when the error has one.
-pub fn with_retry_after(mut response: Response, retry_after: Option<Duration>) -> Response {
+pub(crate) fn with_retry_after(mut response: Response, retry_after: Option<Duration>) -> Response {
     if let Some(wait) = retry_after {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
@@ -271,7 +275,7 @@ pub fn with_retry_after(mut response: Response, retry_after: Option<Duration>) -
 impl ApiError {
     /// The error's JSON answer, with `Retry-After` for 429 and 503. It logs nothing: see
     /// [`ApiError::log`].
-    pub fn to_response(&self) -> Response {
+    pub(crate) fn to_response(&self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
@@ -290,7 +294,7 @@ impl ApiError {
 /// into the same JSON shape as handler errors. Handler and extractor errors never get
 /// here: each route family answers those in its own shape. A rejection of a kind not
 /// listed is a defect of the routes, so it is logged and answered as an internal error.
-pub async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
+pub(crate) async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ApiError::RouteNotFound
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

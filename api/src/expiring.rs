@@ -12,7 +12,7 @@ use tokio::sync::OnceCell;
 /// Entries younger than `ttl`, at most `capacity` of them. When full, expired entries are
 /// dropped first; if it is still full, new values are loaded but not kept, so callers
 /// probing random keys cannot grow memory past the bound.
-pub struct ExpiringMap<K, V> {
+pub(crate) struct ExpiringMap<K, V> {
     ttl: Duration,
     capacity: usize,
     /// Whether a loaded value is kept (a found template is; a lookup that failed is not).
@@ -27,7 +27,7 @@ struct Entry<V> {
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> ExpiringMap<K, V> {
-    pub fn new(ttl: Duration, capacity: usize, keep: fn(&V) -> bool) -> Self {
+    pub(crate) fn new(ttl: Duration, capacity: usize, keep: fn(&V) -> bool) -> Self {
         Self {
             ttl,
             capacity,
@@ -45,7 +45,7 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringMap<K, V> {
     /// connections for all of them at once stalls every request for a noticeable time.
     /// An outcome that is not kept is forgotten as soon as it is handed out, so the next
     /// caller loads again.
-    pub async fn get_or_load<F, Fut>(&self, key: K, load: F) -> V
+    pub(crate) async fn get_or_load<F, Fut>(&self, key: K, load: F) -> V
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
@@ -62,12 +62,12 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringMap<K, V> {
 
     /// Drops `key`, so the next caller loads it again. A load under way for it completes
     /// for its callers but is not stored.
-    pub fn remove(&self, key: &K) {
+    pub(crate) fn remove(&self, key: &K) {
         self.lock().remove(key);
     }
 
     /// Drops every entry, as [`remove`](Self::remove) for each.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.lock().clear();
     }
 

@@ -20,7 +20,7 @@ use verify_common::group_commit::{BatchLimits, GroupCommit};
 use crate::outbox::Outbox;
 
 /// New verifications, each answered with its own outcome.
-pub type Starts = GroupCommit<NewVerification, CreateOutcome>;
+pub(crate) type Starts = GroupCommit<NewVerification, CreateOutcome>;
 
 /// Up to 128 requests per statement, two statements at once (each holds one of the pool's
 /// connections while it runs). A batch waits 2 ms for company: at 1,000 requests/s that
@@ -33,7 +33,7 @@ const LIMITS: BatchLimits = BatchLimits {
 };
 
 /// Starts the batcher of new verifications.
-pub fn record_starts(pool: Pool, outbox: Arc<Outbox>, limit: SendLimit) -> Starts {
+pub(crate) fn record_starts(pool: Pool, outbox: Arc<Outbox>, limit: SendLimit) -> Starts {
     GroupCommit::start(LIMITS, move |batch: Vec<NewVerification>| {
         let pool = pool.clone();
         let outbox = Arc::clone(&outbox);

@@ -10,7 +10,7 @@ use verify_common::db::{Pool, idempotency};
 const INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// Runs until `shutdown`.
-pub async fn run(pool: Pool, shutdown: CancellationToken) {
+pub(crate) async fn run(pool: Pool, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,

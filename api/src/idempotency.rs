@@ -9,18 +9,18 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// The header, as named in error bodies.
-pub const HEADER: &str = "Idempotency-Key";
+pub(crate) const HEADER: &str = "Idempotency-Key";
 
 /// A key as the client sent it: 1–255 visible ASCII characters without spaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
+pub(crate) struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     /// Accepts a header value of the key's form.
     ///
     /// # Errors
     /// 400 `invalid_idempotency_key` for an empty, overlong or non-printable key.
-    pub fn parse(value: &str) -> Result<Self, ApiError> {
+    pub(crate) fn parse(value: &str) -> Result<Self, ApiError> {
         let printable = value.bytes().all(|b| (0x21..=0x7e).contains(&b));
         if value.is_empty() || value.len() > 255 || !printable {
             return Err(invalid_key());
@@ -30,7 +30,7 @@ impl IdempotencyKey {
 }
 
 /// The 400 for a key that is not of the key's form, or not readable as text at all.
-pub fn invalid_key() -> ApiError {
+pub(crate) fn invalid_key() -> ApiError {
     ApiError::InvalidHeader {
         code: "invalid_idempotency_key",
         header: HEADER.to_owned(),
@@ -48,7 +48,7 @@ pub fn invalid_key() -> ApiError {
 /// # Errors
 /// 400 `invalid_json` when the body is not JSON (callers have parsed it already, so only
 /// a caller that skipped that step sees it).
-pub fn claim(
+pub(crate) fn claim(
     caller: Caller,
     key: IdempotencyKey,
     route: &str,
@@ -71,7 +71,7 @@ pub fn claim(
 }
 
 /// The 422 for a key reused with a different body.
-pub fn key_reused() -> ApiError {
+pub(crate) fn key_reused() -> ApiError {
     ApiError::unprocessable(
         "idempotency_key_reused",
         HEADER,

@@ -20,7 +20,7 @@ const RELISTEN_LAST_WAIT: Duration = Duration::from_secs(5);
 
 /// Follows announcements until `shutdown`, opening a new session whenever one is lost,
 /// with growing waits while Postgres cannot be reached.
-pub async fn follow(
+pub(crate) async fn follow(
     database: DatabaseSettings,
     api_keys: Arc<ApiKeys>,
     abuse: Arc<AbuseControls>,

@@ -46,7 +46,7 @@ const MARK_DELAY_DIVISOR: u32 = 5;
 const RELAY_BATCH: i64 = 500;
 
 /// Hands committed sends to the background publisher.
-pub struct Outbox {
+pub(crate) struct Outbox {
     publisher: Arc<SmsPublisher>,
     dispatch: mpsc::Sender<Committed>,
 }
@@ -58,7 +58,7 @@ struct Committed {
 }
 
 /// The background half of the outbox: the dispatcher, the mark writer and the relay.
-pub struct OutboxTasks {
+pub(crate) struct OutboxTasks {
     pool: Pool,
     publisher: Arc<SmsPublisher>,
     dispatch: mpsc::Receiver<Committed>,
@@ -67,13 +67,13 @@ pub struct OutboxTasks {
 
 /// How often the relay runs and how old an unconfirmed send must be to be relayed.
 #[derive(Debug, Clone, Copy)]
-pub struct RelaySchedule {
+pub(crate) struct RelaySchedule {
     pub interval: Duration,
     pub min_age: Duration,
 }
 
 impl Outbox {
-    pub fn new(
+    pub(crate) fn new(
         pool: Pool,
         publisher: Arc<SmsPublisher>,
         schedule: RelaySchedule,
@@ -96,7 +96,7 @@ impl Outbox {
     /// Queues the job of a committed send for publishing and returns at once. A full
     /// backlog (the broker is down or slow) is not the caller's problem: the send is
     /// durable and the relay publishes it.
-    pub fn publish(&self, id: DeliveryId) {
+    pub(crate) fn publish(&self, id: DeliveryId) {
         let committed = Committed {
             id,
             at: Instant::now(),
@@ -107,7 +107,7 @@ impl Outbox {
     }
 
     /// The broker connection, for readiness probes.
-    pub fn publisher(&self) -> &SmsPublisher {
+    pub(crate) fn publisher(&self) -> &SmsPublisher {
         &self.publisher
     }
 }
@@ -115,7 +115,7 @@ impl Outbox {
 impl OutboxTasks {
     /// Runs the dispatcher, the mark writer and the relay until `shutdown`; then publishes
     /// what is still queued and writes the last marks.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let (marks_sender, marks) = mpsc::channel(MARK_BACKLOG);
         let relay = relay(
             self.pool.clone(),

@@ -41,7 +41,7 @@ use warp::{Filter, Reply};
 
 /// The bounds every connection is served under.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// Longest wait for a request's head; see the module documentation.
     pub header_read_timeout: Duration,
     /// Longest a kept-alive connection waits for its next request or for the client to
@@ -71,7 +71,7 @@ const MAKE_ROOM_AGAIN: Duration = Duration::from_millis(200);
 /// Serves `routes` on `listener` until `shutdown` is cancelled, then stops accepting, asks
 /// every connection to close once its request in flight is answered, and returns when
 /// all have closed.
-pub async fn serve<F, R>(
+pub(crate) async fn serve<F, R>(
     listener: TcpListener,
     routes: F,
     limits: ConnectionLimits,

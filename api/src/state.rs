@@ -18,7 +18,7 @@ use crate::template_cache::TemplateCache;
 
 /// Everything handlers need. Cheap to clone (all shared parts are behind `Arc`s).
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub pool: Pool,
     pub outbox: Arc<Outbox>,
     pub starts: Starts,
@@ -35,7 +35,7 @@ pub struct AppState {
 }
 
 /// A filter that hands a clone of the state to the handler.
-pub fn with_state(
+pub(crate) fn with_state(
     state: AppState,
 ) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())

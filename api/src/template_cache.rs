@@ -20,13 +20,13 @@ use verify_common::domain::{TemplateBody, TemplateError, TemplateId, default_tem
 use crate::expiring::ExpiringMap;
 
 /// How long a stored template is trusted without reading it again.
-pub const FRESH_FOR: Duration = Duration::from_secs(5);
+pub(crate) const FRESH_FOR: Duration = Duration::from_secs(5);
 /// Most stored templates kept; a client probing random ids cannot grow memory past this.
 const CAPACITY: usize = 4_096;
 
 /// Why a template could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     #[error("template {0} does not exist")]
     NotFound(TemplateId),
     #[error("there is no built-in text for {0:?}")]
@@ -39,14 +39,14 @@ pub enum LookupError {
 }
 
 /// Stored templates by id, and the built-in texts by language.
-pub struct TemplateCache {
+pub(crate) struct TemplateCache {
     engine: Arc<Engine<'static>>,
     stored: ExpiringMap<TemplateId, Result<Arc<TemplateBody>, LookupError>>,
     built_in: Mutex<HashMap<String, Arc<TemplateBody>>>,
 }
 
 impl TemplateCache {
-    pub fn new(engine: Arc<Engine<'static>>) -> Self {
+    pub(crate) fn new(engine: Arc<Engine<'static>>) -> Self {
         Self {
             engine,
             stored: ExpiringMap::new(FRESH_FOR, CAPACITY, Result::is_ok),
@@ -58,7 +58,7 @@ impl TemplateCache {
     ///
     /// # Errors
     /// [`LookupError`] when it does not exist, does not parse or cannot be read.
-    pub async fn stored(
+    pub(crate) async fn stored(
         &self,
         pool: &Pool,
         id: TemplateId,
@@ -77,7 +77,7 @@ impl TemplateCache {
     ///
     /// # Errors
     /// [`LookupError::NoBuiltIn`] for a language without one.
-    pub fn built_in(&self, language: &str) -> Result<Arc<TemplateBody>, LookupError> {
+    pub(crate) fn built_in(&self, language: &str) -> Result<Arc<TemplateBody>, LookupError> {
         let mut parsed = self.built_in.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(body) = parsed.get(language) {
             return Ok(Arc::clone(body));
@@ -90,7 +90,7 @@ impl TemplateCache {
     }
 
     /// Drops template `id`, after it was changed or deleted through this process.
-    pub fn forget(&self, id: TemplateId) {
+    pub(crate) fn forget(&self, id: TemplateId) {
         self.stored.remove(&id);
     }
 }

@@ -16,7 +16,7 @@ use verify_common::domain::{
 
 /// A verification with its sends.
 #[derive(Debug, Serialize)]
-pub struct VerificationView {
+pub(crate) struct VerificationView {
     pub id: String,
     pub to: String,
     pub status: VerificationStatus,
@@ -42,7 +42,7 @@ pub struct VerificationView {
 
 /// One send of the code, with its attempt history.
 #[derive(Debug, Serialize)]
-pub struct SendView {
+pub(crate) struct SendView {
     pub id: String,
     pub send_number: i32,
     pub status: DeliveryStatus,
@@ -59,7 +59,7 @@ pub struct SendView {
 }
 
 impl VerificationView {
-    pub fn new(
+    pub(crate) fn new(
         verification: &VerificationRecord,
         sends: &[DeliveryRecord],
         now: DateTime<Utc>,
@@ -98,7 +98,7 @@ impl VerificationView {
 }
 
 impl SendView {
-    pub fn new(send: &DeliveryRecord) -> Self {
+    pub(crate) fn new(send: &DeliveryRecord) -> Self {
         Self {
             id: send.id.to_string(),
             send_number: send.send_number,
@@ -119,7 +119,7 @@ impl SendView {
 
 /// The answer to a check by id (any outcome) or by number (an approval).
 #[derive(Debug, Serialize)]
-pub struct CheckView {
+pub(crate) struct CheckView {
     pub id: String,
     pub status: VerificationStatus,
     pub valid: bool,
@@ -130,7 +130,7 @@ pub struct CheckView {
 /// fields of [`CheckView`], each `null` but `valid: false`, so clients read one shape and
 /// nothing tells whether the number has a verification.
 #[derive(Debug, Default, Serialize)]
-pub struct RefusedCheckView {
+pub(crate) struct RefusedCheckView {
     id: Option<String>,
     status: Option<VerificationStatus>,
     valid: bool,
@@ -139,7 +139,7 @@ pub struct RefusedCheckView {
 
 /// A stored template.
 #[derive(Debug, Serialize)]
-pub struct TemplateView {
+pub(crate) struct TemplateView {
     pub id: TemplateId,
     pub name: String,
     pub description: String,
@@ -152,7 +152,7 @@ pub struct TemplateView {
 }
 
 impl TemplateView {
-    pub fn new(record: &TemplateRecord) -> Self {
+    pub(crate) fn new(record: &TemplateRecord) -> Self {
         // Stored bodies were validated on save; re-parsing only lists their variables.
         let variables = TemplateBody::parse(&new_template_engine(), &record.body)
             .map(|body| body.variables().to_vec())
@@ -175,7 +175,7 @@ impl TemplateView {
 
 /// A rendered preview of a template text.
 #[derive(Debug, Serialize)]
-pub struct PreviewView {
+pub(crate) struct PreviewView {
     pub text: String,
     pub encoding: SmsEncoding,
     pub characters: usize,
@@ -186,7 +186,7 @@ pub struct PreviewView {
 /// One abuse rule as stored, how it applies under the process-wide mode, and how often it
 /// matched, by outcome (`block`, `shadow_block`, `monitor`; totals of every API process).
 #[derive(Debug, Serialize)]
-pub struct RuleView {
+pub(crate) struct RuleView {
     pub id: String,
     pub kind: RuleKind,
     pub mode: RuleMode,
@@ -198,7 +198,7 @@ pub struct RuleView {
 }
 
 impl RuleView {
-    pub fn new(record: &RuleRecord, global: RuleMode, counts: &[RuleCount]) -> Self {
+    pub(crate) fn new(record: &RuleRecord, global: RuleMode, counts: &[RuleCount]) -> Self {
         let id = record.rule.id.to_string();
         let mut by_outcome: BTreeMap<&'static str, i64> =
             Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
@@ -219,7 +219,7 @@ impl RuleView {
 
 /// An allow-list entry.
 #[derive(Debug, Serialize)]
-pub struct AllowView {
+pub(crate) struct AllowView {
     pub id: i64,
     pub kind: AllowKind,
     pub value: String,
@@ -228,7 +228,7 @@ pub struct AllowView {
 }
 
 impl AllowView {
-    pub fn new(record: &AllowRecord) -> Self {
+    pub(crate) fn new(record: &AllowRecord) -> Self {
         Self {
             id: record.id,
             kind: record.kind,
@@ -241,7 +241,7 @@ impl AllowView {
 
 /// A block in force.
 #[derive(Debug, Serialize)]
-pub struct BlockView {
+pub(crate) struct BlockView {
     pub id: i64,
     pub scope: BlockScope,
     pub key: String,
@@ -254,7 +254,7 @@ pub struct BlockView {
 }
 
 impl BlockView {
-    pub fn new(record: &BlockRecord) -> Self {
+    pub(crate) fn new(record: &BlockRecord) -> Self {
         Self {
             id: record.id,
             scope: record.scope,

@@ -11,7 +11,7 @@ use crate::views::{AllowView, BlockView, RuleView};
 ///
 /// # Errors
 /// 503 when Postgres is down.
-pub async fn list_rules(state: &AppState) -> Result<(RuleMode, Vec<RuleView>), ApiError> {
+pub(crate) async fn list_rules(state: &AppState) -> Result<(RuleMode, Vec<RuleView>), ApiError> {
     let global = state.abuse.global_mode();
     let snapshot = abuse::load_rules(&state.pool).await?;
     let counts = abuse::rule_counts(&state.pool).await?;
@@ -25,7 +25,7 @@ pub async fn list_rules(state: &AppState) -> Result<(RuleMode, Vec<RuleView>), A
 
 /// A change to one rule: a new mode, new parameters, or both; what is left out stays.
 #[derive(Debug, Clone, Copy)]
-pub struct RuleChange {
+pub(crate) struct RuleChange {
     pub mode: Option<RuleMode>,
     pub params: Option<RuleParams>,
 }
@@ -36,7 +36,7 @@ pub struct RuleChange {
 /// # Errors
 /// 422 `invalid_rule_params` naming `params` for a new rule without them; 503 when
 /// Postgres is down.
-pub async fn put_rule(
+pub(crate) async fn put_rule(
     state: &AppState,
     id: RuleId,
     change: RuleChange,
@@ -68,7 +68,7 @@ pub async fn put_rule(
 /// # Errors
 /// 409 `rule_required` for `country.default`, 404 `rule_not_found`, 503 when Postgres is
 /// down.
-pub async fn delete_rule(state: &AppState, id: RuleId) -> Result<(), ApiError> {
+pub(crate) async fn delete_rule(state: &AppState, id: RuleId) -> Result<(), ApiError> {
     if id == RuleId::CountryDefault {
         return Err(ApiError::Conflict {
             code: "rule_required",
@@ -99,7 +99,7 @@ async fn reload_rules(state: &AppState) {
 ///
 /// # Errors
 /// 503 when Postgres is down.
-pub async fn list_allow(state: &AppState) -> Result<Vec<AllowView>, ApiError> {
+pub(crate) async fn list_allow(state: &AppState) -> Result<Vec<AllowView>, ApiError> {
     Ok(abuse::list_allow_entries(&state.pool)
         .await?
         .iter()
@@ -112,7 +112,7 @@ pub async fn list_allow(state: &AppState) -> Result<Vec<AllowView>, ApiError> {
 /// # Errors
 /// 409 `allow_entry_exists`, 422 `unknown_api_key` naming `value`, 503 when Postgres is
 /// down.
-pub async fn add_allow(state: &AppState, entry: &AllowEntry) -> Result<AllowView, ApiError> {
+pub(crate) async fn add_allow(state: &AppState, entry: &AllowEntry) -> Result<AllowView, ApiError> {
     match abuse::insert_allow_entry(&state.pool, entry).await? {
         AllowInsertOutcome::Added(record) => Ok(AllowView::new(&record)),
         AllowInsertOutcome::Exists => Err(ApiError::Conflict {
@@ -135,7 +135,7 @@ pub async fn add_allow(state: &AppState, entry: &AllowEntry) -> Result<AllowView
 ///
 /// # Errors
 /// 404 `allow_entry_not_found`, 503 when Postgres is down.
-pub async fn delete_allow(state: &AppState, id: i64) -> Result<(), ApiError> {
+pub(crate) async fn delete_allow(state: &AppState, id: i64) -> Result<(), ApiError> {
     if abuse::delete_allow_entry(&state.pool, id).await? {
         Ok(())
     } else {
@@ -150,7 +150,7 @@ pub async fn delete_allow(state: &AppState, id: i64) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// 503 when Postgres is down.
-pub async fn list_blocks(state: &AppState) -> Result<Vec<BlockView>, ApiError> {
+pub(crate) async fn list_blocks(state: &AppState) -> Result<Vec<BlockView>, ApiError> {
     Ok(abuse::list_active_blocks(&state.pool)
         .await?
         .iter()
@@ -162,7 +162,7 @@ pub async fn list_blocks(state: &AppState) -> Result<Vec<BlockView>, ApiError> {
 ///
 /// # Errors
 /// 404 `block_not_found` (also for a block that has run out), 503 when Postgres is down.
-pub async fn lift_block(state: &AppState, id: i64) -> Result<(), ApiError> {
+pub(crate) async fn lift_block(state: &AppState, id: i64) -> Result<(), ApiError> {
     if abuse::delete_block(&state.pool, id).await? {
         Ok(())
     } else {

@@ -1,6 +1,6 @@
 //! What the API does, independent of which route shape (native `/v1` or PortaText) asked.
 //! Routes parse requests into these calls and render their results.
 
-pub mod abuse;
-pub mod templates;
-pub mod verifications;
+pub(crate) mod abuse;
+pub(crate) mod templates;
+pub(crate) mod verifications;

@@ -18,19 +18,19 @@ fn default_ttl_minutes(state: &AppState) -> u64 {
 }
 
 /// `{{ttl_minutes}}` for a code with `ttl` left, rounded up as the worker rounds it.
-pub fn ttl_minutes(ttl: Duration) -> u64 {
+pub(crate) fn ttl_minutes(ttl: Duration) -> u64 {
     ttl.as_secs().div_ceil(60)
 }
 
 /// A stand-in for a code of `length` digits, for measuring a text before the code
 /// exists: every digit is one GSM-7 septet, so which digits does not matter.
-pub fn placeholder_code(length: OtpCodeLength) -> String {
+pub(crate) fn placeholder_code(length: OtpCodeLength) -> String {
     "0".repeat(usize::from(length.get()))
 }
 
 /// Fields a client sent to create or change a template; `None` means "not given".
 #[derive(Debug, Default)]
-pub struct TemplateInput {
+pub(crate) struct TemplateInput {
     pub name: Option<String>,
     pub description: Option<String>,
     /// `Some(None)` clears the locale.
@@ -40,7 +40,7 @@ pub struct TemplateInput {
 
 /// Maps a template problem to the request field it concerns: 422 for characters that
 /// could disguise the message, 400 for the rest.
-pub fn template_error(error: TemplateError) -> ApiError {
+pub(crate) fn template_error(error: TemplateError) -> ApiError {
     if let TemplateError::UnsafeCharacter(_) = error {
         return ApiError::unprocessable("unsafe_characters", "text", error);
     }
@@ -66,7 +66,7 @@ pub fn template_error(error: TemplateError) -> ApiError {
 
 /// Maps a variables problem to the field it names (`variables.brand`): 422 for
 /// characters that could disguise the message, 400 for the rest.
-pub fn variable_error(error: VariableError) -> ApiError {
+pub(crate) fn variable_error(error: VariableError) -> ApiError {
     let field = error.field();
     match error {
         VariableError::UnsafeCharacter { .. } => {
@@ -145,7 +145,7 @@ fn not_found() -> ApiError {
 ///
 /// # Errors
 /// 400s naming the field; 503 when Postgres is down.
-pub async fn create_template(
+pub(crate) async fn create_template(
     state: &AppState,
     input: TemplateInput,
 ) -> Result<TemplateRecord, ApiError> {
@@ -157,7 +157,7 @@ pub async fn create_template(
 ///
 /// # Errors
 /// 404 for an unknown id; 400s naming the field.
-pub async fn update_template(
+pub(crate) async fn update_template(
     state: &AppState,
     id: TemplateId,
     input: TemplateInput,
@@ -173,7 +173,10 @@ pub async fn update_template(
 ///
 /// # Errors
 /// 404 for an unknown id.
-pub async fn find_template(state: &AppState, id: TemplateId) -> Result<TemplateRecord, ApiError> {
+pub(crate) async fn find_template(
+    state: &AppState,
+    id: TemplateId,
+) -> Result<TemplateRecord, ApiError> {
     templates::find_template(&state.pool, id)
         .await?
         .ok_or_else(not_found)
@@ -183,7 +186,7 @@ pub async fn find_template(state: &AppState, id: TemplateId) -> Result<TemplateR
 ///
 /// # Errors
 /// 404 for an unknown id.
-pub async fn delete_template(state: &AppState, id: TemplateId) -> Result<(), ApiError> {
+pub(crate) async fn delete_template(state: &AppState, id: TemplateId) -> Result<(), ApiError> {
     let deleted = templates::delete_template(&state.pool, id).await;
     state.template_cache.forget(id);
     if deleted? { Ok(()) } else { Err(not_found()) }
@@ -193,7 +196,7 @@ pub async fn delete_template(state: &AppState, id: TemplateId) -> Result<(), Api
 ///
 /// # Errors
 /// 503 when Postgres is down.
-pub async fn list_templates(
+pub(crate) async fn list_templates(
     state: &AppState,
     after: i64,
     limit: i64,
@@ -205,7 +208,7 @@ pub async fn list_templates(
 ///
 /// # Errors
 /// 400 naming the problem with the text or a missing variable.
-pub fn preview(
+pub(crate) fn preview(
     state: &AppState,
     text: &str,
     variables: &Variables,

@@ -23,7 +23,7 @@ use crate::views::CheckView;
 
 /// A validated request to start a verification.
 #[derive(Debug)]
-pub struct StartRequest {
+pub(crate) struct StartRequest {
     pub to: PhoneNumber,
     pub template_id: Option<TemplateId>,
     pub locale: Option<TemplateLocale>,
@@ -39,13 +39,19 @@ pub struct StartRequest {
 ///
 /// # Errors
 /// 422 `invalid_client_id` naming `client_id`; an unreadable `client_ip` is not an error.
-pub fn client_signals(ip: Option<&str>, id: Option<&str>) -> Result<ClientSignals, ApiError> {
+pub(crate) fn client_signals(
+    ip: Option<&str>,
+    id: Option<&str>,
+) -> Result<ClientSignals, ApiError> {
     ClientSignals::parse(ip, id)
         .map_err(|e: ClientIdError| ApiError::unprocessable("invalid_client_id", "client_id", e))
 }
 
 /// Phone-number errors as a 400 naming `field`.
-pub fn phone_error(field: &str, error: &verify_common::domain::PhoneNumberError) -> ApiError {
+pub(crate) fn phone_error(
+    field: &str,
+    error: &verify_common::domain::PhoneNumberError,
+) -> ApiError {
     ApiError::invalid("invalid_phone_number", field, error)
 }
 
@@ -70,7 +76,7 @@ fn template_not_found(id: impl std::fmt::Display) -> ApiError {
 ///
 /// # Errors
 /// 400 `template_not_found` naming `template_id`.
-pub fn body_template_id(raw: Option<i64>) -> Result<Option<TemplateId>, ApiError> {
+pub(crate) fn body_template_id(raw: Option<i64>) -> Result<Option<TemplateId>, ApiError> {
     raw.map(|id| TemplateId::try_from(id).map_err(|_| template_not_found(id)))
         .transpose()
 }
@@ -268,7 +274,7 @@ async fn start_verification(
 ///
 /// # Errors
 /// As [`start_verification`].
-pub async fn start_verification_answer(
+pub(crate) async fn start_verification_answer(
     state: &AppState,
     request: StartRequest,
     idempotency: Option<&IdempotencyClaim>,
@@ -320,7 +326,7 @@ fn rate_limited(retry_after: Duration) -> ApiError {
 ///
 /// # Errors
 /// 404 for an unknown id.
-pub async fn find_verification(
+pub(crate) async fn find_verification(
     state: &AppState,
     id: VerificationId,
 ) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
@@ -335,7 +341,7 @@ pub async fn find_verification(
 ///
 /// # Errors
 /// 400 `invalid_code`.
-pub fn parse_code(code: &str) -> Result<&str, ApiError> {
+pub(crate) fn parse_code(code: &str) -> Result<&str, ApiError> {
     let trimmed = code.trim();
     if (4..=10).contains(&trimmed.len()) && trimmed.bytes().all(|b| b.is_ascii_digit()) {
         Ok(trimmed)
@@ -357,7 +363,7 @@ pub fn parse_code(code: &str) -> Result<&str, ApiError> {
 ///
 /// # Errors
 /// 400 for a malformed code; 503 when Postgres is down.
-pub async fn check_by_id(
+pub(crate) async fn check_by_id(
     state: &AppState,
     id: VerificationId,
     code: &str,
@@ -381,7 +387,7 @@ fn expired(id: VerificationId) -> CheckView {
 
 /// What a check by number may tell its caller.
 #[derive(Debug)]
-pub enum NumberCheck {
+pub(crate) enum NumberCheck {
     /// The code approved the number's newest open verification.
     Approved(CheckView),
     /// Anything else: no verification, a wrong code, or one expired, used, canceled or
@@ -395,7 +401,7 @@ pub enum NumberCheck {
 ///
 /// # Errors
 /// 400 for a malformed code; 503 when Postgres is down.
-pub async fn check_by_number(
+pub(crate) async fn check_by_number(
     state: &AppState,
     to: &PhoneNumber,
     code: &str,
@@ -466,7 +472,7 @@ async fn check_verification(
 /// # Errors
 /// 404 unknown, 409 closed, 429 too soon or over the per-number limit, 503 when a
 /// dependency is down.
-pub async fn resend(
+pub(crate) async fn resend(
     state: &AppState,
     id: VerificationId,
 ) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
@@ -501,7 +507,7 @@ pub async fn resend(
 ///
 /// # Errors
 /// 404 unknown, 409 already closed.
-pub async fn cancel(
+pub(crate) async fn cancel(
     state: &AppState,
     id: VerificationId,
 ) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {

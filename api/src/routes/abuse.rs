@@ -32,7 +32,7 @@ struct AllowBody {
     note: Option<String>,
 }
 
-pub fn routes(
+pub(super) fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let caller = extract::caller(Arc::clone(&state.api_keys));

@@ -27,7 +27,7 @@ use crate::operations::verifications::phone_error;
 
 /// A request refused by an extractor; the family's [`answering_refusals`] answers it.
 #[derive(Debug)]
-pub struct Refusal(ApiError);
+pub(super) struct Refusal(ApiError);
 
 impl warp::reject::Reject for Refusal {}
 
@@ -37,7 +37,7 @@ fn refuse(error: ApiError) -> Rejection {
 
 /// Answers the refusals of `routes` with `answer` (the family's error shape) and passes
 /// every other rejection on, so routing failures still reach the global handler.
-pub fn answering_refusals<F>(
+pub(super) fn answering_refusals<F>(
     routes: F,
     answer: fn(&ApiError) -> Response,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
@@ -81,7 +81,9 @@ fn text_header(
 
 /// The authenticated caller. Refuses with 401 for a missing or unknown key, 400 for an
 /// unreadable key header and 503 when the key store cannot be read.
-pub fn caller(keys: Arc<ApiKeys>) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+pub(super) fn caller(
+    keys: Arc<ApiKeys>,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     header_text("x-api-key")
         .and(header_text("authorization"))
         .and_then(move |api_key, authorization| {
@@ -120,7 +122,7 @@ fn presented_key(
 
 /// A parsed JSON body and the bytes it was parsed from (idempotency hashes those).
 #[derive(Debug)]
-pub struct JsonBody<T> {
+pub(super) struct JsonBody<T> {
     pub value: T,
     pub raw: Bytes,
 }
@@ -136,7 +138,7 @@ fn bounded_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Copy {
 
 /// A JSON body of type `T` with its bytes. The Content-Type must be JSON or absent; an
 /// empty body, malformed JSON or a wrong field is refused naming the field.
-pub fn json_with_raw<T>() -> impl Filter<Extract = (JsonBody<T>,), Error = Rejection> + Copy
+pub(super) fn json_with_raw<T>() -> impl Filter<Extract = (JsonBody<T>,), Error = Rejection> + Copy
 where
     T: DeserializeOwned + Send + 'static,
 {
@@ -156,7 +158,7 @@ where
 }
 
 /// A JSON body of type `T`, as [`json_with_raw`] without the bytes.
-pub fn json<T>() -> impl Filter<Extract = (T,), Error = Rejection> + Copy
+pub(super) fn json<T>() -> impl Filter<Extract = (T,), Error = Rejection> + Copy
 where
     T: DeserializeOwned + Send + 'static,
 {
@@ -165,7 +167,7 @@ where
 
 /// A JSON body as PortaText's SDKs send it: any Content-Type, and an empty body means
 /// `T::default()`.
-pub fn lenient_json<T>() -> impl Filter<Extract = (JsonBody<T>,), Error = Rejection> + Copy
+pub(super) fn lenient_json<T>() -> impl Filter<Extract = (JsonBody<T>,), Error = Rejection> + Copy
 where
     T: DeserializeOwned + Default + Send + 'static,
 {
@@ -182,7 +184,7 @@ where
 /// The `Idempotency-Key`, if sent. A key that is unreadable or not of the key's form is
 /// refused with 400 `invalid_idempotency_key`: ignoring it would turn a client's retries
 /// into duplicate verifications and duplicate SMS.
-pub fn idempotency_key()
+pub(super) fn idempotency_key()
 -> impl Filter<Extract = (Option<IdempotencyKey>,), Error = Rejection> + Copy {
     text_header("idempotency-key", idempotency::invalid_key).and_then(
         |value: Option<String>| async move {
@@ -200,7 +202,7 @@ pub fn idempotency_key()
 ///
 /// # Errors
 /// 400 `invalid_id` when the segment is not a UUID.
-pub async fn verification_id(
+pub(super) async fn verification_id(
     raw: String,
     caller: Caller,
 ) -> Result<(Caller, VerificationId), Rejection> {
@@ -219,7 +221,10 @@ pub async fn verification_id(
 ///
 /// # Errors
 /// 400 `invalid_id` unless the segment is a positive integer.
-pub async fn template_id(raw: String, caller: Caller) -> Result<(Caller, TemplateId), Rejection> {
+pub(super) async fn template_id(
+    raw: String,
+    caller: Caller,
+) -> Result<(Caller, TemplateId), Rejection> {
     raw.parse::<i64>()
         .ok()
         .and_then(|id| TemplateId::try_from(id).ok())
@@ -238,7 +243,7 @@ pub async fn template_id(raw: String, caller: Caller) -> Result<(Caller, Templat
 ///
 /// # Errors
 /// 400 `invalid_rule_id` naming `id` when no rule could have this id.
-pub async fn rule_id(raw: String, caller: Caller) -> Result<(Caller, RuleId), Rejection> {
+pub(super) async fn rule_id(raw: String, caller: Caller) -> Result<(Caller, RuleId), Rejection> {
     RuleId::parse(&raw)
         .map(|id| (caller, id))
         .map_err(|e| refuse(ApiError::invalid("invalid_rule_id", "id", e)))
@@ -249,7 +254,7 @@ pub async fn rule_id(raw: String, caller: Caller) -> Result<(Caller, RuleId), Re
 ///
 /// # Errors
 /// 400 `invalid_id` unless the segment is a positive integer.
-pub async fn record_id(raw: String, caller: Caller) -> Result<(Caller, i64), Rejection> {
+pub(super) async fn record_id(raw: String, caller: Caller) -> Result<(Caller, i64), Rejection> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -272,7 +277,10 @@ pub async fn record_id(raw: String, caller: Caller) -> Result<(Caller, i64), Rej
 /// # Errors
 /// 400 `invalid_phone_number` naming `number` when the segment is not valid
 /// percent-encoding of UTF-8 text or not a valid number.
-pub async fn path_number(raw: String, caller: Caller) -> Result<(Caller, PhoneNumber), Rejection> {
+pub(super) async fn path_number(
+    raw: String,
+    caller: Caller,
+) -> Result<(Caller, PhoneNumber), Rejection> {
     let decoded = percent_decoded(&raw).ok_or_else(|| {
         refuse(ApiError::invalid(
             "invalid_phone_number",

@@ -12,7 +12,7 @@ use crate::state::{AppState, with_state};
 /// Longest a readiness probe waits on each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes(
+pub(super) fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let healthz = endpoint!(Probe GET "healthz")

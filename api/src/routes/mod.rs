@@ -30,7 +30,7 @@ use crate::error::handle_rejection;
 use crate::state::AppState;
 
 /// Every route of the API.
-pub fn routes(
+pub(crate) fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let native = verifications::routes(state.clone())

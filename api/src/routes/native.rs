@@ -7,12 +7,12 @@ use warp::reply::{Reply, Response};
 use crate::error::ApiError;
 
 /// A native route's answer: the handler's reply, or its error in the native shape.
-pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
+pub(super) fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
     result.map_or_else(|error| error_response(&error), Reply::into_response)
 }
 
 /// The native answer to an error, logged.
-pub fn error_response(error: &ApiError) -> Response {
+pub(super) fn error_response(error: &ApiError) -> Response {
     error.log();
     error.to_response()
 }

@@ -58,7 +58,7 @@ impl From<TemplateBodyJson> for TemplateInput {
     }
 }
 
-pub fn routes(
+pub(super) fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let caller = extract::caller(Arc::clone(&state.api_keys));
@@ -163,7 +163,7 @@ fn reply(status: StatusCode, mut body: Value) -> Response {
 /// PortaText's answer to an error: a status the SDKs know and their error body. PortaText
 /// errors, from handlers and extractors alike, become responses here only, so this is
 /// where they are logged.
-pub fn error_response(error: &ApiError) -> Response {
+pub(super) fn error_response(error: &ApiError) -> Response {
     error.log();
     let status = match error.status().as_u16() {
         400 | 401 | 403 | 404 | 405 | 415 | 429 | 500 => error.status(),

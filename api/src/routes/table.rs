@@ -74,7 +74,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
 ];
 
 /// Whether `ENDPOINTS` lists this route; evaluated at compile time by `endpoint!`.
-pub const fn is_listed(method: &str, path: &str, family: Family) -> bool {
+pub(super) const fn is_listed(method: &str, path: &str, family: Family) -> bool {
     let mut i = 0;
     while i < ENDPOINTS.len() {
         let listed = &ENDPOINTS[i];

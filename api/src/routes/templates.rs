@@ -61,7 +61,7 @@ impl From<TemplateBodyJson> for TemplateInput {
     }
 }
 
-pub fn routes(
+pub(super) fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let caller = extract::caller(Arc::clone(&state.api_keys));

@@ -50,7 +50,7 @@ struct CheckByNumberBody {
     code: String,
 }
 
-pub fn routes(
+pub(super) fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let caller = extract::caller(Arc::clone(&state.api_keys));

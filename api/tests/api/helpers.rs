@@ -28,15 +28,15 @@ use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
 use verify_worker::WorkerConfig;
 use verify_worker::testing::TestWorkers;
 
-pub const API_KEY: &str = "test-api-key-0123456789";
-pub const SECRET: &str = "test-secret-for-code-derivation";
+pub(crate) const API_KEY: &str = "test-api-key-0123456789";
+pub(crate) const SECRET: &str = "test-secret-for-code-derivation";
 const TWILIO_SID: &str = "ACtest0000000000000000000000000000";
-pub const TWILIO_TOKEN: &str = "test-auth-token";
+pub(crate) const TWILIO_TOKEN: &str = "test-auth-token";
 /// How long helpers wait for asynchronous effects (an SMS arriving, a status changing).
-pub const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// What a test may change before the system starts.
-pub struct TestOptions {
+pub(crate) struct TestOptions {
     pub sink: SinkSettings,
     pub api: ApiSettings,
     pub otp: OtpSettings,
@@ -88,7 +88,7 @@ impl Default for TestOptions {
 }
 
 /// The running system under test.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub address: String,
     pub client: Client,
     pub pool: Pool,
@@ -106,12 +106,12 @@ impl Drop for TestApp {
 }
 
 /// Starts the whole system with default options.
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(TestOptions::default()).await
 }
 
 /// Starts the whole system with the given options.
-pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     init_test_tracing();
     let shutdown = CancellationToken::new();
     let database = TestDatabase::create().await;
@@ -182,7 +182,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
 
 impl TestApp {
     /// Starts a worker process-equivalent (several may run at once).
-    pub async fn start_worker(&self) {
+    pub(crate) async fn start_worker(&self) {
         self.workers.start().await;
     }
 
@@ -190,7 +190,7 @@ impl TestApp {
     /// run to its acknowledgement and every send is sent or failed (the API's own
     /// publishes included). Running workers are paused meanwhile. Fails the test after
     /// [`WAIT`].
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.workers
             .drain(WAIT)
             .await
@@ -198,22 +198,22 @@ impl TestApp {
     }
 
     /// Tells the whole system to stop, as SIGTERM does in the binaries.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.shutdown.cancel();
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     /// A request with the test API key.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, self.url(path))
             .header("x-api-key", API_KEY)
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.request(reqwest::Method::POST, path)
             .json(body)
             .send()
@@ -221,19 +221,19 @@ impl TestApp {
             .expect("sending a request")
     }
 
-    pub async fn get(&self, path: &str) -> Response {
+    pub(crate) async fn get(&self, path: &str) -> Response {
         self.request(reqwest::Method::GET, path)
             .send()
             .await
             .expect("sending a request")
     }
 
-    pub async fn post_verification(&self, body: &Value) -> Response {
+    pub(crate) async fn post_verification(&self, body: &Value) -> Response {
         self.post_json("/v1/verifications", body).await
     }
 
     /// Posts a verification that must be accepted; returns its JSON.
-    pub async fn start_verification(&self, body: &Value) -> Value {
+    pub(crate) async fn start_verification(&self, body: &Value) -> Value {
         let response = self.post_verification(body).await;
         assert_eq!(
             response.status(),
@@ -244,13 +244,13 @@ impl TestApp {
         response.json().await.expect("a JSON verification")
     }
 
-    pub async fn get_verification(&self, id: &str) -> Value {
+    pub(crate) async fn get_verification(&self, id: &str) -> Value {
         let response = self.get(&format!("/v1/verifications/{id}")).await;
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.expect("a JSON verification")
     }
 
-    pub async fn check_code(&self, id: &str, code: &str) -> Response {
+    pub(crate) async fn check_code(&self, id: &str, code: &str) -> Response {
         self.post_json(
             &format!("/v1/verifications/{id}/check"),
             &json!({ "code": code }),
@@ -258,7 +258,7 @@ impl TestApp {
         .await
     }
 
-    pub async fn create_template(&self, body: &Value) -> Value {
+    pub(crate) async fn create_template(&self, body: &Value) -> Value {
         let response = self.post_json("/v1/templates", body).await;
         assert_eq!(
             response.status(),
@@ -270,12 +270,12 @@ impl TestApp {
     }
 
     /// Every SMS the provider received for `to`, oldest first.
-    pub fn sent_sms(&self, to: &str) -> Vec<RecordedMessage> {
+    pub(crate) fn sent_sms(&self, to: &str) -> Vec<RecordedMessage> {
         self.sink.to(to)
     }
 
     /// Waits until `count` SMS reached `to`; fails the test after [`WAIT`].
-    pub async fn wait_for_sms(&self, to: &str, count: usize) -> Vec<RecordedMessage> {
+    pub(crate) async fn wait_for_sms(&self, to: &str, count: usize) -> Vec<RecordedMessage> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let messages = self.sink.to(to);
@@ -292,13 +292,13 @@ impl TestApp {
     }
 
     /// Waits for the code SMS of a new verification and returns the code in it.
-    pub async fn wait_for_code(&self, to: &str) -> String {
+    pub(crate) async fn wait_for_code(&self, to: &str) -> String {
         let messages = self.wait_for_sms(to, 1).await;
         code_in(&messages.last().expect("at least one message").body)
     }
 
     /// Waits until the newest send of a verification has `status`; returns the verification.
-    pub async fn wait_for_delivery_status(&self, id: &str, status: &str) -> Value {
+    pub(crate) async fn wait_for_delivery_status(&self, id: &str, status: &str) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let verification = self.get_verification(id).await;
@@ -316,7 +316,7 @@ impl TestApp {
     /// Starts another API as a process of its own (the built `verify-api` binary) on this
     /// test's database and queues, as a second replica runs in production; waits until it
     /// listens. The process is killed when the returned value is dropped.
-    pub async fn spawn_api_process(&self) -> ApiProcess {
+    pub(crate) async fn spawn_api_process(&self) -> ApiProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_verify-api"))
             .args([
                 "--addr",
@@ -355,14 +355,14 @@ impl TestApp {
     }
 
     /// Runs SQL against the test's own database (to move a clock or count rows).
-    pub async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
+    pub(crate) async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
         let client = self.pool.get().await.expect("a database connection");
         client.query(statement, &[]).await.expect("test SQL runs")
     }
 }
 
 /// A `verify-api` process started by [`TestApp::spawn_api_process`].
-pub struct ApiProcess {
+pub(crate) struct ApiProcess {
     /// `http://127.0.0.1:PORT`
     pub address: String,
     /// Every line the process logged so far (JSON), for failure messages.
@@ -371,12 +371,12 @@ pub struct ApiProcess {
 }
 
 impl ApiProcess {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     /// The lines logged so far, one per line.
-    pub fn logged(&self) -> String {
+    pub(crate) fn logged(&self) -> String {
         self.log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -412,7 +412,7 @@ async fn listening_address(stderr: ChildStderr, log: Arc<Mutex<Vec<String>>>) ->
 }
 
 /// The first run of 4–10 digits in an SMS body: the code.
-pub fn code_in(body: &str) -> String {
+pub(crate) fn code_in(body: &str) -> String {
     body.split(|c: char| !c.is_ascii_digit())
         .find(|run| (4..=10).contains(&run.len()))
         .unwrap_or_else(|| panic!("no code in {body:?}"))
@@ -420,13 +420,13 @@ pub fn code_in(body: &str) -> String {
 }
 
 /// A code that differs from `code` in every digit.
-pub fn wrong_code(code: &str) -> String {
+pub(crate) fn wrong_code(code: &str) -> String {
     code.bytes()
         .map(|b| char::from(b'0' + (b - b'0' + 1) % 10))
         .collect()
 }
 
 /// A distinct valid US number per call within a test.
-pub fn phone_number(n: u32) -> String {
+pub(crate) fn phone_number(n: u32) -> String {
     format!("+1415555{:04}", n % 10_000)
 }

@@ -226,7 +226,7 @@ impl Context {
                 rng.random_range(0..10_000)
             )
         };
-        let checks = n % UNCHECKED_EVERY != 0;
+        let checks = !n.is_multiple_of(UNCHECKED_EVERY);
         let body = json!({
             "to": to,
             "template_id": self.template_id,

@@ -18,10 +18,10 @@ use crate::helpers::{
 };
 use crate::replay::replay_all;
 
-pub const TEMPLATE_TEXT: &str = "Code {{code}}";
+pub(crate) const TEMPLATE_TEXT: &str = "Code {{code}}";
 
 /// A verification whose template was deleted before any worker ran, and its send.
-pub struct DeadLettered {
+pub(crate) struct DeadLettered {
     pub worker: TestWorker,
     pub to: String,
     pub verification_id: VerificationId,
@@ -31,7 +31,7 @@ pub struct DeadLettered {
 
 /// Starts a verification with a template, deletes the template, then runs the pipeline:
 /// the job ends in the dead-letter queue.
-pub async fn dead_letter_a_job_whose_template_was_deleted() -> DeadLettered {
+pub(crate) async fn dead_letter_a_job_whose_template_was_deleted() -> DeadLettered {
     let worker = spawn_worker().await;
     let template_id = worker.create_template("short-lived", TEMPLATE_TEXT).await;
     let to = phone_number(1);
@@ -53,7 +53,7 @@ pub async fn dead_letter_a_job_whose_template_was_deleted() -> DeadLettered {
 
 /// Waits until the dead-letter queue holds `count` ready messages: messages a browser
 /// held return to the queue as its channel closes, not at once.
-pub async fn wait_for_dead_letters(worker: &TestWorker, count: u32) {
+pub(crate) async fn wait_for_dead_letters(worker: &TestWorker, count: u32) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let depth = worker.dead_letter_depth().await;

@@ -35,10 +35,10 @@ const TWILIO_SID: &str = "ACtest0000000000000000000000000000";
 const TWILIO_TOKEN: &str = "test-auth-token";
 /// Longest a drain may take: retries included, every test's pipeline settles well
 /// within it.
-pub const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// What a test may change before the worker's side starts.
-pub struct TestOptions {
+pub(crate) struct TestOptions {
     pub sink: SinkSettings,
     pub worker: WorkerSettings,
     pub sms: SmsSettings,
@@ -78,7 +78,7 @@ impl Default for TestOptions {
 }
 
 /// Options whose sink fails the first `count` sends with `status`.
-pub fn failing_first(count: u64, status: u16) -> TestOptions {
+pub(crate) fn failing_first(count: u64, status: u16) -> TestOptions {
     let mut options = TestOptions::default();
     options.sink.fail_first = count;
     options.sink.failure_status = status;
@@ -86,7 +86,7 @@ pub fn failing_first(count: u64, status: u16) -> TestOptions {
 }
 
 /// Options whose sink refuses every send with `status`.
-pub fn always_failing(status: u16) -> TestOptions {
+pub(crate) fn always_failing(status: u16) -> TestOptions {
     let mut options = TestOptions::default();
     options.sink.failure_rate = 1.0;
     options.sink.failure_status = status;
@@ -94,7 +94,7 @@ pub fn always_failing(status: u16) -> TestOptions {
 }
 
 /// The worker's side of the system under test.
-pub struct TestWorker {
+pub(crate) struct TestWorker {
     pub pool: Pool,
     pub sink: MessageLog,
     pub rabbit: RabbitSettings,
@@ -111,19 +111,19 @@ impl Drop for TestWorker {
 
 /// A verification recorded for a test, and its first send.
 #[derive(Debug, Clone, Copy)]
-pub struct Started {
+pub(crate) struct Started {
     pub verification_id: VerificationId,
     pub delivery_id: DeliveryId,
 }
 
 /// Starts the worker's side with default options.
-pub async fn spawn_worker() -> TestWorker {
+pub(crate) async fn spawn_worker() -> TestWorker {
     spawn_worker_with(TestOptions::default()).await
 }
 
 /// Starts the worker's side with the given options: the sink, a database and queue
 /// names of the test's own, and a publisher. No worker consumes yet.
-pub async fn spawn_worker_with(options: TestOptions) -> TestWorker {
+pub(crate) async fn spawn_worker_with(options: TestOptions) -> TestWorker {
     init_test_tracing();
     let shutdown = CancellationToken::new();
     let database = TestDatabase::create().await;
@@ -176,7 +176,7 @@ pub async fn spawn_worker_with(options: TestOptions) -> TestWorker {
 
 /// A new verification of `to` with the built-in text and the production defaults (six
 /// digits, ten minutes, five checks), for a test to adjust before [`TestWorker::start`].
-pub fn new_verification(to: &str) -> NewVerification {
+pub(crate) fn new_verification(to: &str) -> NewVerification {
     NewVerification {
         id: VerificationId::generate(),
         delivery_id: DeliveryId::generate(),
@@ -197,20 +197,20 @@ pub fn new_verification(to: &str) -> NewVerification {
 }
 
 /// Template variables from a JSON object.
-pub fn variables(value: serde_json::Value) -> Variables {
+pub(crate) fn variables(value: serde_json::Value) -> Variables {
     Variables::parse(&value).expect("valid test variables")
 }
 
 impl TestWorker {
     /// Starts a background worker (several may share the queue).
-    pub async fn start_worker(&self) {
+    pub(crate) async fn start_worker(&self) {
         self.workers.start().await;
     }
 
     /// Runs the pipeline until nothing is left to do: every job, retry and duplicate has
     /// run to its acknowledgement and every send is sent or failed. Fails the test after
     /// [`WAIT`].
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.workers
             .drain(WAIT)
             .await
@@ -218,7 +218,7 @@ impl TestWorker {
     }
 
     /// Records `new` and publishes its job, as the API does for a start request.
-    pub async fn start(&self, new: NewVerification) -> Started {
+    pub(crate) async fn start(&self, new: NewVerification) -> Started {
         let started = Started {
             verification_id: new.id,
             delivery_id: new.delivery_id,
@@ -239,12 +239,12 @@ impl TestWorker {
     }
 
     /// Records a verification of `to` with the built-in text and publishes its job.
-    pub async fn start_verification(&self, to: &str) -> Started {
+    pub(crate) async fn start_verification(&self, to: &str) -> Started {
         self.start(new_verification(to)).await
     }
 
     /// Publishes the job of a send (once more, for a duplicate or a redelivery).
-    pub async fn publish(&self, delivery_id: DeliveryId) {
+    pub(crate) async fn publish(&self, delivery_id: DeliveryId) {
         self.publisher
             .publish(&SendSms::new(delivery_id))
             .await
@@ -252,7 +252,7 @@ impl TestWorker {
     }
 
     /// Publishes `body` to the work queue as it is, as a broken producer would.
-    pub async fn publish_raw(&self, body: &[u8]) {
+    pub(crate) async fn publish_raw(&self, body: &[u8]) {
         self.publisher
             .publish_raw(body)
             .await
@@ -260,7 +260,7 @@ impl TestWorker {
     }
 
     /// Stores a template; returns its id.
-    pub async fn create_template(&self, name: &str, text: &str) -> TemplateId {
+    pub(crate) async fn create_template(&self, name: &str, text: &str) -> TemplateId {
         templates::insert_template(&self.pool, &template_fields(name, text))
             .await
             .expect("storing a template")
@@ -268,7 +268,7 @@ impl TestWorker {
     }
 
     /// Replaces a template's text.
-    pub async fn change_template(&self, id: TemplateId, name: &str, text: &str) {
+    pub(crate) async fn change_template(&self, id: TemplateId, name: &str, text: &str) {
         let changed = templates::update_template(&self.pool, id, &template_fields(name, text))
             .await
             .expect("changing a template");
@@ -276,7 +276,7 @@ impl TestWorker {
     }
 
     /// Deletes a template.
-    pub async fn delete_template(&self, id: TemplateId) {
+    pub(crate) async fn delete_template(&self, id: TemplateId) {
         let deleted = templates::delete_template(&self.pool, id)
             .await
             .expect("deleting a template");
@@ -284,7 +284,7 @@ impl TestWorker {
     }
 
     /// Cancels a verification, as `POST /v1/verifications/{id}/cancel` does.
-    pub async fn cancel(&self, id: VerificationId) {
+    pub(crate) async fn cancel(&self, id: VerificationId) {
         let canceled = verifications::cancel_verification(&self.pool, id)
             .await
             .expect("canceling a verification");
@@ -292,7 +292,7 @@ impl TestWorker {
     }
 
     /// The newest send of a verification, as recorded in Postgres.
-    pub async fn newest_send(&self, id: VerificationId) -> DeliveryRecord {
+    pub(crate) async fn newest_send(&self, id: VerificationId) -> DeliveryRecord {
         deliveries::list_deliveries(&self.pool, id)
             .await
             .expect("reading the sends")
@@ -302,7 +302,7 @@ impl TestWorker {
 
     /// Waits until the newest send of a verification has `status` (the background
     /// workers at work); returns it. Fails the test after [`WAIT`].
-    pub async fn wait_for_status(
+    pub(crate) async fn wait_for_status(
         &self,
         id: VerificationId,
         status: DeliveryStatus,
@@ -322,12 +322,12 @@ impl TestWorker {
     }
 
     /// Every SMS the provider accepted for `to`, oldest first.
-    pub fn sent_sms(&self, to: &str) -> Vec<RecordedMessage> {
+    pub(crate) fn sent_sms(&self, to: &str) -> Vec<RecordedMessage> {
         self.sink.to(to)
     }
 
     /// Messages ready in the dead-letter queue.
-    pub async fn dead_letter_depth(&self) -> u32 {
+    pub(crate) async fn dead_letter_depth(&self) -> u32 {
         let queue = QueueNames::new(&self.rabbit.queue_prefix).dead_queue;
         queue_depth(&self.rabbit.url, &queue)
             .await
@@ -335,7 +335,7 @@ impl TestWorker {
     }
 
     /// Runs SQL against the test's own database (to move a clock or restore a row).
-    pub async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
+    pub(crate) async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
         let client = self.pool.get().await.expect("a database connection");
         client.query(statement, &[]).await.expect("test SQL runs")
     }
@@ -351,7 +351,7 @@ fn template_fields(name: &str, text: &str) -> TemplateFields {
 }
 
 /// The outcomes recorded in a send's attempt log, oldest first, as stored.
-pub fn outcomes(send: &DeliveryRecord) -> Vec<&'static str> {
+pub(crate) fn outcomes(send: &DeliveryRecord) -> Vec<&'static str> {
     send.attempt_log
         .iter()
         .map(|entry| entry.outcome.as_str())
@@ -359,6 +359,6 @@ pub fn outcomes(send: &DeliveryRecord) -> Vec<&'static str> {
 }
 
 /// A distinct valid US number per call within a test.
-pub fn phone_number(n: u32) -> String {
+pub(crate) fn phone_number(n: u32) -> String {
     format!("+1415555{:04}", n % 10_000)
 }

@@ -14,7 +14,7 @@ use crate::dead_letters::{
     wait_for_dead_letters,
 };
 
-pub fn replay_all() -> ReplayOptions {
+pub(crate) fn replay_all() -> ReplayOptions {
     ReplayOptions {
         selection: ReplaySelection::All,
         dry_run: false,
