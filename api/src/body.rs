@@ -1,6 +1,8 @@
 //! Reading request bodies: bounded in size (also for chunked uploads, which carry no
 //! Content-Length), and parsed as JSON with errors that name the offending field.
 
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -10,12 +12,34 @@ use crate::error::ApiError;
 /// Largest request body accepted.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The body, read up to `limit` bytes; longer bodies are an error, not a truncation.
+/// Longest wait for a whole body once the request's head has arrived. The head has its
+/// own deadline (`VERIFY_HEADER_READ_TIMEOUT_MS`); without this one a client could send a
+/// head and then trickle, or stall, its body and hold a connection and a task for as long
+/// as it liked. Any working link delivers 64 KiB far sooner.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body, read up to `limit` bytes within `deadline`; longer bodies are an error, not a
+/// truncation.
 ///
 /// # Errors
-/// [`ApiError::PayloadTooLarge`] past `limit`; [`ApiError::InvalidJson`] when the body
-/// cannot be read (the client sent a broken chunked encoding, say).
-pub(crate) async fn collect_limited<S, B>(stream: S, limit: usize) -> Result<Bytes, ApiError>
+/// [`ApiError::PayloadTooLarge`] past `limit`; [`ApiError::BodyTimedOut`] when the whole
+/// body has not arrived within `deadline`; [`ApiError::InvalidJson`] when the body cannot
+/// be read (the client sent a broken chunked encoding, say).
+pub(crate) async fn collect_limited<S, B>(
+    stream: S,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    tokio::time::timeout(deadline, collect(stream, limit))
+        .await
+        .unwrap_or(Err(ApiError::BodyTimedOut { after: deadline }))
+}
+
+async fn collect<S, B>(stream: S, limit: usize) -> Result<Bytes, ApiError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,

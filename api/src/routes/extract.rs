@@ -20,7 +20,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::auth::{ApiKeys, Caller};
-use crate::body::{MAX_BODY_BYTES, collect_limited, parse_json, require_json};
+use crate::body::{BODY_READ_TIMEOUT, MAX_BODY_BYTES, collect_limited, parse_json, require_json};
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::verifications::phone_error;
@@ -127,10 +127,10 @@ pub(super) struct JsonBody<T> {
     pub raw: Bytes,
 }
 
-/// The body, at most [`MAX_BODY_BYTES`].
+/// The body, at most [`MAX_BODY_BYTES`], arriving within [`BODY_READ_TIMEOUT`].
 fn bounded_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Copy {
     warp::body::stream().and_then(|stream| async move {
-        collect_limited(stream, MAX_BODY_BYTES)
+        collect_limited(stream, MAX_BODY_BYTES, BODY_READ_TIMEOUT)
             .await
             .map_err(refuse)
     })

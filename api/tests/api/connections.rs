@@ -262,3 +262,40 @@ async fn a_request_in_flight_when_the_api_stops_is_still_answered() {
     assert!(answer.contains("connection: close"), "{answer}");
     assert!(answer.contains("your code is"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_body_that_stalls_after_its_head_is_answered_408_and_the_connection_closed() {
+    let app = app_with(&[]).await;
+    let mut stream = TcpStream::connect(host(&app)).await.unwrap();
+    let head = format!(
+        "POST /v1/verifications HTTP/1.1\r\nHost: x\r\nX-Api-Key: {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"to\": \"+1"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(sent + Duration::from_secs(20), stream.read(&mut buffer))
+            .await
+        {
+            Err(_) => break false,
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(read)) => answer.extend_from_slice(&buffer[..read]),
+        }
+    };
+
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body was answered {answer:?}"
+    );
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    assert!(closed, "the connection stayed open after the 408");
+    let count: i64 = app.sql("SELECT count(*) FROM verifications").await[0].get(0);
+    assert_eq!(
+        count, 0,
+        "a request whose body never arrived recorded something"
+    );
+}
