@@ -1,7 +1,11 @@
-//! Abuse controls in the API: the rules every start request is judged by, held in memory
-//! so judging costs no database round trip, and the counters of what the rules did.
+//! Abuse controls in the API: the rules every start request is judged by and the allow
+//! list, held in memory so judging costs no database round trip, and the counters of what
+//! the rules did. Velocity limits are judged where the sends are recorded (the start's
+//! batch statement, the resend's statement); this module says which limits a request is
+//! counted under and counts what they did.
 //!
-//! Rules live in Postgres and every change bumps their version and announces it. Each API
+//! Rules and the allow list live in Postgres and every change of either bumps their
+//! version and announces it. Each API
 //! process hears the announcement on its listener session (`crate::notifications`) and
 //! reloads the rules at once, so a change made through any replica applies everywhere
 //! within milliseconds. While that session is down, the process polls the version every
@@ -23,7 +27,10 @@ use tokio_util::sync::CancellationToken;
 use verify_common::db::abuse::{self, RuleCount};
 use verify_common::db::{DbError, Pool};
 use verify_common::domain::PhoneNumber;
-use verify_common::domain::abuse::{ClientSignals, Outcome, Risk, RuleMode, RuleSet};
+use verify_common::domain::abuse::{
+    AllowKind, AllowList, ClientSignals, Outcome, Requester, Risk, RiskNote, RuleMode, RuleSet,
+    VelocityCheck,
+};
 
 use crate::error::ApiError;
 
@@ -51,7 +58,7 @@ impl AbuseControls {
     /// [`DbError`] when the rules cannot be read: the API must not start without them.
     pub(crate) async fn load(pool: Pool, global: RuleMode) -> Result<Self, DbError> {
         let snapshot = abuse::load_rules(&pool).await?;
-        let rules = RuleSet::new(global, snapshot.rules.iter().map(|record| record.rule));
+        let rules = rule_set(global, &snapshot);
         Ok(Self {
             pool,
             global,
@@ -77,7 +84,10 @@ impl AbuseControls {
         Arc::clone(&loaded.rules)
     }
 
-    /// Judges a start request to `to` and counts what the rules did.
+    /// Judges a send to `to` for a client with `client`'s signals, asked for with the API
+    /// key `api_key` (as [`crate::auth::Caller::key_name`] names it), and counts what the
+    /// rules that need no counters did. Returns the risk and the velocity limits the send
+    /// is to be counted under (none when the allow list exempts it, which the risk notes).
     ///
     /// # Errors
     /// [`ApiError::Refused`] when an enforced rule blocks the request.
@@ -85,7 +95,8 @@ impl AbuseControls {
         &self,
         to: &PhoneNumber,
         client: &ClientSignals,
-    ) -> Result<Risk, ApiError> {
+        api_key: &str,
+    ) -> Result<(Risk, Vec<VelocityCheck>), ApiError> {
         let class = to.class().ok_or_else(|| {
             ApiError::invalid(
                 "invalid_phone_number",
@@ -93,17 +104,69 @@ impl AbuseControls {
                 verify_common::domain::PhoneNumberError::NotValidInCountry,
             )
         })?;
-        let assessment = self.rules().assess(class, client);
+        let rules = self.rules();
+        let mut assessment = rules.assess(class, client);
         if !assessment.risk.rules.is_empty() {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for hit in &assessment.risk.rules {
                 *pending.entry((hit.id.clone(), hit.outcome)).or_default() += 1;
             }
         }
-        match assessment.refusal {
-            Some(refusal) => Err(ApiError::Refused(refusal)),
-            None => Ok(assessment.risk),
+        if let Some(refusal) = assessment.refusal {
+            return Err(ApiError::Refused(refusal));
         }
+        if self.global == RuleMode::Off {
+            return Ok((assessment.risk, Vec::new()));
+        }
+        if let Some(kind) = self.allowed(to, api_key) {
+            assessment.risk.notes.push(RiskNote {
+                code: "allow_listed".to_owned(),
+                message: format!(
+                    "the allow list has this {}: velocity and conversion rules do not apply",
+                    match kind {
+                        AllowKind::Number => "number",
+                        AllowKind::Prefix => "number's prefix",
+                        AllowKind::ApiKey => "API key",
+                    }
+                ),
+            });
+            return Ok((assessment.risk, Vec::new()));
+        }
+        let checks = rules.velocity_checks(&Requester {
+            to,
+            region: class.region,
+            client,
+            api_key,
+        });
+        Ok((assessment.risk, checks))
+    }
+
+    /// Which allow-list entry exempts a send to `to` asked for with `api_key` (as
+    /// [`crate::auth::Caller::key_name`] names it) from the counting rules (the velocity
+    /// limits and the conversion breaker), if any.
+    pub(crate) fn allowed(&self, to: &PhoneNumber, api_key: &str) -> Option<AllowKind> {
+        self.rules().allowed(to, api_key)
+    }
+
+    /// Counts what the velocity limits did to one request: each of `checks` whose figure
+    /// in `counts` (same order) exceeds its limit had its outcome.
+    pub(crate) fn count_velocity(&self, checks: &[VelocityCheck], counts: &[u64]) {
+        let mut pending = None;
+        for (check, counted) in checks.iter().zip(counts) {
+            if check.exceeded_by(*counted) {
+                let pending = pending
+                    .get_or_insert_with(|| self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+                *pending
+                    .entry((check.rule.to_string(), check.outcome))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// How long the velocity rules in force need their records (see
+    /// [`RuleSet::velocity_retention`]).
+    pub(crate) fn velocity_retention(&self) -> (Duration, Duration) {
+        self.rules().velocity_retention()
     }
 
     /// Reads the rules again, now. An older snapshot never replaces a newer one, so a
@@ -115,7 +178,7 @@ impl AbuseControls {
         let snapshot = abuse::load_rules(&self.pool).await?;
         let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
         if snapshot.version >= loaded.version {
-            let rules = RuleSet::new(self.global, snapshot.rules.iter().map(|r| r.rule));
+            let rules = rule_set(self.global, &snapshot);
             *loaded = Loaded {
                 version: snapshot.version,
                 rules: Arc::new(rules),
@@ -181,6 +244,20 @@ impl AbuseControls {
         }
         Ok(())
     }
+}
+
+/// The rules and allow list of `snapshot` under the process-wide mode `global`.
+fn rule_set(global: RuleMode, snapshot: &abuse::RulesSnapshot) -> RuleSet {
+    RuleSet::new(
+        global,
+        snapshot.rules.iter().map(|record| record.rule),
+        AllowList::new(
+            snapshot
+                .allow
+                .iter()
+                .map(|entry| (entry.kind, entry.value.as_str())),
+        ),
+    )
 }
 
 /// Writes the counters (and, while no rule change is heard, refreshes the rules) every

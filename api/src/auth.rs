@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 use verify_common::db::api_keys::{self, Revocation};
 use verify_common::db::{DbError, Pool};
+use verify_common::domain::abuse::CONFIGURED_KEY;
 use verify_common::domain::api_key::hash_api_key;
 
 use crate::error::ApiError;
@@ -33,18 +35,28 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Bound on cached keys, so random keys cannot grow memory.
 const CACHE_CAPACITY: usize = 10_000;
 
-/// An authenticated client, identified by the hash of its API key.
+/// An authenticated client, identified by the hash of its API key, and the key's stored
+/// id (`None` for the key configured with `VERIFY_API_KEY`, which is not stored).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller {
     pub key_hash: [u8; 32],
+    pub key_id: Option<Uuid>,
+}
+
+impl Caller {
+    /// The key as the abuse rules name it: its stored id, or `configured`.
+    pub(crate) fn key_name(&self) -> String {
+        self.key_id
+            .map_or_else(|| CONFIGURED_KEY.to_owned(), |id| id.to_string())
+    }
 }
 
 /// Checks presented API keys.
 pub(crate) struct ApiKeys {
     configured: Option<[u8; 32]>,
     pool: Pool,
-    /// Whether each recently presented key is active; only active ones are kept.
-    verified: ExpiringMap<[u8; 32], Result<bool, DbError>>,
+    /// The id of each recently presented key that is active; only active ones are kept.
+    verified: ExpiringMap<[u8; 32], Result<Option<Uuid>, DbError>>,
     /// Whether revocations are being heard, so `verified` may be used.
     listening: AtomicBool,
 }
@@ -55,7 +67,7 @@ impl ApiKeys {
             configured: configured.map(|key| hash_api_key(key.expose_secret())),
             pool,
             verified: ExpiringMap::new(CACHE_TTL, CACHE_CAPACITY, |active| {
-                matches!(active, Ok(true))
+                matches!(active, Ok(Some(_)))
             }),
             listening: AtomicBool::new(false),
         }
@@ -74,18 +86,23 @@ impl ApiKeys {
         if let Some(configured) = &self.configured
             && bool::from(configured.ct_eq(&hash))
         {
-            return Ok(Caller { key_hash: hash });
+            return Ok(Caller {
+                key_hash: hash,
+                key_id: None,
+            });
         }
-        let lookup = || api_keys::is_active_api_key(&self.pool, &hash);
+        let lookup = || api_keys::find_active_api_key(&self.pool, &hash);
         let active = if self.listening.load(Ordering::Acquire) {
             self.verified.get_or_load(hash, lookup).await
         } else {
             lookup().await
         }?;
-        if active {
-            Ok(Caller { key_hash: hash })
-        } else {
-            Err(ApiError::Unauthorized("invalid API key"))
+        match active {
+            Some(id) => Ok(Caller {
+                key_hash: hash,
+                key_id: Some(id),
+            }),
+            None => Err(ApiError::Unauthorized("invalid API key")),
         }
     }
 

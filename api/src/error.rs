@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use verify_common::db::DbError;
-use verify_common::domain::abuse::{Refusal, RefusalReason};
+use verify_common::domain::abuse::{BlockScope, Refusal, RefusalReason, RuleId};
 use verify_common::queue::QueueError;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
@@ -74,6 +74,14 @@ pub(crate) enum ApiError {
     /// An abuse rule in enforce mode refused the request: nothing was recorded or sent.
     #[error("{0}")]
     Refused(Refusal),
+    /// A velocity limit in enforce mode refused the send: too many were made recently in
+    /// the rule's scope. Nothing was recorded or sent.
+    #[error("too many codes were sent to {} recently (rule {rule}); retry later", whom(*scope))]
+    VelocityLimited {
+        rule: RuleId,
+        scope: BlockScope,
+        retry_after: Duration,
+    },
     /// The request is valid but the resource's state does not allow it.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -88,6 +96,20 @@ pub(crate) enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// Who a velocity limit counted, for the refusal's message.
+fn whom(scope: BlockScope) -> &'static str {
+    match scope {
+        BlockScope::Number => "this number",
+        BlockScope::Prefix => "this number's range",
+        BlockScope::Country => "this country",
+        BlockScope::ClientIp => "this client address",
+        BlockScope::Network => "this client network",
+        BlockScope::ClientId => "this client",
+        BlockScope::ApiKey => "this API key's requests",
+        BlockScope::Global => "all numbers",
+    }
 }
 
 impl ApiError {
@@ -146,7 +168,9 @@ impl ApiError {
                 RefusalReason::Country(_) => StatusCode::FORBIDDEN,
             },
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::VelocityLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -163,6 +187,7 @@ impl ApiError {
             | Self::Unprocessable { code, .. }
             | Self::TooManyRequests { code, .. } => code,
             Self::InvalidQuery { .. } => "invalid_query",
+            Self::VelocityLimited { .. } => "velocity_limited",
             Self::Refused(refusal) => match refusal.reason {
                 RefusalReason::NumberType(_) => "number_type_blocked",
                 RefusalReason::Country(_) => "country_blocked",
@@ -190,7 +215,8 @@ impl ApiError {
     }
 
     /// What else the answer says about the error, beside its code and message: for a
-    /// refusal, the rule (`rule`) and what it judged (`number_type` or `country`).
+    /// refusal, the rule (`rule`) and what it judged (`number_type` or `country`); for a
+    /// velocity limit, the rule and its `scope`.
     pub(crate) fn details(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Refused(refusal) => {
@@ -200,6 +226,9 @@ impl ApiError {
                 };
                 vec![("rule", refusal.rule.to_string()), judged]
             }
+            Self::VelocityLimited { rule, scope, .. } => {
+                vec![("rule", rule.to_string()), ("scope", scope.to_string())]
+            }
             _ => Vec::new(),
         }
     }
@@ -207,7 +236,8 @@ impl ApiError {
     /// How long to wait before retrying, for 429 and 503.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            Self::TooManyRequests { retry_after, .. }
+            | Self::VelocityLimited { retry_after, .. } => Some(*retry_after),
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }

@@ -1,7 +1,7 @@
 //! Start requests recorded together: the API's [`GroupCommit`] of new verifications.
 //!
 //! Each start request needs its idempotency key (if it has one), the number's lock, the
-//! send-limit count, the cancel of the number's earlier open verification and two inserts
+//! send-limit count, the velocity counts, the cancel of the number's earlier open verification and two inserts
 //! in a transaction flushed to disk when it commits. Done per request, that was most of
 //! Postgres' work under load, and Postgres was the bottleneck; in batches, one statement
 //! and one commit serve every request that arrived meanwhile
@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use verify_common::db::Pool;
-use verify_common::db::starts::{self, CreateOutcome, NewVerification, SendLimit};
+use verify_common::db::starts::{self, CreateOutcome, NewVerification, SendLimit, StartResult};
 use verify_common::group_commit::{BatchLimits, GroupCommit};
 
 use crate::outbox::Outbox;
 
 /// New verifications, each answered with its own outcome.
-pub(crate) type Starts = GroupCommit<NewVerification, CreateOutcome>;
+pub(crate) type Starts = GroupCommit<NewVerification, StartResult>;
 
 /// Up to 128 requests per statement, two statements at once (each holds one of the pool's
 /// connections while it runs). A batch waits 2 ms for company: at 1,000 requests/s that
@@ -39,8 +39,8 @@ pub(crate) fn record_starts(pool: Pool, outbox: Arc<Outbox>, limit: SendLimit) -
         let outbox = Arc::clone(&outbox);
         async move {
             let outcomes = starts::insert_verifications(&pool, &batch, limit).await?;
-            for outcome in &outcomes {
-                if let CreateOutcome::Created(created) = outcome {
+            for result in &outcomes {
+                if let CreateOutcome::Created(created) = &result.outcome {
                     outbox.publish(created.1.id);
                 }
             }

@@ -1,16 +1,20 @@
-//! Periodic clean-up the API does in the background: expired idempotency keys.
+//! Periodic clean-up the API does in the background: expired idempotency keys, and
+//! velocity counts older than every window that reads them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use verify_common::db::{Pool, idempotency};
+use verify_common::db::{Pool, abuse, idempotency};
 
-/// How often expired idempotency keys are deleted. Expiry itself is exact (expired keys
-/// are ignored when presented); deleting them only bounds the table's size.
+use crate::abuse::AbuseControls;
+
+/// How often old rows are deleted. Expiry itself is exact (expired keys are ignored when
+/// presented, counts are read within their windows); deleting only bounds the tables.
 const INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// Runs until `shutdown`.
-pub(crate) async fn run(pool: Pool, shutdown: CancellationToken) {
+pub(crate) async fn run(pool: Pool, controls: Arc<AbuseControls>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -20,6 +24,12 @@ pub(crate) async fn run(pool: Pool, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "deleted expired idempotency keys"),
             Err(error) => tracing::warn!(%error, "could not delete expired idempotency keys"),
+        }
+        let (sends, buckets) = controls.velocity_retention();
+        match abuse::delete_old_velocity_counts(&pool, sends, buckets).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "deleted old velocity counts"),
+            Err(error) => tracing::warn!(%error, "could not delete old velocity counts"),
         }
     }
 }

@@ -84,7 +84,10 @@ mod tests {
     use super::{IdempotencyKey, claim};
     use crate::auth::Caller;
 
-    const CALLER: Caller = Caller { key_hash: [7; 32] };
+    const CALLER: Caller = Caller {
+        key_hash: [7; 32],
+        key_id: None,
+    };
 
     fn hash(route: &str, body: &str) -> [u8; 32] {
         let key = IdempotencyKey::parse("k1").unwrap();

@@ -7,8 +7,9 @@
 //! - [`startup`]: builds the application from settings and serves until shutdown.
 //! - `server`: accepts and serves HTTP/1.1 connections under a cap, with header-read and
 //!   idle deadlines, and stops gracefully.
-//! - `abuse`: the abuse rules start requests are judged by, cached and refreshed from
-//!   Postgres, and the counters of what they did.
+//! - `abuse`: the abuse rules and allow list sends are judged by, cached and refreshed
+//!   from Postgres, the velocity limits each send is counted under, and the counters of
+//!   what the rules did.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
 //!   table of every route ([`ENDPOINTS`]) and the extractors they share (caller, bodies,
 //!   ids).

@@ -170,6 +170,7 @@ impl Application {
         let outbox = tokio::spawn(self.outbox_tasks.run(outbox_stop.clone()));
         tokio::spawn(crate::housekeeping::run(
             self.state.pool.clone(),
+            Arc::clone(&self.state.abuse),
             shutdown.clone(),
         ));
         let abuse = tokio::spawn(crate::abuse::run(

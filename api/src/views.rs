@@ -193,6 +193,8 @@ pub(crate) struct RuleView {
     /// The mode it applies in: the weaker of its own and `VERIFY_ABUSE_MODE`.
     pub effective_mode: RuleMode,
     pub params: serde_json::Value,
+    /// Why the rule exists and what its figures mean.
+    pub reason: String,
     pub updated_at: DateTime<Utc>,
     pub counts: BTreeMap<&'static str, i64>,
 }
@@ -211,6 +213,7 @@ impl RuleView {
             mode: record.rule.mode,
             effective_mode: record.rule.mode.under(global),
             params: record.rule.params.to_json(),
+            reason: record.reason.clone(),
             updated_at: record.updated_at,
             counts: by_outcome,
         }

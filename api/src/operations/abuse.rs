@@ -1,7 +1,7 @@
 //! Managing the abuse controls: rules, the allow list and blocks.
 
 use verify_common::db::abuse::{self, AllowInsertOutcome};
-use verify_common::domain::abuse::{AllowEntry, Rule, RuleId, RuleMode, RuleParams};
+use verify_common::domain::abuse::{AllowEntry, Rule, RuleId, RuleKind, RuleMode, RuleParams};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,11 +23,13 @@ pub(crate) async fn list_rules(state: &AppState) -> Result<(RuleMode, Vec<RuleVi
     Ok((global, views))
 }
 
-/// A change to one rule: a new mode, new parameters, or both; what is left out stays.
-#[derive(Debug, Clone, Copy)]
+/// A change to one rule: a new mode, new parameters, a new reason, or several; what is
+/// left out stays.
+#[derive(Debug, Clone)]
 pub(crate) struct RuleChange {
     pub mode: Option<RuleMode>,
     pub params: Option<RuleParams>,
+    pub reason: Option<String>,
 }
 
 /// Creates or changes a rule; this process applies it at once, the others within their
@@ -42,6 +44,12 @@ pub(crate) async fn put_rule(
     change: RuleChange,
 ) -> Result<RuleView, ApiError> {
     let current = abuse::find_rule(&state.pool, id).await?;
+    let example = match id.kind() {
+        RuleKind::Velocity => {
+            r#"{"scope": "client_ip", "window_secs": 3600, "limit": 10, "action": "block"}"#
+        }
+        RuleKind::NumberType | RuleKind::Country => r#"{"action": "block"}"#,
+    };
     let params = change
         .params
         .or(current.as_ref().map(|record| record.rule.params))
@@ -49,14 +57,18 @@ pub(crate) async fn put_rule(
             ApiError::unprocessable(
                 "invalid_rule_params",
                 "params",
-                format!("{id} is a new rule: give its params, such as {{\"action\": \"block\"}}"),
+                format!("{id} is a new rule: give its params, such as {example}"),
             )
         })?;
     let mode = change
         .mode
         .or(current.as_ref().map(|record| record.rule.mode))
         .unwrap_or(RuleMode::Enforce);
-    let record = abuse::put_rule(&state.pool, &Rule { id, mode, params }).await?;
+    let reason = change
+        .reason
+        .or(current.map(|record| record.reason))
+        .unwrap_or_default();
+    let record = abuse::put_rule(&state.pool, &Rule { id, mode, params }, &reason).await?;
     reload_rules(state).await;
     let counts = abuse::rule_counts(&state.pool).await?;
     Ok(RuleView::new(&record, state.abuse.global_mode(), &counts))
@@ -87,8 +99,9 @@ pub(crate) async fn delete_rule(state: &AppState, id: RuleId) -> Result<(), ApiE
     Ok(())
 }
 
-/// Applies a change made here at once. Should the reload fail, the change is stored and
-/// the periodic refresh applies it, so the request still succeeds.
+/// Applies a change of the rules or the allow list made here at once. Should the reload
+/// fail, the change is stored and the periodic refresh applies it, so the request still
+/// succeeds.
 async fn reload_rules(state: &AppState) {
     if let Err(error) = state.abuse.reload().await {
         tracing::warn!(%error, "could not reload the abuse rules after a change");
@@ -107,14 +120,18 @@ pub(crate) async fn list_allow(state: &AppState) -> Result<Vec<AllowView>, ApiEr
         .collect())
 }
 
-/// Adds an allow-list entry.
+/// Adds an allow-list entry; this process applies it at once, the others as they do rule
+/// changes.
 ///
 /// # Errors
 /// 409 `allow_entry_exists`, 422 `unknown_api_key` naming `value`, 503 when Postgres is
 /// down.
 pub(crate) async fn add_allow(state: &AppState, entry: &AllowEntry) -> Result<AllowView, ApiError> {
     match abuse::insert_allow_entry(&state.pool, entry).await? {
-        AllowInsertOutcome::Added(record) => Ok(AllowView::new(&record)),
+        AllowInsertOutcome::Added(record) => {
+            reload_rules(state).await;
+            Ok(AllowView::new(&record))
+        }
         AllowInsertOutcome::Exists => Err(ApiError::Conflict {
             code: "allow_entry_exists",
             message: format!(
@@ -131,12 +148,13 @@ pub(crate) async fn add_allow(state: &AppState, entry: &AllowEntry) -> Result<Al
     }
 }
 
-/// Removes an allow-list entry.
+/// Removes an allow-list entry, applied as [`add_allow`] applies one.
 ///
 /// # Errors
 /// 404 `allow_entry_not_found`, 503 when Postgres is down.
 pub(crate) async fn delete_allow(state: &AppState, id: i64) -> Result<(), ApiError> {
     if abuse::delete_allow_entry(&state.pool, id).await? {
+        reload_rules(state).await;
         Ok(())
     } else {
         Err(ApiError::NotFound {

@@ -6,9 +6,9 @@ use std::time::Duration;
 use chrono::Utc;
 use verify_common::db::deliveries::{self, DeliveryRecord};
 use verify_common::db::idempotency::{self, IdempotencyClaim};
-use verify_common::db::starts::{self, CreateOutcome, NewVerification, ResendOutcome};
+use verify_common::db::starts::{self, CreateOutcome, NewVerification, ResendOutcome, StartResult};
 use verify_common::db::verifications::{self, VerificationRecord};
-use verify_common::domain::abuse::{ClientIdError, ClientSignals};
+use verify_common::domain::abuse::{ClientIdError, ClientSignals, VelocityCheck};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, SmsEncoding, SmsShape, SmsTooLong,
@@ -33,6 +33,9 @@ pub(crate) struct StartRequest {
     pub ttl: Option<Duration>,
     /// What the producer told us about the end user (`client_ip`, `client_id`).
     pub client: ClientSignals,
+    /// The API key that asked, as the abuse rules name it
+    /// ([`crate::auth::Caller::key_name`]).
+    pub api_key: String,
 }
 
 /// Reads a request's `client_ip` and `client_id`.
@@ -212,20 +215,22 @@ enum Started {
 /// returns the first one's verification instead.
 ///
 /// The abuse rules judge the request before anything is written, the idempotency key
-/// included: a refused request records nothing, so a retry of it is judged again, by the
-/// rules in force then.
+/// included, and the velocity limits in the statement that would write it: a refused
+/// request records nothing, so a retry of it is judged again, by the rules in force then.
 ///
 /// # Errors
 /// 400s for unusable templates or variables, 422 for a message over the segment cap or
 /// an idempotency key reused with another body, 403/422 when an abuse rule refuses the
-/// number, 429 over the per-number limit, 503 when Postgres is down.
+/// number, 429 over the per-number limit or a velocity limit, 503 when Postgres is down.
 async fn start_verification(
     state: &AppState,
     request: StartRequest,
     idempotency: Option<&IdempotencyClaim>,
 ) -> Result<Started, ApiError> {
     check_renderable(state, &request).await?;
-    let risk = state.abuse.assess(&request.to, &request.client)?;
+    let (risk, velocity) = state
+        .abuse
+        .assess(&request.to, &request.client, &request.api_key)?;
     let risk = serde_json::to_value(&risk).map_err(|e| ApiError::Internal(e.into()))?;
     let nonce = generate_nonce().map_err(|e| ApiError::Internal(e.into()))?;
     let new = NewVerification {
@@ -244,15 +249,24 @@ async fn start_verification(
         client_ip: request.client.ip,
         client_id: request.client.id,
         risk: Some(risk),
+        velocity: velocity.clone(),
     };
     // The group commit hands the send's job to the outbox itself.
-    match state.starts.submit(new).await? {
+    let StartResult {
+        outcome,
+        velocity_counts,
+    } = state.starts.submit(new).await?;
+    state.abuse.count_velocity(&velocity, &velocity_counts);
+    match outcome {
         CreateOutcome::Created(created) => {
             let (verification, delivery) = *created;
             tracing::info!(verification = %verification.id, to = %verification.to, "verification started");
             Ok(Started::New(verification, vec![delivery]))
         }
         CreateOutcome::RateLimited { retry_after } => Err(rate_limited(retry_after)),
+        CreateOutcome::VelocityLimited { check, retry_after } => {
+            Err(velocity_limited(&velocity, check, retry_after))
+        }
         CreateOutcome::Replayed {
             verification_id,
             response,
@@ -319,6 +333,21 @@ fn rate_limited(retry_after: Duration) -> ApiError {
         code: "rate_limited",
         message: "too many codes were sent to this number recently".to_owned(),
         retry_after,
+    }
+}
+
+/// The 429 for a send refused by the velocity check at `check` of `checks`.
+fn velocity_limited(checks: &[VelocityCheck], check: usize, retry_after: Duration) -> ApiError {
+    match checks.get(check) {
+        Some(refusing) => ApiError::VelocityLimited {
+            rule: refusing.rule,
+            scope: refusing.scope,
+            retry_after,
+        },
+        None => ApiError::Internal(anyhow::anyhow!(
+            "velocity check {check} refused a send with {} checks",
+            checks.len()
+        )),
     }
 }
 
@@ -467,23 +496,39 @@ async fn check_verification(
     }
 }
 
-/// Sends the same code again.
+/// Sends the same code again, asked for with the API key `api_key` (as
+/// [`crate::auth::Caller::key_name`] names it). The send is judged like a start: by the
+/// number-type and country rules in force now, and by the velocity limits, under the
+/// client signals its verification was started with.
 ///
 /// # Errors
-/// 404 unknown, 409 closed, 429 too soon or over the per-number limit, 503 when a
-/// dependency is down.
+/// 404 unknown, 409 closed, 403/422 when an abuse rule refuses the number, 429 too soon,
+/// over the per-number limit or over a velocity limit, 503 when a dependency is down.
 pub(crate) async fn resend(
     state: &AppState,
     id: VerificationId,
+    api_key: &str,
 ) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
-    let outcome = starts::insert_resend(
+    // Read first, to judge the number in memory; resends are rare next to starts.
+    let verification = verifications::find_verification(&state.pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let client = ClientSignals {
+        ip: verification.client_ip,
+        id: verification.client_id.clone(),
+        unreadable_ip: false,
+    };
+    let (_, velocity) = state.abuse.assess(&verification.to, &client, api_key)?;
+    let (outcome, counts) = starts::insert_resend(
         &state.pool,
         id,
         DeliveryId::generate(),
         state.api.resend_interval(),
         state.send_limit,
+        &velocity,
     )
     .await?;
+    state.abuse.count_velocity(&velocity, &counts);
     match outcome {
         ResendOutcome::Created(delivery) => {
             enqueue(state, &delivery);
@@ -500,6 +545,9 @@ pub(crate) async fn resend(
             retry_after,
         }),
         ResendOutcome::RateLimited { retry_after } => Err(rate_limited(retry_after)),
+        ResendOutcome::VelocityLimited { check, retry_after } => {
+            Err(velocity_limited(&velocity, check, retry_after))
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::state::{AppState, with_state};
 struct RuleBody {
     mode: Option<String>,
     params: Option<serde_json::Value>,
+    reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,8 +110,11 @@ async fn list_rules(_caller: Caller, state: AppState) -> Result<impl Reply, ApiE
     Ok(warp::reply::json(&json!({ "mode": mode, "rules": rules })))
 }
 
-/// Reads a rule change: each field is optional, each present one must be valid.
-fn rule_change(body: RuleBody) -> Result<RuleChange, ApiError> {
+/// Longest reason kept with a rule.
+const MAX_RULE_REASON_CHARS: usize = 300;
+
+/// Reads a change of rule `id`: each field is optional, each present one must be valid.
+fn rule_change(id: RuleId, body: RuleBody) -> Result<RuleChange, ApiError> {
     let mode = body
         .mode
         .as_deref()
@@ -120,10 +124,26 @@ fn rule_change(body: RuleBody) -> Result<RuleChange, ApiError> {
     let params = body
         .params
         .as_ref()
-        .map(RuleParams::parse)
+        .map(|params| RuleParams::parse(id.kind(), params))
         .transpose()
         .map_err(|e| ApiError::unprocessable("invalid_rule_params", e.field, e.message))?;
-    Ok(RuleChange { mode, params })
+    let reason = body.reason.map(|reason| reason.trim().to_owned());
+    if let Some(reason) = &reason
+        && (reason.chars().count() > MAX_RULE_REASON_CHARS || reason.chars().any(char::is_control))
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_rule_reason",
+            "reason",
+            format!(
+                "the reason may have at most {MAX_RULE_REASON_CHARS} characters and no control characters"
+            ),
+        ));
+    }
+    Ok(RuleChange {
+        mode,
+        params,
+        reason,
+    })
 }
 
 async fn put_rule(
@@ -132,7 +152,7 @@ async fn put_rule(
     state: AppState,
     body: RuleBody,
 ) -> Result<impl Reply, ApiError> {
-    let view = ops::put_rule(&state, id, rule_change(body)?).await?;
+    let view = ops::put_rule(&state, id, rule_change(id, body)?).await?;
     Ok(warp::reply::json(&view))
 }
 

@@ -233,6 +233,7 @@ async fn start(
             code_length: None,
             ttl: None,
             client,
+            api_key: caller.key_name(),
         },
         claim.as_ref(),
         start_body,

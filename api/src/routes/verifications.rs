@@ -112,7 +112,11 @@ pub(super) fn routes(
 
 /// Validates the native create body into a start request; `otp` says how short a code
 /// and how long a lifetime a request may ask for.
-fn start_request(body: CreateBody, otp: &OtpPolicy) -> Result<StartRequest, ApiError> {
+fn start_request(
+    body: CreateBody,
+    otp: &OtpPolicy,
+    caller: Caller,
+) -> Result<StartRequest, ApiError> {
     Ok(StartRequest {
         to: PhoneNumber::parse(&body.to).map_err(|e| phone_error("to", &e))?,
         template_id: ops::body_template_id(body.template_id)?,
@@ -146,6 +150,7 @@ fn start_request(body: CreateBody, otp: &OtpPolicy) -> Result<StartRequest, ApiE
             .transpose()
             .map_err(|e| ApiError::invalid("invalid_ttl", "ttl_seconds", e))?,
         client: client_signals(body.client_ip.as_deref(), body.client_id.as_deref())?,
+        api_key: caller.key_name(),
     })
 }
 
@@ -181,7 +186,7 @@ async fn create(
     body: JsonBody<CreateBody>,
     idempotency_key: Option<IdempotencyKey>,
 ) -> Result<impl Reply, ApiError> {
-    let request = start_request(body.value, &state.otp)?;
+    let request = start_request(body.value, &state.otp, caller)?;
     let claim = idempotency_key
         .map(|key| idempotency::claim(caller, key, "v1/verifications", &body.raw))
         .transpose()?;
@@ -227,11 +232,11 @@ async fn check_by_number(
 }
 
 async fn resend(
-    _caller: Caller,
+    caller: Caller,
     id: VerificationId,
     state: AppState,
 ) -> Result<impl Reply, ApiError> {
-    let resent = ops::resend(&state, id).await?;
+    let resent = ops::resend(&state, id, &caller.key_name()).await?;
     Ok(verification_reply(StatusCode::ACCEPTED, resent))
 }
 

@@ -21,7 +21,7 @@ const NG_MOBILE: &str = "+2348021234567";
 const DE_MOBILE: &str = "+4915123456789";
 
 /// The delay within which the README promises a rule change reaches every API process.
-const RULE_DELAY: Duration = Duration::from_secs(2);
+pub(crate) const RULE_DELAY: Duration = Duration::from_secs(2);
 
 async fn spawn_app_in_mode(mode: &str) -> TestApp {
     spawn_app_with(TestOptions {
@@ -31,7 +31,7 @@ async fn spawn_app_in_mode(mode: &str) -> TestApp {
     .await
 }
 
-async fn put_rule(app: &TestApp, id: &str, body: &Value) -> Response {
+pub(crate) async fn put_rule(app: &TestApp, id: &str, body: &Value) -> Response {
     app.request(Method::PUT, &format!("/v1/abuse/rules/{id}"))
         .json(body)
         .send()
@@ -40,20 +40,20 @@ async fn put_rule(app: &TestApp, id: &str, body: &Value) -> Response {
 }
 
 /// Changes a rule and asserts it was accepted.
-async fn set_rule(app: &TestApp, id: &str, body: &Value) -> Value {
+pub(crate) async fn set_rule(app: &TestApp, id: &str, body: &Value) -> Value {
     let response = put_rule(app, id, body).await;
     assert_eq!(response.status(), StatusCode::OK, "PUT {id} {body}");
     response.json().await.unwrap()
 }
 
 /// The rules as listed, by id.
-async fn rules(app: &TestApp) -> Value {
+pub(crate) async fn rules(app: &TestApp) -> Value {
     let response = app.get("/v1/abuse/rules").await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()
 }
 
-fn rule<'a>(rules: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn rule<'a>(rules: &'a Value, id: &str) -> &'a Value {
     rules["rules"]
         .as_array()
         .unwrap()
@@ -64,7 +64,7 @@ fn rule<'a>(rules: &'a Value, id: &str) -> &'a Value {
 
 /// Waits until the shared counter of `outcome` for rule `id` reaches `count` (API
 /// processes add their counts once a refresh interval).
-async fn wait_for_count(app: &TestApp, id: &str, outcome: &str, count: i64) {
+pub(crate) async fn wait_for_count(app: &TestApp, id: &str, outcome: &str, count: i64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let listed = rules(app).await;
@@ -85,7 +85,7 @@ async fn wait_for_count(app: &TestApp, id: &str, outcome: &str, count: i64) {
 }
 
 /// Starts a verification that must be accepted and returns the risk its GET shows.
-async fn risk_of_start(app: &TestApp, body: &Value) -> Value {
+pub(crate) async fn risk_of_start(app: &TestApp, body: &Value) -> Value {
     let started = app.start_verification(body).await;
     let shown = app.get_verification(started["id"].as_str().unwrap()).await;
     assert_eq!(
@@ -96,7 +96,7 @@ async fn risk_of_start(app: &TestApp, body: &Value) -> Value {
 }
 
 /// The (id, mode, outcome) of every rule a risk lists.
-fn hits(risk: &Value) -> Vec<(String, String, String)> {
+pub(crate) fn hits(risk: &Value) -> Vec<(String, String, String)> {
     risk["rules"]
         .as_array()
         .unwrap_or_else(|| panic!("no rules in {risk}"))
@@ -108,16 +108,16 @@ fn hits(risk: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn hit(id: &str, mode: &str, outcome: &str) -> (String, String, String) {
+pub(crate) fn hit(id: &str, mode: &str, outcome: &str) -> (String, String, String) {
     (id.to_owned(), mode.to_owned(), outcome.to_owned())
 }
 
-async fn verifications_recorded(app: &TestApp) -> i64 {
+pub(crate) async fn verifications_recorded(app: &TestApp) -> i64 {
     app.sql("SELECT count(*) FROM verifications").await[0].get(0)
 }
 
 /// Asserts a native error answer and returns its `error` object.
-async fn error_of(response: Response, status: StatusCode, code: &str) -> Value {
+pub(crate) async fn error_of(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -556,7 +556,7 @@ async fn a_country_rule_can_be_deleted_and_its_country_falls_back_to_the_default
 }
 
 /// The id of the stored key called `name`, as `verify-api keys list` prints it.
-async fn key_id(app: &TestApp, name: &str) -> String {
+pub(crate) async fn key_id(app: &TestApp, name: &str) -> String {
     let lines = list_keys(&app.database.settings).await.unwrap();
     let line = lines
         .iter()
@@ -565,7 +565,7 @@ async fn key_id(app: &TestApp, name: &str) -> String {
     line.split_whitespace().next().unwrap().to_owned()
 }
 
-async fn add_allow(app: &TestApp, body: &Value) -> Response {
+pub(crate) async fn add_allow(app: &TestApp, body: &Value) -> Response {
     app.post_json("/v1/abuse/allow", body).await
 }
 
@@ -666,11 +666,75 @@ async fn bad_inputs_on_every_management_route_answer_4xx_naming_the_field() {
     let cases: Vec<Case> = vec![
         (
             Method::PUT,
-            "/v1/abuse/rules/velocity.ip",
+            "/v1/abuse/rules/velocity.Client-IP",
             Some(json!({"mode": "off"})),
             StatusCode::BAD_REQUEST,
             "invalid_rule_id",
             Some("id"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/velocity.ip_daily",
+            Some(json!({"mode": "off"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/velocity.ip_daily",
+            Some(
+                json!({"params": {"scope": "ip", "window_secs": 60, "limit": 1, "action": "block"}}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params.scope"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/velocity.ip_daily",
+            Some(
+                json!({"params": {"scope": "client_ip", "window_secs": 0, "limit": 1, "action": "block"}}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params.window_secs"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/velocity.ip_daily",
+            Some(
+                json!({"params": {"scope": "client_ip", "window_secs": 60, "limit": 0, "action": "block"}}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params.limit"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/velocity.ip_daily",
+            Some(
+                json!({"params": {"scope": "client_ip", "window_secs": 60, "limit": 1, "action": "allow"}}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params.action"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/velocity.client_ip",
+            Some(json!({"params": {"action": "block"}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params.scope"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/velocity.client_ip",
+            Some(json!({"reason": "x".repeat(301)})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_reason",
+            Some("reason"),
         ),
         (
             Method::PUT,

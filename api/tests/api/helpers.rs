@@ -44,6 +44,9 @@ pub(crate) struct TestOptions {
     pub sms: SmsSettings,
     pub worker: WorkerSettings,
     pub abuse: AbuseSettings,
+    /// Keep the seeded velocity limits in force. Off unless a test is about them: most
+    /// tests start many verifications to numbers of one prefix from one API key.
+    pub velocity_limits: bool,
     /// Start the worker at once; otherwise call [`TestApp::start_worker`] later.
     pub start_worker: bool,
 }
@@ -82,6 +85,7 @@ impl Default for TestOptions {
             ])
             .expect("the test worker flags parse"),
             abuse: AbuseSettings::from_flags(&[]).expect("the abuse defaults parse"),
+            velocity_limits: false,
             start_worker: true,
         }
     }
@@ -124,6 +128,21 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     let sink_log = sink.messages();
     tokio::spawn(sink.run_until_stopped(shutdown.clone()));
 
+    let pool = verify_common::db::connect_pool(&database.settings)
+        .await
+        .expect("connecting to the test database");
+    if !options.velocity_limits {
+        // As an operator would, before the API starts (the database is migrated already).
+        pool.get()
+            .await
+            .expect("a database connection")
+            .execute(
+                "UPDATE abuse_rules SET mode = 'off' WHERE kind = 'velocity'",
+                &[],
+            )
+            .await
+            .expect("switching the velocity limits off");
+    }
     let secret = SecretSettings::from_flags(&["--secret", SECRET]).expect("the test secret parses");
     let app = Application::build(ApiConfig {
         database: database.settings.clone(),
@@ -161,9 +180,6 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
         .expect("the test provider flags parse"),
         sms: options.sms,
     };
-    let pool = verify_common::db::connect_pool(&database.settings)
-        .await
-        .expect("connecting to the test database");
     let test_app = TestApp {
         address,
         client: Client::new(),

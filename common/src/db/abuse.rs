@@ -1,9 +1,10 @@
-//! Abuse controls in Postgres: the rules (with the version every change bumps), their
-//! counters, the allow list and blocks.
+//! Abuse controls in Postgres: the rules and the allow list (with the version every change
+//! of either bumps), the rules' counters, blocks, and the clean-up of old velocity counts.
 //!
-//! API processes keep the rules in memory and reload them when the version moves
-//! ([`rules_version`], [`load_rules`]), so judging a request reads nothing here. Counters
-//! are added in batches ([`add_rule_counts`]), never per request.
+//! API processes keep the rules and the allow list in memory and reload them when the
+//! version moves ([`rules_version`], [`load_rules`]), so judging a request reads nothing
+//! here. Counters are added in batches ([`add_rule_counts`]), never per request. The
+//! velocity counts themselves are written with the sends (`db::starts`).
 
 use std::sync::LazyLock;
 
@@ -21,6 +22,8 @@ use crate::domain::abuse::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleRecord {
     pub rule: Rule,
+    /// Why the rule exists, for people (may be empty).
+    pub reason: String,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -30,6 +33,7 @@ table_row! {
         id: String,
         mode: String,
         params: serde_json::Value,
+        reason: String,
         updated_at: DateTime<Utc>,
     }
     // The kind is implied by the id; it is stored for queries by kind.
@@ -43,9 +47,11 @@ impl TryFrom<AbuseRuleRow> for RuleRecord {
         let corrupt = |what: String| DbError::Corrupt(format!("abuse rule {}: {what}", row.id));
         let id = RuleId::parse(&row.id).map_err(|e| corrupt(e.to_string()))?;
         let mode = row.mode.parse::<RuleMode>().map_err(corrupt)?;
-        let params = RuleParams::parse(&row.params).map_err(|e| corrupt(e.to_string()))?;
+        let params =
+            RuleParams::parse(id.kind(), &row.params).map_err(|e| corrupt(e.to_string()))?;
         Ok(Self {
             rule: Rule { id, mode, params },
+            reason: row.reason,
             updated_at: row.updated_at,
         })
     }
@@ -60,11 +66,12 @@ table_row! {
     unread [singleton]
 }
 
-/// The rules and the version they were read at.
+/// The rules and the allow list, and the version they were read at (or an older one).
 #[derive(Debug, Clone)]
 pub struct RulesSnapshot {
     pub version: i64,
     pub rules: Vec<RuleRecord>,
+    pub allow: Vec<AllowRecord>,
 }
 
 /// The rules' version: it changes whenever a rule is written or deleted.
@@ -80,8 +87,8 @@ pub async fn rules_version(pool: &Pool) -> Result<i64, DbError> {
     Ok(read_one::<AbuseRulesVersionRow>(&row)?.version)
 }
 
-/// Every rule with the version they were read at, in one statement, so the version is
-/// never newer than the rules.
+/// Every rule with the version they were read at, in one statement, then the allow
+/// list, so the version is never newer than either.
 ///
 /// # Errors
 /// [`DbError`] on database failure; [`DbError::Corrupt`] for a stored rule the API would
@@ -101,17 +108,24 @@ pub async fn load_rules(pool: &Pool) -> Result<RulesSnapshot, DbError> {
         // No rules at all: the version alone says when that changes.
         None => {
             drop(client);
+            let version = rules_version(pool).await?;
             return Ok(RulesSnapshot {
-                version: rules_version(pool).await?,
+                version,
                 rules: Vec::new(),
+                allow: list_allow_entries(pool).await?,
             });
         }
     };
+    drop(client);
     let rules = read_all::<AbuseRuleRow>(&rows)?
         .into_iter()
         .map(RuleRecord::try_from)
         .collect::<Result<_, _>>()?;
-    Ok(RulesSnapshot { version, rules })
+    Ok(RulesSnapshot {
+        version,
+        rules,
+        allow: list_allow_entries(pool).await?,
+    })
 }
 
 /// One rule by id.
@@ -133,16 +147,17 @@ pub async fn find_rule(pool: &Pool, id: RuleId) -> Result<Option<RuleRecord>, Db
         .transpose()
 }
 
-/// Creates or replaces a rule.
+/// Creates or replaces a rule, with `reason` as its explanation.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn put_rule(pool: &Pool, rule: &Rule) -> Result<RuleRecord, DbError> {
+pub async fn put_rule(pool: &Pool, rule: &Rule, reason: &str) -> Result<RuleRecord, DbError> {
     static PUT: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "INSERT INTO abuse_rules (id, kind, mode, params) VALUES ($1, $2, $3, $4)
+            "INSERT INTO abuse_rules (id, kind, mode, params, reason) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO UPDATE
-                 SET mode = EXCLUDED.mode, params = EXCLUDED.params, updated_at = now()
+                 SET mode = EXCLUDED.mode, params = EXCLUDED.params, reason = EXCLUDED.reason,
+                     updated_at = now()
              RETURNING {}",
             columns::<AbuseRuleRow>()
         )
@@ -156,6 +171,7 @@ pub async fn put_rule(pool: &Pool, rule: &Rule) -> Result<RuleRecord, DbError> {
                 &rule.id.kind().as_str(),
                 &rule.mode.as_str(),
                 &rule.params.to_json(),
+                &reason,
             ],
         )
         .await?;
@@ -482,4 +498,45 @@ pub async fn delete_block(pool: &Pool, id: i64) -> Result<bool, DbError> {
         )
         .await?;
     Ok(deleted == 1)
+}
+
+#[cfg(test)]
+table_row! {
+    /// An `abuse_sends` row: only SQL reads it (the velocity limits, in `db::starts`).
+    pub(crate) struct AbuseSendRow in "abuse_sends" {}
+    unread [created_at, prefix, client_ip, network, client_id]
+}
+
+#[cfg(test)]
+table_row! {
+    /// An `abuse_counters` row: only SQL reads it (the velocity limits, in `db::starts`).
+    pub(crate) struct AbuseCounterRow in "abuse_counters" {}
+    unread [rule_id, key, bucket, shard, sends]
+}
+
+/// Deletes the velocity counts no rule looks at any more: recorded sends older than
+/// `sends_window` and counter buckets older than `buckets_window` (the longest windows of
+/// the rules in force that count each way). Returns how many rows went.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_old_velocity_counts(
+    pool: &Pool,
+    sends_window: std::time::Duration,
+    buckets_window: std::time::Duration,
+) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let sends = client
+        .execute(
+            "DELETE FROM abuse_sends WHERE created_at < now() - make_interval(secs => $1)",
+            &[&super::seconds(sends_window)],
+        )
+        .await?;
+    let buckets = client
+        .execute(
+            "DELETE FROM abuse_counters WHERE bucket < now() - make_interval(secs => $1)",
+            &[&super::seconds(buckets_window)],
+        )
+        .await?;
+    Ok(sends + buckets)
 }

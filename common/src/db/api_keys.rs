@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use super::notifications::Channel;
-use super::rows::{columns, read_all, table_row};
+use super::rows::{columns, named, read_all, table_row};
 
 /// An API key as listed: never the key itself.
 #[derive(Debug, Clone)]
@@ -50,16 +50,20 @@ pub async fn insert_api_key(
     Ok(())
 }
 
-/// True when an unrevoked key with this hash exists.
+/// The id of the unrevoked key with this hash, if there is one.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn is_active_api_key(pool: &Pool, key_hash: &[u8]) -> Result<bool, DbError> {
+pub async fn find_active_api_key(pool: &Pool, key_hash: &[u8]) -> Result<Option<Uuid>, DbError> {
     let client = pool.get().await?;
     let statement = client
-        .prepare_cached("SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .prepare_cached("SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
         .await?;
-    Ok(client.query_opt(&statement, &[&key_hash]).await?.is_some())
+    client
+        .query_opt(&statement, &[&key_hash])
+        .await?
+        .map(|row| named(&row, "id"))
+        .transpose()
 }
 
 /// All keys, newest first.

@@ -208,7 +208,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 9] = [
+const MIGRATIONS: [(i32, &str, &str); 10] = [
     (
         1,
         "api_keys",
@@ -253,6 +253,11 @@ const MIGRATIONS: [(i32, &str, &str); 9] = [
         9,
         "start_signals",
         include_str!("../../../migrations/V9__start_signals.sql"),
+    ),
+    (
+        10,
+        "velocity_limits",
+        include_str!("../../../migrations/V10__velocity_limits.sql"),
     ),
 ];
 

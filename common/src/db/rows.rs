@@ -193,7 +193,8 @@ mod tests {
 
     use super::TableRow;
     use crate::db::abuse::{
-        AbuseAllowRow, AbuseBlockRow, AbuseRuleCountRow, AbuseRuleRow, AbuseRulesVersionRow,
+        AbuseAllowRow, AbuseBlockRow, AbuseCounterRow, AbuseRuleCountRow, AbuseRuleRow,
+        AbuseRulesVersionRow, AbuseSendRow,
     };
     use crate::db::api_keys::ApiKeyRow;
     use crate::db::deliveries::DeliveryRow;
@@ -225,6 +226,8 @@ mod tests {
             declared::<AbuseRuleCountRow>(),
             declared::<AbuseAllowRow>(),
             declared::<AbuseBlockRow>(),
+            declared::<AbuseSendRow>(),
+            declared::<AbuseCounterRow>(),
         ];
 
         let client = pool.get().await.unwrap();

@@ -1,7 +1,12 @@
 //! New sends: starting verifications (in batches, each with its first send, some under an
 //! idempotency key) and resending a verification's code, each under the per-number send
-//! limit. Both call one SQL function each (migrations V7 and V9), and both apply the limit
-//! through the same one, `send_limit_waits`.
+//! limit and the velocity limits. Both call one SQL function each (migration V10), and
+//! both apply the limits through the same ones, `send_limit_waits` and `judge_velocity`.
+//!
+//! A request's velocity checks become counters (one per rule and key, shared by the
+//! requests of a batch that have the same key) and checks (one per request and counter,
+//! in request order), passed as arrays: `judge_velocity` counts each counter once and the
+//! requests of the batch in order, so each sees the sends its batch let through before it.
 
 use std::net::IpAddr;
 use std::sync::LazyLock;
@@ -15,7 +20,7 @@ use super::idempotency::IdempotencyClaim;
 use super::rows::{Layout, named, prefixed_columns};
 use super::verifications::{VerificationRecord, VerificationRow};
 use super::{DbError, seconds};
-use crate::domain::abuse::ClientId;
+use crate::domain::abuse::{ClientId, VelocityCheck};
 use crate::domain::otp::NONCE_LEN;
 use crate::domain::{
     DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateId, TemplateLocale, Variables,
@@ -41,8 +46,11 @@ pub struct NewVerification {
     /// What the request said about its end user.
     pub client_ip: Option<IpAddr>,
     pub client_id: Option<ClientId>,
-    /// What the abuse rules made of the request (a JSON object).
+    /// What the abuse rules made of the request (a JSON object); the velocity limits
+    /// exceeded without refusing are added to it.
     pub risk: Option<serde_json::Value>,
+    /// The velocity limits the request is counted under.
+    pub velocity: Vec<VelocityCheck>,
 }
 
 /// At most `max_sends` SMS to one number per `window`.
@@ -61,6 +69,9 @@ pub enum CreateOutcome {
     Created(Box<(VerificationRecord, DeliveryRecord)>),
     /// The number already had `max_sends` sends in the window; try again after this long.
     RateLimited { retry_after: Duration },
+    /// The velocity check at this position of the request's refused it; the wait is the
+    /// longest of its refusing checks'.
+    VelocityLimited { check: usize, retry_after: Duration },
     /// The idempotency key was used before with the same body: nothing new was created.
     /// `response` is the first answer, if it was stored.
     Replayed {
@@ -71,21 +82,115 @@ pub enum CreateOutcome {
     KeyReused,
 }
 
+/// A start request's outcome and, when its velocity checks were judged, the sends each
+/// counted with it (in the order of its checks; empty when they were not judged).
+#[derive(Debug, Clone)]
+pub struct StartResult {
+    pub outcome: CreateOutcome,
+    pub velocity_counts: Vec<u64>,
+}
+
 fn retry_after_from(seconds: Option<f64>) -> Duration {
     Duration::from_secs_f64(seconds.unwrap_or(1.0).max(1.0))
 }
 
-/// The call of the `start_verifications` function (migration V9), which writes the
-/// idempotency keys, applies the send limit, cancels the numbers' earlier open
-/// verifications and inserts the rows of a whole batch in one statement. Its rows are the
-/// request's position (`ord`), the limit's wait (`retry_after_secs`), the key's verdicts
-/// (`key_reused`, `replay_of`, `replay_response`), then the verification's columns
-/// prefixed `v_` and the send's prefixed `d_`.
+/// The velocity checks of a batch as `judge_velocity` takes them: checks in request
+/// order, each naming its counter; one counter per rule and key.
+#[derive(Debug, Default)]
+struct VelocityArrays {
+    check_ords: Vec<i32>,
+    check_counters: Vec<i32>,
+    rules: Vec<String>,
+    scopes: Vec<&'static str>,
+    keys: Vec<String>,
+    window_secs: Vec<f64>,
+    limits: Vec<i64>,
+    bucket_secs: Vec<Option<f64>>,
+    refuses: Vec<bool>,
+    hits: Vec<serde_json::Value>,
+}
+
+impl VelocityArrays {
+    /// The arrays of `requests`' checks, the first request at position 1.
+    fn new<'a>(requests: impl IntoIterator<Item = &'a [VelocityCheck]>) -> Self {
+        let mut arrays = Self::default();
+        let mut counters: std::collections::HashMap<(String, &'a str), i32> =
+            std::collections::HashMap::new();
+        for (ord, checks) in (1_i32..).zip(requests) {
+            for check in checks {
+                let next = i32::try_from(counters.len() + 1).unwrap_or(i32::MAX);
+                let counter = *counters
+                    .entry((check.rule.to_string(), check.key.as_str()))
+                    .or_insert_with(|| {
+                        arrays.rules.push(check.rule.to_string());
+                        arrays.scopes.push(check.scope.as_str());
+                        arrays.keys.push(check.key.clone());
+                        arrays.window_secs.push(seconds(check.window));
+                        arrays.limits.push(i64::from(check.limit));
+                        arrays.bucket_secs.push(check.bucket.map(seconds));
+                        arrays.refuses.push(check.refuses());
+                        arrays.hits.push(check.risk_entry());
+                        next
+                    });
+                arrays.check_ords.push(ord);
+                arrays.check_counters.push(counter);
+            }
+        }
+        arrays
+    }
+
+    /// The arrays as statement parameters, in `judge_velocity`'s order.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 10] {
+        [
+            &self.check_ords,
+            &self.check_counters,
+            &self.rules,
+            &self.scopes,
+            &self.keys,
+            &self.window_secs,
+            &self.limits,
+            &self.bucket_secs,
+            &self.refuses,
+            &self.hits,
+        ]
+    }
+}
+
+/// The figures a request's velocity checks counted, from `velocity_counted`.
+fn velocity_counts(row: &Row) -> Result<Vec<u64>, DbError> {
+    Ok(named::<Option<Vec<Option<i64>>>>(row, "velocity_counted")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|count| u64::try_from(count.unwrap_or(0)).unwrap_or(0))
+        .collect())
+}
+
+/// The velocity verdict of a row: the refusing check's position and the wait.
+fn velocity_refusal(row: &Row) -> Result<Option<(usize, Duration)>, DbError> {
+    let Some(check) = named::<Option<i32>>(row, "velocity_refused")? else {
+        return Ok(None);
+    };
+    let index = usize::try_from(check - 1)
+        .map_err(|_| DbError::Corrupt(format!("velocity check {check}")))?;
+    let wait = named::<Option<f64>>(row, "velocity_retry_after_secs")?;
+    Ok(Some((index, retry_after_from(wait))))
+}
+
+/// The call of the `start_verifications` function (migration V10), which writes the
+/// idempotency keys, applies the send limit and the velocity limits, cancels the numbers'
+/// earlier open verifications and inserts the rows of a whole batch in one statement. Its
+/// rows are the request's position (`ord`), the limit's wait (`retry_after_secs`), the
+/// velocity verdict (`velocity_refused`, `velocity_retry_after_secs`,
+/// `velocity_counted`), the key's verdicts (`key_reused`, `replay_of`,
+/// `replay_response`), then the verification's columns prefixed `v_` and the send's
+/// prefixed `d_`.
 static START_VERIFICATIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT s.ord, s.retry_after_secs, s.key_reused, s.replay_of, s.replay_response, {}, {}
+        "SELECT s.ord, s.retry_after_secs, s.velocity_refused, s.velocity_retry_after_secs,
+                s.velocity_counted, s.key_reused, s.replay_of, s.replay_response, {}, {}
          FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                  $15, $16, $17, $18, $19) s",
+                                  $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
+                                  $27, $28, $29) s",
         prefixed_columns::<VerificationRow>("(s.verification)", "v_"),
         prefixed_columns::<DeliveryRow>("(s.delivery)", "d_"),
     )
@@ -100,7 +205,7 @@ pub async fn insert_verifications(
     pool: &Pool,
     batch: &[NewVerification],
     limit: SendLimit,
-) -> Result<Vec<CreateOutcome>, DbError> {
+) -> Result<Vec<StartResult>, DbError> {
     let ids: Vec<uuid::Uuid> = batch.iter().map(|new| new.id.as_uuid()).collect();
     let tos: Vec<&str> = batch.iter().map(|new| new.to.as_str()).collect();
     let template_ids: Vec<Option<i64>> = batch
@@ -145,34 +250,34 @@ pub async fn insert_verifications(
     let request_hashes: Vec<Option<&[u8]>> = claims()
         .map(|claim| claim.map(|c| c.request_hash.as_slice()))
         .collect();
+    let velocity = VelocityArrays::new(batch.iter().map(|new| new.velocity.as_slice()));
+    let window = seconds(limit.window);
+    let max_sends = i64::from(limit.max_sends);
     let client = pool.get().await?;
     let statement = client.prepare_cached(&START_VERIFICATIONS).await?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &ids,
-                &tos,
-                &template_ids,
-                &locales,
-                &senders,
-                &variables,
-                &code_lengths,
-                &nonces,
-                &max_checks,
-                &ttls,
-                &delivery_ids,
-                &client_ips,
-                &client_ids,
-                &risks,
-                &key_scopes,
-                &keys,
-                &request_hashes,
-                &seconds(limit.window),
-                &i64::from(limit.max_sends),
-            ],
-        )
-        .await?;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &ids,
+        &tos,
+        &template_ids,
+        &locales,
+        &senders,
+        &variables,
+        &code_lengths,
+        &nonces,
+        &max_checks,
+        &ttls,
+        &delivery_ids,
+        &client_ips,
+        &client_ids,
+        &risks,
+        &key_scopes,
+        &keys,
+        &request_hashes,
+        &window,
+        &max_sends,
+    ];
+    params.extend(velocity.params());
+    let rows = client.query(&statement, &params).await?;
     if rows.len() != batch.len() {
         return Err(DbError::Corrupt(format!(
             "{} outcomes for a batch of {}",
@@ -197,7 +302,10 @@ pub async fn insert_verifications(
                     index + 1
                 )));
             }
-            outcome_from_row(row, &layouts)
+            Ok(StartResult {
+                outcome: outcome_from_row(row, &layouts)?,
+                velocity_counts: velocity_counts(row)?,
+            })
         })
         .collect()
 }
@@ -211,6 +319,9 @@ fn outcome_from_row(
         return Ok(CreateOutcome::RateLimited {
             retry_after: retry_after_from(Some(wait)),
         });
+    }
+    if let Some((check, retry_after)) = velocity_refusal(row)? {
+        return Ok(CreateOutcome::VelocityLimited { check, retry_after });
     }
     if named::<bool>(row, "key_reused")? {
         return Ok(CreateOutcome::KeyReused);
@@ -241,21 +352,30 @@ pub enum ResendOutcome {
     RateLimited {
         retry_after: Duration,
     },
+    /// The velocity check at this position refused it.
+    VelocityLimited {
+        check: usize,
+        retry_after: Duration,
+    },
 }
 
-/// The call of the `resend_verification` function (migration V7): the send's columns are
+/// The call of the `resend_verification` function (migration V10): the send's columns are
 /// prefixed `d_`.
 static RESEND_VERIFICATION: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT r.status, r.live, r.too_soon_secs, r.retry_after_secs, {}
-         FROM resend_verification($1, $2, $3, $4, $5) r",
+        "SELECT r.status, r.live, r.too_soon_secs, r.retry_after_secs, r.velocity_refused,
+                r.velocity_retry_after_secs, r.velocity_counted, {}
+         FROM resend_verification($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                  $15) r",
         prefixed_columns::<DeliveryRow>("(r.delivery)", "d_"),
     )
 });
 
 /// Records another send of the same code, subject to the minimum interval between sends
-/// of one verification and to the per-number send limit. The check counter is untouched:
-/// resending never buys more guesses.
+/// of one verification, to the per-number send limit and to the velocity limits
+/// `velocity` (those exceeded without refusing join the verification's risk). Returns the
+/// outcome and the figures the velocity checks counted (empty when not judged). The check
+/// counter is untouched: resending never buys more guesses.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -265,27 +385,35 @@ pub async fn insert_resend(
     delivery_id: DeliveryId,
     min_interval: Duration,
     limit: SendLimit,
-) -> Result<ResendOutcome, DbError> {
+    velocity: &[VelocityCheck],
+) -> Result<(ResendOutcome, Vec<u64>), DbError> {
+    let arrays = VelocityArrays::new([velocity]);
+    let (id_uuid, delivery_uuid) = (id.as_uuid(), delivery_id.as_uuid());
+    let (interval, window, max_sends) = (
+        seconds(min_interval),
+        seconds(limit.window),
+        i64::from(limit.max_sends),
+    );
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&id_uuid, &delivery_uuid, &interval, &window, &max_sends];
+    params.extend(arrays.params());
     let client = pool.get().await?;
     let Some(row) = client
-        .query_opt(
-            RESEND_VERIFICATION.as_str(),
-            &[
-                &id.as_uuid(),
-                &delivery_id.as_uuid(),
-                &seconds(min_interval),
-                &seconds(limit.window),
-                &i64::from(limit.max_sends),
-            ],
-        )
+        .query_opt(RESEND_VERIFICATION.as_str(), &params)
         .await?
     else {
-        return Ok(ResendOutcome::NotFound);
+        return Ok((ResendOutcome::NotFound, Vec::new()));
     };
-    let status: VerificationStatus = named::<String>(&row, "status")?
+    let counts = velocity_counts(&row)?;
+    Ok((resend_outcome(&row)?, counts))
+}
+
+/// Reads the outcome of a resend from its `resend_verification` row.
+fn resend_outcome(row: &Row) -> Result<ResendOutcome, DbError> {
+    let status: VerificationStatus = named::<String>(row, "status")?
         .parse()
         .map_err(DbError::Corrupt)?;
-    let live: bool = named(&row, "live")?;
+    let live: bool = named(row, "live")?;
     if status != VerificationStatus::Pending || !live {
         let shown = if status == VerificationStatus::Pending {
             VerificationStatus::Expired
@@ -294,17 +422,20 @@ pub async fn insert_resend(
         };
         return Ok(ResendOutcome::NotPending(shown));
     }
-    if let Some(wait) = named::<Option<f64>>(&row, "too_soon_secs")?.filter(|w| *w > 0.0) {
+    if let Some(wait) = named::<Option<f64>>(row, "too_soon_secs")?.filter(|w| *w > 0.0) {
         return Ok(ResendOutcome::TooSoon {
             retry_after: retry_after_from(Some(wait)),
         });
     }
-    if let Some(wait) = named::<Option<f64>>(&row, "retry_after_secs")? {
+    if let Some(wait) = named::<Option<f64>>(row, "retry_after_secs")? {
         return Ok(ResendOutcome::RateLimited {
             retry_after: retry_after_from(Some(wait)),
         });
     }
-    let delivery = Layout::<DeliveryRow>::find(&row, "d_")?.read(&row)?;
+    if let Some((check, retry_after)) = velocity_refusal(row)? {
+        return Ok(ResendOutcome::VelocityLimited { check, retry_after });
+    }
+    let delivery = Layout::<DeliveryRow>::find(row, "d_")?.read(row)?;
     Ok(ResendOutcome::Created(delivery.try_into()?))
 }
 
@@ -313,13 +444,13 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        CreateOutcome, NewVerification, ResendOutcome, SendLimit, insert_resend,
+        CreateOutcome, NewVerification, ResendOutcome, SendLimit, StartResult, insert_resend,
         insert_verifications,
     };
     use crate::db::idempotency::IdempotencyClaim;
     use crate::db::verifications::find_verification;
     use crate::db::{Pool, build_pool, migrate};
-    use crate::domain::abuse::ClientId;
+    use crate::domain::abuse::{BlockScope, ClientId, Outcome, RuleId, RuleMode, VelocityCheck};
     use crate::domain::{
         DeliveryId, OtpCodeLength, PhoneNumber, Variables, VerificationId, VerificationStatus,
     };
@@ -354,6 +485,7 @@ mod tests {
             client_ip: None,
             client_id: None,
             risk: None,
+            velocity: Vec::new(),
         }
     }
 
@@ -377,18 +509,141 @@ mod tests {
     }
 
     /// The outcomes as short words, for comparing whole batches at once.
-    fn summary(outcomes: &[CreateOutcome]) -> Vec<String> {
+    fn summary(outcomes: &[StartResult]) -> Vec<String> {
         outcomes
             .iter()
-            .map(|outcome| match outcome {
+            .map(|result| match &result.outcome {
                 CreateOutcome::Created(created) => {
                     format!("created {}", created.0.stored_status.as_str())
                 }
                 CreateOutcome::RateLimited { .. } => "rate limited".to_owned(),
+                CreateOutcome::VelocityLimited { .. } => "velocity limited".to_owned(),
                 CreateOutcome::Replayed { .. } => "replayed".to_owned(),
                 CreateOutcome::KeyReused => "key reused".to_owned(),
             })
             .collect()
+    }
+
+    /// A velocity check of `scope` at `limit` an hour, refusing when `outcome` is a block.
+    fn velocity(scope: BlockScope, key: &str, limit: u32, outcome: Outcome) -> VelocityCheck {
+        let bucketed = matches!(scope, BlockScope::Global | BlockScope::Country);
+        VelocityCheck {
+            rule: RuleId::parse(&format!("velocity.{scope}")).unwrap(),
+            scope,
+            key: key.to_owned(),
+            window: Duration::from_secs(3600),
+            limit,
+            bucket: bucketed.then(|| Duration::from_secs(300)),
+            mode: if outcome == Outcome::ShadowBlock {
+                RuleMode::Shadow
+            } else {
+                RuleMode::Enforce
+            },
+            outcome,
+        }
+    }
+
+    fn limited(to: &str, checks: &[VelocityCheck]) -> NewVerification {
+        NewVerification {
+            velocity: checks.to_vec(),
+            risk: Some(serde_json::json!({"decision": "allow", "rules": [], "notes": []})),
+            ..new_start(to)
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_in_one_batch_count_each_other_against_a_velocity_limit() {
+        let pool = database().await;
+        let session = [velocity(BlockScope::ClientId, "s-1", 3, Outcome::Block)];
+        let batch: Vec<NewVerification> = (0..5)
+            .map(|n| limited(&format!("+1415555010{n}"), &session))
+            .collect();
+
+        let outcomes = insert_verifications(&pool, &batch, LIMIT).await.unwrap();
+
+        assert_eq!(
+            summary(&outcomes),
+            [
+                "created pending",
+                "created pending",
+                "created pending",
+                "velocity limited",
+                "velocity limited"
+            ]
+        );
+        let counts: Vec<&[u64]> = outcomes
+            .iter()
+            .map(|r| r.velocity_counts.as_slice())
+            .collect();
+        assert_eq!(counts, [[1], [2], [3], [4], [4]]);
+    }
+
+    #[tokio::test]
+    async fn a_bucketed_limit_counts_earlier_batches_and_a_refused_start_adds_nothing() {
+        let pool = database().await;
+        let global = [velocity(BlockScope::Global, "all", 2, Outcome::Block)];
+        let first = insert_verifications(
+            &pool,
+            &[
+                limited("+14155550100", &global),
+                limited("+14155550101", &global),
+            ],
+            LIMIT,
+        )
+        .await
+        .unwrap();
+
+        let second = insert_verifications(&pool, &[limited("+14155550102", &global)], LIMIT)
+            .await
+            .unwrap();
+        let third = insert_verifications(&pool, &[limited("+14155550103", &global)], LIMIT)
+            .await
+            .unwrap();
+
+        assert_eq!(summary(&first), ["created pending", "created pending"]);
+        assert_eq!(summary(&second), ["velocity limited"]);
+        assert_eq!(
+            third[0].velocity_counts,
+            [3],
+            "the refused start was not counted"
+        );
+        let CreateOutcome::VelocityLimited { check, retry_after } = &second[0].outcome else {
+            unreachable!()
+        };
+        assert_eq!(*check, 0);
+        assert!(*retry_after <= Duration::from_secs(3600), "{retry_after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_limit_exceeded_in_shadow_mode_sends_and_joins_the_risk_with_its_figures() {
+        let pool = database().await;
+        let checks = [
+            velocity(BlockScope::ClientId, "s-1", 1, Outcome::ShadowBlock),
+            velocity(BlockScope::Prefix, "+1415555", 5, Outcome::Block),
+        ];
+        let first = limited("+14155550100", &checks);
+        let second = limited("+14155550101", &checks);
+
+        let outcomes = insert_verifications(&pool, &[first, second.clone()], LIMIT)
+            .await
+            .unwrap();
+
+        assert_eq!(summary(&outcomes), ["created pending", "created pending"]);
+        assert_eq!(outcomes[1].velocity_counts, [2, 2]);
+        let stored = find_verification(&pool, second.id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.risk,
+            Some(serde_json::json!({
+                "decision": "shadow_block",
+                "rules": [{
+                    "id": "velocity.client_id",
+                    "mode": "shadow",
+                    "outcome": "shadow_block",
+                    "detail": "client_id s-1: 2 sends in the last 3600 s, limit 1",
+                }],
+                "notes": [],
+            }))
+        );
     }
 
     #[tokio::test]
@@ -517,7 +772,7 @@ mod tests {
         );
         let CreateOutcome::Replayed {
             verification_id, ..
-        } = &outcomes[0]
+        } = &outcomes[0].outcome
         else {
             unreachable!()
         };
@@ -551,7 +806,7 @@ mod tests {
             ["created pending", "replayed", "key reused"]
         );
         assert!(matches!(
-            &outcomes[1],
+            &outcomes[1].outcome,
             CreateOutcome::Replayed { verification_id, response: None } if *verification_id == first.id
         ));
     }
@@ -587,15 +842,22 @@ mod tests {
                 DeliveryId::generate(),
                 Duration::ZERO,
                 LIMIT,
+                &[],
             )
         };
-        assert!(matches!(resend().await.unwrap(), ResendOutcome::Created(_)));
-        assert!(matches!(resend().await.unwrap(), ResendOutcome::Created(_)));
+        assert!(matches!(
+            resend().await.unwrap().0,
+            ResendOutcome::Created(_)
+        ));
+        assert!(matches!(
+            resend().await.unwrap().0,
+            ResendOutcome::Created(_)
+        ));
 
         let another_start = insert_verifications(&pool, &[new_start("+14155550100")], LIMIT)
             .await
             .unwrap();
-        let another_resend = resend().await.unwrap();
+        let another_resend = resend().await.unwrap().0;
 
         assert_eq!(summary(&another_start), ["rate limited"]);
         assert!(
@@ -622,18 +884,22 @@ mod tests {
             DeliveryId::generate(),
             Duration::ZERO,
             LIMIT,
+            &[],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
         let of_canceled = insert_resend(
             &pool,
             earlier.id,
             DeliveryId::generate(),
             Duration::ZERO,
             LIMIT,
+            &[],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
 
         assert!(matches!(resent, ResendOutcome::Created(_)), "{resent:?}");
         assert_eq!(

@@ -193,6 +193,7 @@ pub(crate) fn new_verification(to: &str) -> NewVerification {
         client_ip: None,
         client_id: None,
         risk: None,
+        velocity: Vec::new(),
     }
 }
 
@@ -231,7 +232,13 @@ impl TestWorker {
             .await
             .expect("recording a verification");
         assert!(
-            matches!(outcomes.as_slice(), [CreateOutcome::Created(_)]),
+            matches!(
+                outcomes.as_slice(),
+                [starts::StartResult {
+                    outcome: CreateOutcome::Created(_),
+                    ..
+                }]
+            ),
             "{outcomes:?}"
         );
         self.publish(started.delivery_id).await;

@@ -2,6 +2,7 @@
 //! limits, the conversion breaker) leave alone, for QA numbers and known-good traffic.
 //! Number types and countries still apply to them.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -144,9 +145,76 @@ impl AllowEntry {
     }
 }
 
+/// The allow list as every API process holds it, for asking whether a request is on it.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    numbers: HashSet<String>,
+    prefixes: HashSet<String>,
+    api_keys: HashSet<String>,
+}
+
+impl AllowList {
+    /// The list of `entries`, each a kind and a value in canonical form (as
+    /// [`AllowEntry::parse`] leaves it and as stored).
+    pub fn new<'a>(entries: impl IntoIterator<Item = (AllowKind, &'a str)>) -> Self {
+        let mut list = Self::default();
+        for (kind, value) in entries {
+            let set = match kind {
+                AllowKind::Number => &mut list.numbers,
+                AllowKind::Prefix => &mut list.prefixes,
+                AllowKind::ApiKey => &mut list.api_keys,
+            };
+            set.insert(value.to_owned());
+        }
+        list
+    }
+
+    /// Which kind of entry allows a request to `to` made with the API key `api_key` (its
+    /// stored id), if any: the number, a prefix of it, or the key.
+    pub fn allows(&self, to: &PhoneNumber, api_key: &str) -> Option<AllowKind> {
+        let number = to.as_str();
+        if self.numbers.contains(number) {
+            return Some(AllowKind::Number);
+        }
+        // At most 15 lookups: one per leading part of the number, `+` and one digit first.
+        if !self.prefixes.is_empty()
+            && (2..=number.len()).any(|end| self.prefixes.contains(&number[..end]))
+        {
+            return Some(AllowKind::Prefix);
+        }
+        self.api_keys.contains(api_key).then_some(AllowKind::ApiKey)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{AllowEntry, AllowEntryError, AllowKind};
+    use super::{AllowEntry, AllowEntryError, AllowKind, AllowList};
+    use crate::domain::PhoneNumber;
+
+    #[test]
+    fn the_list_allows_its_numbers_their_prefixes_and_its_api_keys() {
+        let key = "0190c0de-0000-7000-8000-000000000001";
+        let list = AllowList::new([
+            (AllowKind::Number, "+14155550100"),
+            (AllowKind::Prefix, "+44791"),
+            (AllowKind::ApiKey, key),
+        ]);
+        let number = |text: &str| PhoneNumber::parse(text).unwrap();
+        assert_eq!(
+            list.allows(&number("+14155550100"), "other"),
+            Some(AllowKind::Number)
+        );
+        assert_eq!(
+            list.allows(&number("+447911123456"), "other"),
+            Some(AllowKind::Prefix)
+        );
+        assert_eq!(
+            list.allows(&number("+14155550101"), key),
+            Some(AllowKind::ApiKey)
+        );
+        assert_eq!(list.allows(&number("+14155550101"), "other"), None);
+        assert_eq!(list.allows(&number("+447811123456"), "other"), None);
+    }
 
     #[test]
     fn entries_are_normalised() {

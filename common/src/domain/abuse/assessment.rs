@@ -1,5 +1,7 @@
 //! Judging a start request by the rules that need no counters (number type, country):
-//! in memory, from a snapshot of the rules, with no database round trip.
+//! in memory, from a snapshot of the rules, with no database round trip. The same
+//! snapshot says which velocity limits a request is counted under (judged where sends
+//! are recorded) and whether the allow list exempts it from them.
 //!
 //! The result is a [`Risk`] (the decision, every rule that matched with its mode and
 //! outcome, and notes about signals that could not be used) and, when an enforced rule
@@ -10,34 +12,15 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::domain::abuse::allow::{AllowKind, AllowList};
+use crate::domain::abuse::blocks::BlockScope;
 use crate::domain::abuse::client::ClientSignals;
-use crate::domain::abuse::rules::{Rule, RuleAction, RuleId, RuleMode};
+use crate::domain::abuse::rules::{
+    Outcome, Rule, RuleAction, RuleId, RuleMode, RuleParams, VelocityLimit,
+};
+use crate::domain::abuse::velocity::{Requester, VelocityCheck};
 use crate::domain::numbering::{NumberClass, NumberType, Region};
-
-/// What a matching rule did to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Refused the request (enforce mode).
-    Block,
-    /// Would have refused it, but the rule is in shadow mode.
-    ShadowBlock,
-    /// Let it through, flagged.
-    Monitor,
-}
-
-impl Outcome {
-    /// Every outcome, in a fixed order.
-    pub const ALL: [Outcome; 3] = [Self::Block, Self::ShadowBlock, Self::Monitor];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Block => "block",
-            Self::ShadowBlock => "shadow_block",
-            Self::Monitor => "monitor",
-        }
-    }
-}
+use crate::domain::phone_number::PhoneNumber;
 
 /// The overall decision about an accepted request, strongest outcome first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -139,18 +122,30 @@ pub struct RuleSet {
     number_types: HashMap<NumberType, Rule>,
     country_default: Option<Rule>,
     countries: HashMap<Region, Rule>,
+    /// Velocity rules in force (not off), in id order.
+    velocity: Vec<(RuleId, RuleMode, VelocityLimit)>,
+    allow: AllowList,
 }
 
 impl RuleSet {
-    /// The set of `rules` under the process-wide mode `global`.
-    pub fn new(global: RuleMode, rules: impl IntoIterator<Item = Rule>) -> Self {
+    /// The set of `rules` and the allow list `allow` under the process-wide mode `global`.
+    pub fn new(global: RuleMode, rules: impl IntoIterator<Item = Rule>, allow: AllowList) -> Self {
         let mut set = Self {
             global,
             number_types: HashMap::new(),
             country_default: None,
             countries: HashMap::new(),
+            velocity: Vec::new(),
+            allow,
         };
         for rule in rules {
+            if let (RuleId::Velocity(_), RuleParams::Velocity(limit)) = (rule.id, rule.params) {
+                let mode = rule.mode.under(global);
+                if mode != RuleMode::Off {
+                    set.velocity.push((rule.id, mode, limit));
+                }
+                continue;
+            }
             match rule.id {
                 RuleId::NumberType(kind) => {
                     set.number_types.insert(kind, rule);
@@ -159,9 +154,47 @@ impl RuleSet {
                 RuleId::Country(region) => {
                     set.countries.insert(region, rule);
                 }
+                // Parameters of another kind: not written by the API, judged by nothing.
+                RuleId::Velocity(_) => {}
             }
         }
+        set.velocity.sort_by_key(|(id, _, _)| *id);
         set
+    }
+
+    /// The allow-list entry kind that exempts a request to `to` made with `api_key`
+    /// from the counting rules (velocity limits, the conversion breaker), if any.
+    pub fn allowed(&self, to: &PhoneNumber, api_key: &str) -> Option<AllowKind> {
+        self.allow.allows(to, api_key)
+    }
+
+    /// The velocity limits a request is counted under: every rule in force whose scope
+    /// the request has a key in. None for an allow-listed request.
+    pub fn velocity_checks(&self, requester: &Requester<'_>) -> Vec<VelocityCheck> {
+        if self.velocity.is_empty() || self.allowed(requester.to, requester.api_key).is_some() {
+            return Vec::new();
+        }
+        self.velocity
+            .iter()
+            .filter_map(|(id, mode, limit)| VelocityCheck::new(*id, *mode, limit, requester))
+            .collect()
+    }
+
+    /// How long the velocity rules in force need their records: the longest window of
+    /// those counted one row per send (number excepted: sends count for it), and of those
+    /// counted in buckets. Zero where no rule needs any.
+    pub fn velocity_retention(&self) -> (std::time::Duration, std::time::Duration) {
+        let longest = |buckets: bool| {
+            self.velocity
+                .iter()
+                .filter(|(_, _, limit)| {
+                    limit.bucket().is_some() == buckets && limit.scope != BlockScope::Number
+                })
+                .map(|(_, _, limit)| limit.window())
+                .max()
+                .unwrap_or_default()
+        };
+        (longest(false), longest(true))
     }
 
     /// Judges a request to `class` (the number's type and region) from a client with
@@ -182,7 +215,7 @@ impl RuleSet {
         ];
         for (rule, reason) in candidates.into_iter().flatten() {
             let mode = rule.mode.under(self.global);
-            let outcome = match (mode, rule.params.action) {
+            let outcome = match (mode, rule.params.action()) {
                 (RuleMode::Off, _) | (_, RuleAction::Allow) => continue,
                 (_, RuleAction::Monitor) => Outcome::Monitor,
                 (RuleMode::Shadow, RuleAction::Block) => Outcome::ShadowBlock,
@@ -232,16 +265,17 @@ impl RuleSet {
 
 #[cfg(test)]
 mod tests {
-    use super::{Decision, Outcome, RefusalReason, RuleSet};
+    use super::{Decision, RefusalReason, RuleSet};
+    use crate::domain::abuse::allow::AllowList;
     use crate::domain::abuse::client::ClientSignals;
-    use crate::domain::abuse::rules::{Rule, RuleAction, RuleId, RuleMode, RuleParams};
+    use crate::domain::abuse::rules::{Outcome, Rule, RuleAction, RuleId, RuleMode, RuleParams};
     use crate::domain::numbering::{NumberClass, NumberType, Region};
 
     fn rule(id: &str, mode: RuleMode, action: RuleAction) -> Rule {
         Rule {
             id: RuleId::parse(id).unwrap(),
             mode,
-            params: RuleParams { action },
+            params: RuleParams::Action(action),
         }
     }
 
@@ -267,6 +301,7 @@ mod tests {
                 rule("country.FR", RuleMode::Shadow, RuleAction::Block),
                 rule("country.DE", RuleMode::Enforce, RuleAction::Monitor),
             ],
+            AllowList::default(),
         )
     }
 
@@ -343,6 +378,64 @@ mod tests {
         );
         assert_eq!(off.refusal, None);
         assert!(off.risk.rules.is_empty());
+    }
+
+    #[test]
+    fn velocity_checks_follow_the_rules_in_force_and_skip_allow_listed_requests() {
+        use crate::domain::PhoneNumber;
+        use crate::domain::abuse::allow::AllowKind;
+        use crate::domain::abuse::rules::RuleKind;
+        use crate::domain::abuse::velocity::Requester;
+
+        let velocity = |id: &str, mode: RuleMode, scope: &str| {
+            Rule {
+            id: RuleId::parse(id).unwrap(),
+            mode,
+            params: RuleParams::parse(
+                RuleKind::Velocity,
+                &serde_json::json!({"scope": scope, "window_secs": 60, "limit": 3, "action": "block"}),
+            )
+            .unwrap(),
+        }
+        };
+        let set = RuleSet::new(
+            RuleMode::Enforce,
+            [
+                velocity("velocity.global", RuleMode::Shadow, "global"),
+                velocity("velocity.client_ip", RuleMode::Enforce, "client_ip"),
+                velocity("velocity.client_id", RuleMode::Enforce, "client_id"),
+                velocity("velocity.network", RuleMode::Off, "network"),
+            ],
+            AllowList::new([(AllowKind::Number, "+14155550100")]),
+        );
+        let client = ClientSignals::parse(Some("203.0.113.9"), None).unwrap();
+        let checks_for = |number: &str| {
+            let to = PhoneNumber::parse(number).unwrap();
+            set.velocity_checks(&Requester {
+                to: &to,
+                region: Region::parse("US").unwrap(),
+                client: &client,
+                api_key: "configured",
+            })
+        };
+
+        let checks = checks_for("+14155550101");
+        let judged: Vec<(String, &str, Outcome)> = checks
+            .iter()
+            .map(|check| (check.rule.to_string(), check.key.as_str(), check.outcome))
+            .collect();
+        assert_eq!(
+            judged,
+            [
+                (
+                    "velocity.client_ip".to_owned(),
+                    "203.0.113.9",
+                    Outcome::Block
+                ),
+                ("velocity.global".to_owned(), "all", Outcome::ShadowBlock),
+            ]
+        );
+        assert!(checks_for("+14155550100").is_empty(), "allow-listed");
     }
 
     #[test]

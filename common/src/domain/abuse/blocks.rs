@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-/// What a block applies to.
+/// What a block applies to, and what a velocity limit counts by: one number, one
+/// prefix, … or everything (`global`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockScope {

@@ -1,15 +1,18 @@
 //! Abuse rules: what each one is called, how strictly it applies and what it does.
 //!
 //! A rule has a stable id naming what it judges (`number_type.premium_rate`,
-//! `country.default`, `country.NG`), a mode (`enforce`, `shadow`, `off`) and an action
-//! for the requests it matches (`block`, `monitor`, `allow`). The process-wide mode
-//! (`VERIFY_ABUSE_MODE`) caps every rule's: a rule applies in the weaker of the two.
+//! `country.default`, `country.NG`, `velocity.client_ip`), a mode (`enforce`, `shadow`,
+//! `off`) and parameters: an action for the requests it matches (`block`, `monitor`,
+//! `allow`) and, for velocity rules, what they count (see `velocity`). The process-wide
+//! mode (`VERIFY_ABUSE_MODE`) caps every rule's: a rule applies in the weaker of the two.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::abuse::blocks::BlockScope;
 use crate::domain::numbering::{NumberType, Region};
 
 /// How strictly a rule (or all rules) applies, weakest first.
@@ -84,6 +87,31 @@ impl RuleAction {
     }
 }
 
+/// What a matching rule did to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Refused the request (enforce mode).
+    Block,
+    /// Would have refused it, but the rule is in shadow mode.
+    ShadowBlock,
+    /// Let it through, flagged.
+    Monitor,
+}
+
+impl Outcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [Outcome; 3] = [Self::Block, Self::ShadowBlock, Self::Monitor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::ShadowBlock => "shadow_block",
+            Self::Monitor => "monitor",
+        }
+    }
+}
+
 /// Which rule: the id names the rule's kind and its subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleId {
@@ -93,6 +121,8 @@ pub enum RuleId {
     CountryDefault,
     /// `country.<region>`: numbers of that region (`country.NG`, `country.001`).
     Country(Region),
+    /// `velocity.<name>`: a limit on sends per scope and window (`velocity.client_ip`).
+    Velocity(VelocityName),
 }
 
 /// The kinds of rules, as stored next to each rule.
@@ -101,6 +131,7 @@ pub enum RuleId {
 pub enum RuleKind {
     NumberType,
     Country,
+    Velocity,
 }
 
 impl RuleKind {
@@ -108,6 +139,7 @@ impl RuleKind {
         match self {
             Self::NumberType => "number_type",
             Self::Country => "country",
+            Self::Velocity => "velocity",
         }
     }
 }
@@ -115,7 +147,7 @@ impl RuleKind {
 /// Why a text is not a rule id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a rule id: use number_type.<type> (number_type.premium_rate), country.default or country.<region> (country.GB)"
+    "{0:?} is not a rule id: use number_type.<type> (number_type.premium_rate), country.default, country.<region> (country.GB) or velocity.<name> (velocity.client_ip; a-z, 0-9 and _)"
 )]
 pub struct RuleIdError(pub String);
 
@@ -123,8 +155,8 @@ impl RuleId {
     /// Reads a rule id. Region codes may come in any letter case and are kept upper case.
     ///
     /// # Errors
-    /// [`RuleIdError`] for anything but a number type, `default` or a region after the
-    /// kind.
+    /// [`RuleIdError`] for anything but a number type, `default`, a region or a velocity
+    /// rule name after the kind.
     pub fn parse(text: &str) -> Result<Self, RuleIdError> {
         let error = || RuleIdError(text.to_owned());
         let (kind, subject) = text.split_once('.').ok_or_else(error)?;
@@ -134,6 +166,9 @@ impl RuleId {
             "country" => Region::parse(subject)
                 .map(Self::Country)
                 .map_err(|_| error()),
+            "velocity" => VelocityName::parse(subject)
+                .map(Self::Velocity)
+                .ok_or_else(error),
             _ => Err(error()),
         }
     }
@@ -142,6 +177,7 @@ impl RuleId {
         match self {
             Self::NumberType(_) => RuleKind::NumberType,
             Self::CountryDefault | Self::Country(_) => RuleKind::Country,
+            Self::Velocity(_) => RuleKind::Velocity,
         }
     }
 }
@@ -152,6 +188,7 @@ impl fmt::Display for RuleId {
             Self::NumberType(kind) => write!(f, "number_type.{kind}"),
             Self::CountryDefault => f.write_str("country.default"),
             Self::Country(region) => write!(f, "country.{region}"),
+            Self::Velocity(name) => write!(f, "velocity.{name}"),
         }
     }
 }
@@ -165,26 +202,30 @@ pub struct RuleParamsError {
 }
 
 /// The parameters of a rule, stored as JSON: `{"action": "block" | "monitor" | "allow"}`
-/// for every kind there is today.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleParams {
-    pub action: RuleAction,
+/// for number-type and country rules, `{"scope", "window_secs", "limit", "action"}` for
+/// velocity rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleParams {
+    Action(RuleAction),
+    Velocity(VelocityLimit),
 }
 
 impl RuleParams {
-    /// Reads a rule's parameters from JSON.
+    /// Reads the parameters of a rule of `kind` from JSON.
     ///
     /// # Errors
     /// [`RuleParamsError`] naming `params.<field>` when the value is not an object, a
-    /// field is missing or unknown, or the action is not one of the three.
-    pub fn parse(value: &serde_json::Value) -> Result<Self, RuleParamsError> {
+    /// field is missing or unknown, or a value is not one the kind accepts.
+    pub fn parse(kind: RuleKind, value: &serde_json::Value) -> Result<Self, RuleParamsError> {
         let Some(object) = value.as_object() else {
             return Err(RuleParamsError {
                 field: "params".to_owned(),
                 message: "the parameters must be a JSON object".to_owned(),
             });
         };
+        if kind == RuleKind::Velocity {
+            return VelocityLimit::parse(object).map(Self::Velocity);
+        }
         if let Some(unknown) = object.keys().find(|key| key.as_str() != "action") {
             return Err(RuleParamsError {
                 field: format!("params.{unknown}"),
@@ -199,11 +240,175 @@ impl RuleParams {
             field: "params.action".to_owned(),
             message: "the action must be block, monitor or allow".to_owned(),
         })?;
-        Ok(Self { action })
+        Ok(Self::Action(action))
+    }
+
+    /// What the rule does to the requests it matches (a velocity rule: to those over its
+    /// limit).
+    pub fn action(self) -> RuleAction {
+        match self {
+            Self::Action(action) => action,
+            Self::Velocity(limit) => limit.action(),
+        }
     }
 
     pub fn to_json(self) -> serde_json::Value {
-        serde_json::json!({ "action": self.action.as_str() })
+        match self {
+            Self::Action(action) => serde_json::json!({ "action": action.as_str() }),
+            Self::Velocity(limit) => limit.to_json(),
+        }
+    }
+}
+
+/// Longest velocity rule name (the part after `velocity.`).
+pub const MAX_VELOCITY_NAME_LEN: usize = 40;
+/// Longest window a velocity rule may count over: 30 days.
+pub const MAX_WINDOW_SECS: u32 = 30 * 24 * 3600;
+/// Highest limit a velocity rule may have.
+pub const MAX_LIMIT: u32 = 1_000_000_000;
+/// Windows of the high-volume scopes are counted in this many buckets.
+const BUCKETS_PER_WINDOW: u32 = 12;
+
+/// The name of a velocity rule (`velocity.<name>`): 1–40 of `a`–`z`, `0`–`9` and `_`.
+/// Held inline so rule ids stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VelocityName {
+    bytes: [u8; MAX_VELOCITY_NAME_LEN],
+    len: u8,
+}
+
+impl VelocityName {
+    /// `None` unless `text` is a valid name.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid = (1..=MAX_VELOCITY_NAME_LEN).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return None;
+        }
+        let mut bytes = [0; MAX_VELOCITY_NAME_LEN];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Some(Self {
+            bytes,
+            len: u8::try_from(text.len()).ok()?,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (see `parse`).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for VelocityName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for VelocityName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VelocityName({})", self.as_str())
+    }
+}
+
+/// A velocity rule's parameters: `{"scope", "window_secs", "limit", "action"}`, the
+/// action `block` or `monitor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VelocityLimit {
+    pub scope: BlockScope,
+    window_secs: u32,
+    limit: u32,
+    action: RuleAction,
+}
+
+impl VelocityLimit {
+    /// Reads the parameters of a velocity rule from a JSON object.
+    ///
+    /// # Errors
+    /// [`RuleParamsError`] naming `params.<field>` for a missing, unknown or invalid one.
+    pub fn parse(
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, RuleParamsError> {
+        let error = |field: &str, message: &str| RuleParamsError {
+            field: format!("params.{field}"),
+            message: message.to_owned(),
+        };
+        const FIELDS: [&str; 4] = ["scope", "window_secs", "limit", "action"];
+        if let Some(unknown) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+            return Err(error(
+                unknown.as_str(),
+                "unknown parameter; a velocity rule has scope, window_secs, limit and action",
+            ));
+        }
+        let scope_message = "the scope must be one of number, client_ip, network, client_id, \
+                             prefix, country, api_key, global";
+        let scope = object
+            .get("scope")
+            .ok_or_else(|| error("scope", scope_message))?
+            .as_str()
+            .and_then(|text| text.parse::<BlockScope>().ok())
+            .ok_or_else(|| error("scope", scope_message))?;
+        let window_message =
+            format!("the window is a whole number of seconds, 1 to {MAX_WINDOW_SECS}");
+        let window_secs = object
+            .get("window_secs")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|secs| u32::try_from(secs).ok())
+            .filter(|secs| (1..=MAX_WINDOW_SECS).contains(secs))
+            .ok_or_else(|| error("window_secs", window_message.as_str()))?;
+        let limit_message = format!("the limit is a whole number of sends, 1 to {MAX_LIMIT}");
+        let limit = object
+            .get("limit")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|limit| u32::try_from(limit).ok())
+            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+            .ok_or_else(|| error("limit", limit_message.as_str()))?;
+        let action_message = "the action must be block or monitor (turn a rule off with its mode)";
+        let action = match object.get("action").and_then(serde_json::Value::as_str) {
+            Some("block") => RuleAction::Block,
+            Some("monitor") => RuleAction::Monitor,
+            _ => return Err(error("action", action_message)),
+        };
+        Ok(Self {
+            scope,
+            window_secs,
+            limit,
+            action,
+        })
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.window_secs))
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    pub fn action(&self) -> RuleAction {
+        self.action
+    }
+
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "scope": self.scope.as_str(),
+            "window_secs": self.window_secs,
+            "limit": self.limit,
+            "action": self.action.as_str(),
+        })
+    }
+
+    /// The width of the time buckets this rule is counted in, for the scopes with too
+    /// many sends per key to count one by one (country, API key, global); `None` for the
+    /// others. A twelfth of the window: such a count is off by at most that much.
+    pub fn bucket(&self) -> Option<Duration> {
+        matches!(
+            self.scope,
+            BlockScope::Country | BlockScope::ApiKey | BlockScope::Global
+        )
+        .then(|| Duration::from_secs(u64::from(self.window_secs.div_ceil(BUCKETS_PER_WINDOW))))
     }
 }
 
@@ -219,8 +424,101 @@ pub struct Rule {
 mod tests {
     use serde_json::json;
 
-    use super::{RuleAction, RuleId, RuleMode, RuleParams};
+    use super::{RuleAction, RuleId, RuleKind, RuleMode, RuleParams, VelocityLimit, VelocityName};
+    use crate::domain::abuse::BlockScope;
     use crate::domain::numbering::{NumberType, Region};
+
+    fn limit(value: serde_json::Value) -> Result<VelocityLimit, String> {
+        VelocityLimit::parse(value.as_object().unwrap()).map_err(|e| e.field)
+    }
+
+    #[test]
+    fn velocity_parameters_name_the_field_they_fail_on() {
+        let good =
+            json!({"scope": "client_ip", "window_secs": 3600, "limit": 10, "action": "block"});
+        let parsed = limit(good.clone()).unwrap();
+        assert_eq!(parsed.scope, BlockScope::ClientIp);
+        assert_eq!(parsed.to_json(), good);
+        let cases = [
+            (
+                json!({"window_secs": 60, "limit": 1, "action": "block"}),
+                "params.scope",
+            ),
+            (
+                json!({"scope": "ip", "window_secs": 60, "limit": 1, "action": "block"}),
+                "params.scope",
+            ),
+            (
+                json!({"scope": "number", "limit": 1, "action": "block"}),
+                "params.window_secs",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 0, "limit": 1, "action": "block"}),
+                "params.window_secs",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 2_592_001, "limit": 1, "action": "block"}),
+                "params.window_secs",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 1.5, "limit": 1, "action": "block"}),
+                "params.window_secs",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 60, "limit": 0, "action": "block"}),
+                "params.limit",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 60, "limit": -3, "action": "block"}),
+                "params.limit",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 60, "limit": "5", "action": "block"}),
+                "params.limit",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 60, "limit": 5, "action": "allow"}),
+                "params.action",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 60, "limit": 5}),
+                "params.action",
+            ),
+            (
+                json!({"scope": "number", "window_secs": 60, "limit": 5, "action": "block", "burst": 2}),
+                "params.burst",
+            ),
+        ];
+        for (value, field) in cases {
+            assert_eq!(limit(value.clone()).unwrap_err(), field, "{value}");
+        }
+    }
+
+    #[test]
+    fn names_are_short_lower_case_words() {
+        assert_eq!(
+            VelocityName::parse("client_ip_day").unwrap().as_str(),
+            "client_ip_day"
+        );
+        for bad in ["", "Client", "with-dash", "a.b", &"x".repeat(41)] {
+            assert!(VelocityName::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn high_volume_scopes_are_counted_in_twelve_buckets_per_window() {
+        let of = |scope: &str| {
+            limit(json!({"scope": scope, "window_secs": 3600, "limit": 5, "action": "block"}))
+                .unwrap()
+                .bucket()
+                .map(|width| width.as_secs())
+        };
+        assert_eq!(of("country"), Some(300));
+        assert_eq!(of("global"), Some(300));
+        assert_eq!(of("api_key"), Some(300));
+        assert_eq!(of("prefix"), None);
+        assert_eq!(of("number"), None);
+    }
 
     #[test]
     fn a_rule_applies_in_the_weaker_of_its_mode_and_the_global_one() {
@@ -245,6 +543,7 @@ mod tests {
             RuleId::CountryDefault,
             RuleId::Country(Region::parse("NG").unwrap()),
             RuleId::Country(Region::parse("001").unwrap()),
+            RuleId::parse("velocity.client_ip").unwrap(),
         ];
         for id in ids {
             assert_eq!(RuleId::parse(&id.to_string()), Ok(id));
@@ -259,7 +558,8 @@ mod tests {
             "country.",
             "country.UK",
             "number_type.premium",
-            "velocity.client_ip",
+            "velocity.Client",
+            "velocity.",
             "number_type.premium_rate.x",
         ] {
             assert!(RuleId::parse(bad).is_err(), "{bad:?}");
@@ -269,9 +569,9 @@ mod tests {
     #[test]
     fn parameters_name_the_field_they_fail_on() {
         assert_eq!(
-            RuleParams::parse(&json!({"action": "monitor"}))
+            RuleParams::parse(RuleKind::Country, &json!({"action": "monitor"}))
                 .unwrap()
-                .action,
+                .action(),
             RuleAction::Monitor
         );
         let cases = [
@@ -283,7 +583,9 @@ mod tests {
         ];
         for (value, field) in cases {
             assert_eq!(
-                RuleParams::parse(&value).unwrap_err().field,
+                RuleParams::parse(RuleKind::NumberType, &value)
+                    .unwrap_err()
+                    .field,
                 field,
                 "{value}"
             );
