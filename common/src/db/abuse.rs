@@ -540,3 +540,51 @@ pub async fn delete_old_velocity_counts(
         .await?;
     Ok(sends + buckets)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::delete_old_velocity_counts;
+    use crate::db::{build_pool, migrate};
+    use crate::testing::TestDatabase;
+
+    #[tokio::test]
+    async fn velocity_counts_older_than_their_windows_are_deleted_and_newer_ones_kept() {
+        let database = TestDatabase::create().await;
+        let pool = build_pool(&database.settings).unwrap();
+        migrate(&pool).await.unwrap();
+        let client = pool.get().await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO abuse_sends (created_at, client_ip) VALUES
+                     (now() - interval '2 hours', '203.0.113.1'),
+                     (now() - interval '10 minutes', '203.0.113.2');
+                 INSERT INTO abuse_counters (rule_id, key, bucket, shard, sends) VALUES
+                     ('velocity.global', 'all', now() - interval '25 hours', 0, 5),
+                     ('velocity.global', 'all', now() - interval '1 hour', 0, 7);",
+            )
+            .await
+            .unwrap();
+
+        let deleted = delete_old_velocity_counts(
+            &pool,
+            Duration::from_secs(3600),
+            Duration::from_secs(24 * 3600),
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(deleted, 2);
+        let kept = client
+            .query_one(
+                "SELECT (SELECT string_agg(client_ip, ',') FROM abuse_sends),
+                        (SELECT sum(sends)::bigint FROM abuse_counters)",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(kept.get::<_, String>(0), "203.0.113.2");
+        assert_eq!(kept.get::<_, i64>(1), 7);
+    }
+}
