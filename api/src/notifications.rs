@@ -1,7 +1,8 @@
 //! Following what other processes announce: one Postgres session per API process hears
 //! every announcement (`verify_common::db::notifications`) and hands each to what it is
-//! about: key revocations to the key cache (`auth`), rule changes to the abuse rules
-//! (`abuse`). When the session is lost, both stop relying on it until a new one listens.
+//! about: key revocations to the key cache (`auth`), changes of the rules or the allow
+//! list to the abuse controls (`abuse`). When the session is lost, both stop relying on
+//! it until a new one listens.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,7 +20,7 @@ use crate::config::DatabaseSettings;
 pub enum Channel {
     /// An API key was revoked; the payload is its hash in hex.
     KeyRevocations,
-    /// The abuse rules changed; the payload is their new version.
+    /// The abuse rules or the allow list changed; the payload is their new version.
     AbuseRules,
 }
 
