@@ -1,6 +1,6 @@
-//! Abuse controls in the API: the rules every start request is judged by and the allow
-//! list, held in memory so judging costs no database round trip, and the counters of what
-//! the rules did. Velocity limits are judged where the sends are recorded (the start's
+//! Abuse controls in the API: the rules every start request is judged by, the allow list
+//! and the blocks in force, held in memory so judging costs no database round trip, and
+//! the counters of what the rules did. Velocity limits are judged where the sends are recorded (the start's
 //! batch statement, the resend's statement); this module says which limits a request is
 //! counted under and counts what they did.
 //!
@@ -15,21 +15,30 @@
 //! the rules it has, and start requests fail with 503 anyway because they cannot be
 //! recorded.
 //!
+//! Blocks (written by the guess budget when a check reaches it, and by the conversion
+//! breaker, `crate::breaker`) are followed the same way: their table announces every
+//! change, the process reloads the blocks in force, and while no session hears the
+//! announcements it reloads them every `VERIFY_ABUSE_REFRESH_MS`. A lift or a lock made
+//! through this process applies here at once. A block that runs out stops refusing at
+//! its time without a reload.
+//!
 //! Outcomes (blocks, would-be blocks, monitored requests) are counted in memory per rule
 //! and added to the shared totals on the same schedule, never per request.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use verify_common::db::abuse::{self, RuleCount};
+use verify_common::db::verifications::GuessCheck;
 use verify_common::db::{DbError, Pool};
 use verify_common::domain::PhoneNumber;
 use verify_common::domain::abuse::{
-    AllowKind, AllowList, ClientSignals, Outcome, Requester, Risk, RiskNote, RuleMode, RuleSet,
-    VelocityCheck,
+    ActiveBlock, AllowKind, AllowList, BlockSet, ClientSignals, Outcome, Requester, Risk, RiskNote,
+    RuleHit, RuleId, RuleMode, RuleParams, RuleSet, VelocityCheck,
 };
 
 use crate::error::ApiError;
@@ -40,28 +49,36 @@ struct Loaded {
     rules: Arc<RuleSet>,
 }
 
-/// The rules in force in this process, and its uncounted rule outcomes.
+/// The rules and blocks in force in this process, and its uncounted rule outcomes.
 pub(crate) struct AbuseControls {
     pool: Pool,
     global: RuleMode,
     loaded: RwLock<Loaded>,
+    /// The blocks in force, with the number of the read that found them.
+    blocks: RwLock<(u64, Arc<BlockSet>)>,
+    /// Numbers block reads in the order they start, so a slow read never replaces the
+    /// result of one that started after it.
+    block_reads: AtomicU64,
     /// Outcomes per rule not yet added to the shared totals.
     pending: Mutex<HashMap<(String, Outcome), i64>>,
-    /// Whether rule changes are being heard, so the version need not be polled.
+    /// Whether rule and block changes are being heard, so they need not be polled.
     listening: AtomicBool,
 }
 
 impl AbuseControls {
-    /// Loads the rules; `global` caps every rule's mode.
+    /// Loads the rules and the blocks in force; `global` caps every rule's mode.
     ///
     /// # Errors
-    /// [`DbError`] when the rules cannot be read: the API must not start without them.
+    /// [`DbError`] when they cannot be read: the API must not start without them.
     pub(crate) async fn load(pool: Pool, global: RuleMode) -> Result<Self, DbError> {
         let snapshot = abuse::load_rules(&pool).await?;
         let rules = rule_set(global, &snapshot);
+        let blocks = read_blocks(&pool).await?;
         Ok(Self {
             pool,
             global,
+            blocks: RwLock::new((0, Arc::new(blocks))),
+            block_reads: AtomicU64::new(1),
             loaded: RwLock::new(Loaded {
                 version: snapshot.version,
                 rules: Arc::new(rules),
@@ -84,13 +101,19 @@ impl AbuseControls {
         Arc::clone(&loaded.rules)
     }
 
+    fn blocks(&self) -> Arc<BlockSet> {
+        Arc::clone(&self.blocks.read().unwrap_or_else(|p| p.into_inner()).1)
+    }
+
     /// Judges a send to `to` for a client with `client`'s signals, asked for with the API
     /// key `api_key` (as [`crate::auth::Caller::key_name`] names it), and counts what the
-    /// rules that need no counters did. Returns the risk and the velocity limits the send
-    /// is to be counted under (none when the allow list exempts it, which the risk notes).
+    /// rules that need no counters and the blocks in force on its number, prefix and
+    /// country did. Returns the risk and the velocity limits the send is to be counted
+    /// under (none when the allow list exempts it, which the risk notes). The allow list
+    /// also exempts it from the conversion breaker's blocks, not from a guess lock.
     ///
     /// # Errors
-    /// [`ApiError::Refused`] when an enforced rule blocks the request.
+    /// [`ApiError::Refused`] when an enforced rule or block refuses the request.
     pub(crate) fn assess(
         &self,
         to: &PhoneNumber,
@@ -105,20 +128,22 @@ impl AbuseControls {
             )
         })?;
         let rules = self.rules();
-        let mut assessment = rules.assess(class, client);
-        if !assessment.risk.rules.is_empty() {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for hit in &assessment.risk.rules {
-                *pending.entry((hit.id.clone(), hit.outcome)).or_default() += 1;
-            }
-        }
+        let allowed = self.allowed(to, api_key);
+        let blocks = self.blocks();
+        let found: Vec<&ActiveBlock> = blocks
+            .on_destination(to, class.region, Utc::now())
+            .into_iter()
+            .filter(|block| allowed.is_none() || block.rule == RuleId::GuessNumber)
+            .collect();
+        let mut assessment = rules.apply_blocks(rules.assess(class, client), &found);
+        self.count_hits(&assessment.risk.rules);
         if let Some(refusal) = assessment.refusal {
             return Err(ApiError::Refused(refusal));
         }
         if self.global == RuleMode::Off {
             return Ok((assessment.risk, Vec::new()));
         }
-        if let Some(kind) = self.allowed(to, api_key) {
+        if let Some(kind) = allowed {
             assessment.risk.notes.push(RiskNote {
                 code: "allow_listed".to_owned(),
                 message: format!(
@@ -139,6 +164,46 @@ impl AbuseControls {
             api_key,
         });
         Ok((assessment.risk, checks))
+    }
+
+    /// The guess budget as checks apply it now; `None` when its rule is not stored.
+    pub(crate) fn guess_check(&self) -> Option<GuessCheck> {
+        let (rule, mode) = self.rules().counting_rule(RuleId::GuessNumber)?;
+        match rule.params {
+            RuleParams::GuessBudget(budget) => Some(GuessCheck { mode, budget }),
+            _ => None,
+        }
+    }
+
+    /// Counts one outcome of `rule` met outside a start request (a check refused by a
+    /// lock).
+    pub(crate) fn count(&self, rule: RuleId, outcome: Outcome) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        *pending.entry((rule.to_string(), outcome)).or_default() += 1;
+    }
+
+    fn count_hits(&self, hits: &[RuleHit]) {
+        if hits.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for hit in hits {
+            *pending.entry((hit.id.clone(), hit.outcome)).or_default() += 1;
+        }
+    }
+
+    /// Reads the blocks in force again, now.
+    ///
+    /// # Errors
+    /// [`DbError`] when they cannot be read; the blocks in force stay.
+    pub(crate) async fn reload_blocks(&self) -> Result<(), DbError> {
+        let read = self.block_reads.fetch_add(1, Ordering::AcqRel);
+        let blocks = read_blocks(&self.pool).await?;
+        let mut current = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+        if read > current.0 {
+            *current = (read, Arc::new(blocks));
+        }
+        Ok(())
     }
 
     /// Which allow-list entry exempts a send to `to` asked for with `api_key` (as
@@ -187,28 +252,32 @@ impl AbuseControls {
         Ok(())
     }
 
-    /// The listener session now hears rule changes. Changes made before it listened were
-    /// not heard, so the rules are read again.
+    /// The listener session now hears rule and block changes. Changes made before it
+    /// listened were not heard, so the rules and blocks are read again.
     ///
     /// # Errors
-    /// [`DbError`] when the rules cannot be read; polling goes on until they are.
+    /// [`DbError`] when they cannot be read; polling goes on until they are.
     pub(crate) async fn listening_started(&self) -> Result<(), DbError> {
         self.reload().await?;
+        self.reload_blocks().await?;
         self.listening.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// The listener session is lost: rule changes are polled for until it is back.
+    /// The listener session is lost: rule and block changes are polled for until it is
+    /// back.
     pub(crate) fn listening_lost(&self) {
         self.listening.store(false, Ordering::Release);
     }
 
-    /// Reloads the rules if their version moved since they were loaded, unless changes
-    /// are being heard.
+    /// Reloads the blocks, and the rules if their version moved since they were loaded,
+    /// unless changes are being heard. The blocks in force are few, so reading them all
+    /// costs about as much as asking whether they changed.
     async fn refresh(&self) -> Result<(), DbError> {
         if self.listening.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.reload_blocks().await?;
         let version = abuse::rules_version(&self.pool).await?;
         let current = self
             .loaded
@@ -246,6 +315,14 @@ impl AbuseControls {
     }
 }
 
+/// The blocks in force, as judging applies them.
+async fn read_blocks(pool: &Pool) -> Result<BlockSet, DbError> {
+    let records = abuse::list_active_blocks(pool).await?;
+    Ok(BlockSet::new(
+        records.iter().filter_map(abuse::BlockRecord::to_active),
+    ))
+}
+
 /// The rules and allow list of `snapshot` under the process-wide mode `global`.
 fn rule_set(global: RuleMode, snapshot: &abuse::RulesSnapshot) -> RuleSet {
     RuleSet::new(
@@ -260,7 +337,7 @@ fn rule_set(global: RuleMode, snapshot: &abuse::RulesSnapshot) -> RuleSet {
     )
 }
 
-/// Writes the counters (and, while no rule change is heard, refreshes the rules) every
+/// Writes the counters (and, while no change is heard, refreshes the rules and blocks) every
 /// `interval` until `shutdown`, then writes the counters a last time.
 pub(crate) async fn run(
     controls: Arc<AbuseControls>,

@@ -166,6 +166,8 @@ impl ApiError {
             Self::Refused(refusal) => match refusal.reason {
                 RefusalReason::NumberType(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 RefusalReason::Country(_) => StatusCode::FORBIDDEN,
+                // Waiting helps: the block has an end.
+                RefusalReason::Blocked { .. } => StatusCode::TOO_MANY_REQUESTS,
             },
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } | Self::VelocityLimited { .. } => {
@@ -191,6 +193,11 @@ impl ApiError {
             Self::Refused(refusal) => match refusal.reason {
                 RefusalReason::NumberType(_) => "number_type_blocked",
                 RefusalReason::Country(_) => "country_blocked",
+                RefusalReason::Blocked {
+                    scope: BlockScope::Number,
+                    ..
+                } => "number_locked",
+                RefusalReason::Blocked { .. } => "destination_blocked",
             },
             Self::Unauthorized(_) => "unauthorized",
             Self::RouteNotFound => "route_not_found",
@@ -215,14 +222,16 @@ impl ApiError {
     }
 
     /// What else the answer says about the error, beside its code and message: for a
-    /// refusal, the rule (`rule`) and what it judged (`number_type` or `country`); for a
-    /// velocity limit, the rule and its `scope`.
+    /// refusal, the rule (`rule`) and what it judged (`number_type`, `country`, or the
+    /// `scope` of a block: `number`, `prefix`, `country`); for a velocity limit, the rule
+    /// and its `scope`.
     pub(crate) fn details(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Refused(refusal) => {
                 let judged = match refusal.reason {
                     RefusalReason::NumberType(kind) => ("number_type", kind.to_string()),
                     RefusalReason::Country(region) => ("country", region.to_string()),
+                    RefusalReason::Blocked { scope, .. } => ("scope", scope.to_string()),
                 };
                 vec![("rule", refusal.rule.to_string()), judged]
             }
@@ -238,6 +247,14 @@ impl ApiError {
         match self {
             Self::TooManyRequests { retry_after, .. }
             | Self::VelocityLimited { retry_after, .. } => Some(*retry_after),
+            Self::Refused(Refusal {
+                reason: RefusalReason::Blocked { until, .. },
+                ..
+            }) => Some(
+                (*until - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1)),
+            ),
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }

@@ -1,5 +1,6 @@
-//! Periodic clean-up the API does in the background: expired idempotency keys, and
-//! velocity counts older than every window that reads them.
+//! Periodic clean-up the API does in the background: expired idempotency keys, velocity
+//! counts older than every window that reads them, and failed checks older than any guess
+//! budget's window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use verify_common::db::{Pool, abuse, idempotency};
 use crate::abuse::AbuseControls;
 
 /// How often old rows are deleted. Expiry itself is exact (expired keys are ignored when
-/// presented, counts are read within their windows); deleting only bounds the tables.
+/// presented, counts and failed checks are read within their windows); deleting only
+/// bounds the tables.
 const INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// Runs until `shutdown`.
@@ -30,6 +32,11 @@ pub(crate) async fn run(pool: Pool, controls: Arc<AbuseControls>, shutdown: Canc
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "deleted old velocity counts"),
             Err(error) => tracing::warn!(%error, "could not delete old velocity counts"),
+        }
+        match abuse::delete_old_guesses(&pool).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "deleted old failed checks"),
+            Err(error) => tracing::warn!(%error, "could not delete old failed checks"),
         }
     }
 }

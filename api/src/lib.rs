@@ -7,9 +7,11 @@
 //! - [`startup`]: builds the application from settings and serves until shutdown.
 //! - `server`: accepts and serves HTTP/1.1 connections under a cap, with header-read and
 //!   idle deadlines, and stops gracefully.
-//! - `abuse`: the abuse rules and allow list sends are judged by, cached and refreshed
-//!   from Postgres, the velocity limits each send is counted under, and the counters of
-//!   what the rules did.
+//! - `abuse`: the abuse rules, allow list and blocks sends are judged by, cached and
+//!   refreshed from Postgres, the velocity limits each send is counted under, and the
+//!   counters of what the rules did.
+//! - [`breaker`]: evaluates the conversion breaker in the background, one process at a
+//!   time.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
 //!   table of every route ([`ENDPOINTS`]) and the extractors they share (caller, bodies,
 //!   ids).
@@ -22,8 +24,8 @@
 //! - `expiring`: the bounded, time-limited map behind the API's caches.
 //! - `template_cache`: parsed templates for validating start requests without a query.
 //! - `auth`: who is calling, from the API key a request presents; drops revoked keys.
-//! - `notifications`: hears what other processes announce (key revocations, rule
-//!   changes) on one Postgres session and hands it to `auth` and `abuse`.
+//! - `notifications`: hears what other processes announce (key revocations, rule and
+//!   block changes) on one Postgres session and hands it to `auth` and `abuse`.
 //! - `body`, `state`, `views`: bounded JSON bodies, shared state and response
 //!   representations.
 #![forbid(unsafe_code)]
@@ -45,6 +47,7 @@ mod state;
 mod template_cache;
 mod views;
 
+pub mod breaker;
 pub mod keys;
 pub mod startup;
 

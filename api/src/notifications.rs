@@ -1,8 +1,8 @@
 //! Following what other processes announce: one Postgres session per API process hears
 //! every announcement (`verify_common::db::notifications`) and hands each to what it is
-//! about: key revocations to the key cache (`auth`), changes of the rules or the allow
-//! list to the abuse controls (`abuse`). When the session is lost, both stop relying on
-//! it until a new one listens.
+//! about: key revocations to the key cache (`auth`), changes of the rules, the allow list
+//! or the blocks to the abuse controls (`abuse`). When the session is lost, both stop
+//! relying on it until a new one listens.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +57,12 @@ pub(crate) async fn follow(
                                 // rules can be read, rather than miss the change.
                                 abuse.listening_lost();
                                 tracing::warn!(%error, "could not reload the abuse rules; polling for changes");
+                            }
+                        }
+                        Channel::AbuseBlocks => {
+                            if let Err(error) = abuse.reload_blocks().await {
+                                abuse.listening_lost();
+                                tracing::warn!(%error, "could not reload the abuse blocks; polling for changes");
                             }
                         }
                     }

@@ -55,6 +55,7 @@ pub struct Application {
     database: DatabaseSettings,
     connection_limits: ConnectionLimits,
     abuse_refresh: std::time::Duration,
+    breaker_interval: std::time::Duration,
 }
 
 impl Application {
@@ -148,6 +149,7 @@ impl Application {
                     .expect("a u32 fits in usize on the platforms we build for"),
             },
             abuse_refresh: config.abuse.refresh_interval(),
+            breaker_interval: config.abuse.breaker_interval(),
         })
     }
 
@@ -176,6 +178,12 @@ impl Application {
         let abuse = tokio::spawn(crate::abuse::run(
             Arc::clone(&self.state.abuse),
             self.abuse_refresh,
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::breaker::run(
+            Arc::clone(&self.state.abuse),
+            self.state.pool.clone(),
+            self.breaker_interval,
             shutdown.clone(),
         ));
         tokio::spawn(crate::notifications::follow(

@@ -254,6 +254,9 @@ pub(crate) struct BlockView {
     pub until: DateTime<Utc>,
     /// The counts that tripped it.
     pub counts: serde_json::Value,
+    /// Written by a rule in shadow mode: shown, recorded in the risk of the verifications
+    /// it matches, but refusing nothing.
+    pub shadow: bool,
 }
 
 impl BlockView {
@@ -267,6 +270,7 @@ impl BlockView {
             since: record.since,
             until: record.until,
             counts: record.counts.clone(),
+            shadow: record.shadow,
         }
     }
 }

@@ -522,6 +522,15 @@ pub struct AbuseSettings {
         default_value_t = 1_000
     )]
     pub refresh_ms: u64,
+    /// How often the conversion breaker is evaluated (by one API process at a time). Its
+    /// blocks last hours, so a few seconds' delay in tripping one costs little; each
+    /// evaluation reads every verification of the breaker's window.
+    #[arg(
+        long = "abuse-breaker-interval-ms",
+        env = "VERIFY_ABUSE_BREAKER_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub breaker_interval_ms: u64,
 }
 
 fn parse_rule_mode(value: &str) -> Result<RuleMode, String> {
@@ -531,6 +540,10 @@ fn parse_rule_mode(value: &str) -> Result<RuleMode, String> {
 impl AbuseSettings {
     pub fn refresh_interval(&self) -> Duration {
         Duration::from_millis(self.refresh_ms.max(1))
+    }
+
+    pub fn breaker_interval(&self) -> Duration {
+        Duration::from_millis(self.breaker_interval_ms.max(1))
     }
 }
 

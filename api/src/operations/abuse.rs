@@ -49,6 +49,10 @@ pub(crate) async fn put_rule(
             r#"{"scope": "client_ip", "window_secs": 3600, "limit": 10, "action": "block"}"#
         }
         RuleKind::NumberType | RuleKind::Country => r#"{"action": "block"}"#,
+        RuleKind::Guess => r#"{"window_secs": 3600, "limit": 10, "lock_secs": 3600}"#,
+        RuleKind::Conversion => {
+            r#"{"min_sends": 50, "min_conversion_pct": 20, "window_secs": 3600, "cooldown_secs": 43200, "grace_secs": 120}"#
+        }
     };
     let params = change
         .params
@@ -176,12 +180,17 @@ pub(crate) async fn list_blocks(state: &AppState) -> Result<Vec<BlockView>, ApiE
         .collect())
 }
 
-/// Lifts a block in force.
+/// Lifts a block in force: this process stops applying it at once, the others when they
+/// hear of it.
 ///
 /// # Errors
-/// 404 `block_not_found` (also for a block that has run out), 503 when Postgres is down.
+/// 404 `block_not_found` (also for a block that has run out or was lifted), 503 when
+/// Postgres is down.
 pub(crate) async fn lift_block(state: &AppState, id: i64) -> Result<(), ApiError> {
-    if abuse::delete_block(&state.pool, id).await? {
+    if abuse::lift_block(&state.pool, id).await? {
+        if let Err(error) = state.abuse.reload_blocks().await {
+            tracing::warn!(%error, "could not reload the abuse blocks after a lift");
+        }
         Ok(())
     } else {
         Err(ApiError::NotFound {

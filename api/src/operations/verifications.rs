@@ -8,7 +8,7 @@ use verify_common::db::deliveries::{self, DeliveryRecord};
 use verify_common::db::idempotency::{self, IdempotencyClaim};
 use verify_common::db::starts::{self, CreateOutcome, NewVerification, ResendOutcome, StartResult};
 use verify_common::db::verifications::{self, VerificationRecord};
-use verify_common::domain::abuse::{ClientIdError, ClientSignals, VelocityCheck};
+use verify_common::domain::abuse::{ClientIdError, ClientSignals, RuleId, VelocityCheck};
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, SmsEncoding, SmsShape, SmsTooLong,
@@ -221,7 +221,9 @@ enum Started {
 /// # Errors
 /// 400s for unusable templates or variables, 422 for a message over the segment cap or
 /// an idempotency key reused with another body, 403/422 when an abuse rule refuses the
-/// number, 429 over the per-number limit or a velocity limit, 503 when Postgres is down.
+/// number, 429 over the per-number limit or a velocity limit, or when a block refuses
+/// the number (`number_locked`) or its prefix or country (`destination_blocked`), 503 when
+/// Postgres is down.
 async fn start_verification(
     state: &AppState,
     request: StartRequest,
@@ -449,6 +451,11 @@ pub(crate) async fn check_by_number(
 }
 
 /// Checks `code` against `verification` and counts the check if it is still open.
+///
+/// The guess budget applies in the same statement: while the number is locked, even the
+/// right code fails, and the answer is the one a wrong code gets, so a lock cannot be
+/// told from a wrong guess. A check that locks the number makes this process apply the
+/// lock at once, before it answers.
 async fn check_verification(
     state: &AppState,
     verification: VerificationRecord,
@@ -471,8 +478,17 @@ async fn check_verification(
     )
     .map_err(|e| ApiError::Internal(e.into()))?;
     let matched = expected.matches(code);
-    match verifications::record_check(&state.pool, verification.id, matched).await? {
+    let guess = state.abuse.guess_check();
+    match verifications::record_check(&state.pool, verification.id, matched, guess).await? {
         Some(record) => {
+            if let Some(outcome) = record.lock {
+                state.abuse.count(RuleId::GuessNumber, outcome);
+            }
+            if record.locked_now
+                && let Err(error) = state.abuse.reload_blocks().await
+            {
+                tracing::warn!(%error, "could not reload the abuse blocks after a lock");
+            }
             let valid = matched && record.status == VerificationStatus::Approved;
             let remaining = if record.status == VerificationStatus::Pending {
                 u32::try_from(record.max_checks - record.checks_made).unwrap_or(0)
@@ -498,12 +514,14 @@ async fn check_verification(
 
 /// Sends the same code again, asked for with the API key `api_key` (as
 /// [`crate::auth::Caller::key_name`] names it). The send is judged like a start: by the
-/// number-type and country rules in force now, and by the velocity limits, under the
-/// client signals its verification was started with.
+/// number-type and country rules in force now, by the blocks in force on its number,
+/// prefix and country, and by the velocity limits, under the client signals its
+/// verification was started with.
 ///
 /// # Errors
 /// 404 unknown, 409 closed, 403/422 when an abuse rule refuses the number, 429 too soon,
-/// over the per-number limit or over a velocity limit, 503 when a dependency is down.
+/// over the per-number limit or over a velocity limit, or blocked (`number_locked`,
+/// `destination_blocked`), 503 when a dependency is down.
 pub(crate) async fn resend(
     state: &AppState,
     id: VerificationId,

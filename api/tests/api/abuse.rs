@@ -809,6 +809,22 @@ async fn bad_inputs_on_every_management_route_answer_4xx_naming_the_field() {
             Some("params"),
         ),
         (
+            Method::PUT,
+            "/v1/abuse/rules/guess.number",
+            Some(json!({"params": {"window_secs": 0, "limit": 3, "lock_secs": 60}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params.window_secs"),
+        ),
+        (
+            Method::PUT,
+            "/v1/abuse/rules/conversion.prefix",
+            Some(json!({"params": {"action": "block"}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_params",
+            Some("params.action"),
+        ),
+        (
             Method::DELETE,
             "/v1/abuse/rules/country",
             None,

@@ -22,6 +22,7 @@ use verify_common::config::{
     SecretSettings, SmsSettings, WorkerSettings,
 };
 use verify_common::db::Pool;
+use verify_common::domain::abuse::RuleMode;
 use verify_common::telemetry::init_test_tracing;
 use verify_common::testing::{TestDatabase, test_rabbit_settings};
 use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
@@ -367,6 +368,26 @@ impl TestApp {
             address,
             log,
             _child: child,
+        }
+    }
+
+    /// Evaluates the conversion breaker once, as the API does every
+    /// `VERIFY_ABUSE_BREAKER_INTERVAL_MS`, and returns how many blocks it wrote or renewed.
+    /// Waits its turn while the API's own evaluation runs; fails the test after [`WAIT`].
+    pub(crate) async fn evaluate_breaker(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let evaluated = verify_api::breaker::evaluate(&self.pool, RuleMode::Enforce)
+                .await
+                .expect("evaluating the conversion breaker");
+            if let Some(written) = evaluated {
+                return written;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the conversion breaker was never free to evaluate"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

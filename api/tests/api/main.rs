@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod abuse_blocks;
 mod abuse_velocity;
 mod auth;
 mod bad_inputs;

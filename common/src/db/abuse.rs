@@ -1,10 +1,15 @@
 //! Abuse controls in Postgres: the rules and the allow list (with the version every change
-//! of either bumps), the rules' counters, blocks, and the clean-up of old velocity counts.
+//! of either bumps), the rules' counters, blocks, the conversion breaker, and the clean-up
+//! of old velocity counts and guesses.
 //!
 //! API processes keep the rules and the allow list in memory and reload them when the
-//! version moves ([`rules_version`], [`load_rules`]), so judging a request reads nothing
+//! version moves ([`rules_version`], [`load_rules`]), and the blocks in force when their
+//! table announces a change ([`list_active_blocks`]), so judging a request reads nothing
 //! here. Counters are added in batches ([`add_rule_counts`]), never per request. The
-//! velocity counts themselves are written with the sends (`db::starts`).
+//! velocity counts themselves are written with the sends (`db::starts`); the guess budget
+//! is applied by the check's own statement (`db::verifications`); the conversion breaker
+//! by one statement a few times a minute, off the request path
+//! ([`trip_conversion_breakers`]).
 
 use std::sync::LazyLock;
 
@@ -12,10 +17,11 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::DbError;
 use super::rows::{columns, named, read_all, read_one, table_row};
+use super::{DbError, seconds};
 use crate::domain::abuse::{
-    AllowEntry, AllowKind, BlockScope, Outcome, Rule, RuleId, RuleMode, RuleParams,
+    ActiveBlock, AllowEntry, AllowKind, BlockScope, ConversionBreaker, Outcome, Rule, RuleId,
+    RuleMode, RuleParams,
 };
 
 /// A stored rule.
@@ -394,6 +400,23 @@ pub struct BlockRecord {
     pub until: DateTime<Utc>,
     /// The counts that tripped the block.
     pub counts: serde_json::Value,
+    /// Written by a rule in shadow mode: it refuses nothing.
+    pub shadow: bool,
+}
+
+impl BlockRecord {
+    /// The block as a start request is judged by; `None` for a block of a rule this build
+    /// does not know (it cannot be applied, and listing it still shows it).
+    pub fn to_active(&self) -> Option<ActiveBlock> {
+        Some(ActiveBlock {
+            id: self.id,
+            scope: self.scope,
+            key: self.key.clone(),
+            rule: RuleId::parse(&self.rule_id).ok()?,
+            until: self.until,
+            shadow: self.shadow,
+        })
+    }
 }
 
 table_row! {
@@ -407,7 +430,10 @@ table_row! {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
         counts: serde_json::Value,
+        shadow: bool,
     }
+    // Lifted blocks are never read back; the breaker's statement reads when they were lifted.
+    unread [lifted_at]
 }
 
 impl TryFrom<AbuseBlockRow> for BlockRecord {
@@ -423,6 +449,7 @@ impl TryFrom<AbuseBlockRow> for BlockRecord {
             since: row.since,
             until: row.until,
             counts: row.counts,
+            shadow: row.shadow,
         })
     }
 }
@@ -464,40 +491,195 @@ pub async fn insert_block(pool: &Pool, block: &NewBlock) -> Result<BlockRecord, 
     read_one::<AbuseBlockRow>(&row)?.try_into()
 }
 
-/// Blocks in force now, newest first.
+/// Blocks in force now (not lifted, not run out), newest first.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
 pub async fn list_active_blocks(pool: &Pool) -> Result<Vec<BlockRecord>, DbError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {} FROM abuse_blocks WHERE until > now() ORDER BY since DESC, id DESC",
-                columns::<AbuseBlockRow>()
-            ),
-            &[],
+    static LIST: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM abuse_blocks WHERE lifted_at IS NULL AND until > now()
+             ORDER BY since DESC, id DESC",
+            columns::<AbuseBlockRow>()
         )
-        .await?;
+    });
+    let client = pool.get().await?;
+    let rows = client.query(LIST.as_str(), &[]).await?;
     read_all::<AbuseBlockRow>(&rows)?
         .into_iter()
         .map(BlockRecord::try_from)
         .collect()
 }
 
-/// Lifts a block in force; false when no block in force has this id.
+/// Lifts a block in force; false when no block in force has this id. The row stays,
+/// marked lifted, so the rule that wrote it counts only what happens afterwards.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn delete_block(pool: &Pool, id: i64) -> Result<bool, DbError> {
+pub async fn lift_block(pool: &Pool, id: i64) -> Result<bool, DbError> {
     let client = pool.get().await?;
-    let deleted = client
+    let lifted = client
         .execute(
-            "DELETE FROM abuse_blocks WHERE id = $1 AND until > now()",
+            "UPDATE abuse_blocks SET lifted_at = now()
+             WHERE id = $1 AND lifted_at IS NULL AND until > now()",
             &[&id],
         )
         .await?;
-    Ok(deleted == 1)
+    Ok(lifted == 1)
+}
+
+/// Deletes the failed checks older than any guess budget's window.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_old_guesses(pool: &Pool) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM abuse_guesses WHERE failed_at < now() - make_interval(secs => $1)",
+            &[&seconds(std::time::Duration::from_secs(
+                crate::domain::abuse::MAX_RULE_SECS,
+            ))],
+        )
+        .await?)
+}
+
+/// A conversion rule to evaluate: which one, its thresholds, and whether it runs in
+/// shadow mode (its blocks then refuse nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct ConversionCheck {
+    pub rule: RuleId,
+    pub breaker: ConversionBreaker,
+    pub shadow: bool,
+}
+
+/// Taken for the length of one evaluation of the conversion breaker, so that of many API
+/// processes only one evaluates at a time and the others skip their turn.
+const BREAKER_LOCK_KEY: i64 = 0x5645_5249_4659_0002;
+
+/// The conversion breaker, as one statement over every conversion rule. Per rule, it
+/// groups the verifications of the rule's window, except those younger than its grace
+/// and those to allow-listed numbers or prefixes, by prefix (the E.164 number without its
+/// last four digits, as `PhoneNumber::prefix` cuts it) or by country (the region the
+/// rules saw, in the verification's risk). A group's verifications count only after the
+/// last lift of the rule's block on it, so a lifted block is not tripped again by the
+/// sends that tripped it. A group with at least `min_sends` verifications, fewer than
+/// `min_conversion_pct` % of them approved, gets a block until `cooldown_secs` from now;
+/// an open block is renewed instead.
+///
+/// The verifications are found through the BRIN index on `created_at` (migration V11),
+/// so the statement reads the window's rows and no others.
+const TRIP_CONVERSION_BREAKERS: &str = "
+WITH rules AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::boolean[], $4::bigint[], $5::bigint[],
+                $6::float8[], $7::float8[], $8::float8[])
+         AS r (scope, rule_id, shadow, min_sends, min_pct, window_secs, cooldown_secs,
+               grace_secs)
+), judged AS (
+    SELECT r.scope, r.rule_id,
+           CASE r.scope WHEN 'prefix' THEN left(v.to_number, length(v.to_number) - 4)
+                        ELSE v.risk->>'country' END AS key,
+           v.created_at, v.status = 'approved' AS approved
+    FROM rules r
+    JOIN verifications v
+      ON v.created_at > now() - make_interval(secs => r.window_secs)
+     AND v.created_at <= now() - make_interval(secs => r.grace_secs)
+    -- The widest window as one bound, so the index is used for all rules at once.
+    WHERE v.created_at > (SELECT now() - make_interval(secs => max(w.window_secs))
+                          FROM rules w)
+      AND NOT EXISTS (
+        SELECT 1 FROM abuse_allow a
+        WHERE (a.kind = 'number' AND a.value = v.to_number)
+           OR (a.kind = 'prefix' AND starts_with(v.to_number, a.value)))
+), lifted AS (
+    SELECT b.scope, b.key, b.rule_id, max(b.lifted_at) AS lifted_at
+    FROM abuse_blocks b
+    JOIN rules r ON r.scope = b.scope AND r.rule_id = b.rule_id
+    WHERE b.lifted_at > now() - make_interval(secs => r.window_secs)
+    GROUP BY b.scope, b.key, b.rule_id
+), tallies AS (
+    SELECT j.scope, j.rule_id, j.key, count(*) AS sends,
+           count(*) FILTER (WHERE j.approved) AS approved
+    FROM judged j
+    LEFT JOIN lifted l ON l.scope = j.scope AND l.key = j.key AND l.rule_id = j.rule_id
+    WHERE j.key IS NOT NULL AND (l.lifted_at IS NULL OR j.created_at > l.lifted_at)
+    GROUP BY j.scope, j.rule_id, j.key
+)
+INSERT INTO abuse_blocks AS b (scope, key, rule_id, reason, until, counts, shadow)
+SELECT t.scope, t.key, t.rule_id,
+       format('%s%% of %s verifications approved in %s seconds; at least %s%% are expected',
+              100 * t.approved / t.sends, t.sends, r.window_secs, r.min_pct),
+       now() + make_interval(secs => r.cooldown_secs),
+       jsonb_build_object('sends', t.sends, 'approved', t.approved,
+                          'window_secs', r.window_secs),
+       r.shadow
+FROM tallies t
+JOIN rules r ON r.scope = t.scope AND r.rule_id = t.rule_id
+WHERE t.sends >= r.min_sends AND t.approved * 100 < r.min_pct * t.sends
+ON CONFLICT (scope, key, rule_id) WHERE lifted_at IS NULL DO UPDATE
+    SET since = CASE WHEN b.until <= now() THEN now() ELSE b.since END,
+        until = EXCLUDED.until,
+        reason = EXCLUDED.reason,
+        counts = EXCLUDED.counts,
+        shadow = EXCLUDED.shadow";
+
+/// Evaluates the conversion breaker once for `checks`: blocks written or renewed, or
+/// `None` when another process is evaluating it now.
+///
+/// # Errors
+/// [`DbError`] on database failure; then nothing was written.
+pub async fn trip_conversion_breakers(
+    pool: &Pool,
+    checks: &[ConversionCheck],
+) -> Result<Option<u64>, DbError> {
+    let scope = |rule: RuleId| match rule {
+        RuleId::ConversionCountry => BlockScope::Country.as_str(),
+        _ => BlockScope::Prefix.as_str(),
+    };
+    let scopes: Vec<&str> = checks.iter().map(|c| scope(c.rule)).collect();
+    let rule_ids: Vec<String> = checks.iter().map(|c| c.rule.to_string()).collect();
+    let shadows: Vec<bool> = checks.iter().map(|c| c.shadow).collect();
+    let min_sends: Vec<i64> = checks
+        .iter()
+        .map(|c| i64::from(c.breaker.min_sends))
+        .collect();
+    let min_pcts: Vec<i64> = checks
+        .iter()
+        .map(|c| i64::from(c.breaker.min_conversion_pct))
+        .collect();
+    let windows: Vec<f64> = checks.iter().map(|c| seconds(c.breaker.window)).collect();
+    let cooldowns: Vec<f64> = checks.iter().map(|c| seconds(c.breaker.cooldown)).collect();
+    let graces: Vec<f64> = checks.iter().map(|c| seconds(c.breaker.grace)).collect();
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let row = transaction
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1) AS locked",
+            &[&BREAKER_LOCK_KEY],
+        )
+        .await?;
+    if !named::<bool>(&row, "locked")? {
+        return Ok(None);
+    }
+    let written = transaction
+        .execute(
+            TRIP_CONVERSION_BREAKERS,
+            &[
+                &scopes, &rule_ids, &shadows, &min_sends, &min_pcts, &windows, &cooldowns, &graces,
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(Some(written))
+}
+
+#[cfg(test)]
+table_row! {
+    /// An `abuse_guesses` row: one failed check of a number. Only SQL reads it (the
+    /// statement that checks codes, in `db::verifications`).
+    pub(crate) struct AbuseGuessRow in "abuse_guesses" {}
+    unread [to_number, failed_at]
 }
 
 #[cfg(test)]

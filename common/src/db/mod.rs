@@ -208,7 +208,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 10] = [
+const MIGRATIONS: [(i32, &str, &str); 11] = [
     (
         1,
         "api_keys",
@@ -258,6 +258,11 @@ const MIGRATIONS: [(i32, &str, &str); 10] = [
         10,
         "velocity_limits",
         include_str!("../../../migrations/V10__velocity_limits.sql"),
+    ),
+    (
+        11,
+        "blocks",
+        include_str!("../../../migrations/V11__blocks.sql"),
     ),
 ];
 

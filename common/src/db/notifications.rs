@@ -22,17 +22,21 @@ pub enum Channel {
     KeyRevocations,
     /// The abuse rules or the allow list changed; the payload is their new version.
     AbuseRules,
+    /// A block was written, renewed or lifted; the payload is empty.
+    AbuseBlocks,
 }
 
 impl Channel {
     /// Every channel, in a fixed order: a listener listens on all of them.
-    pub const ALL: [Channel; 2] = [Self::KeyRevocations, Self::AbuseRules];
+    pub const ALL: [Channel; 3] = [Self::KeyRevocations, Self::AbuseRules, Self::AbuseBlocks];
 
-    /// The channel's name in Postgres (also written in migration V8's trigger).
+    /// The channel's name in Postgres (also written in the triggers of migrations V8 and
+    /// V11).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::KeyRevocations => "verify_api_key_revoked",
             Self::AbuseRules => "verify_abuse_rules",
+            Self::AbuseBlocks => "verify_abuse_blocks",
         }
     }
 }

@@ -193,8 +193,8 @@ mod tests {
 
     use super::TableRow;
     use crate::db::abuse::{
-        AbuseAllowRow, AbuseBlockRow, AbuseCounterRow, AbuseRuleCountRow, AbuseRuleRow,
-        AbuseRulesVersionRow, AbuseSendRow,
+        AbuseAllowRow, AbuseBlockRow, AbuseCounterRow, AbuseGuessRow, AbuseRuleCountRow,
+        AbuseRuleRow, AbuseRulesVersionRow, AbuseSendRow,
     };
     use crate::db::api_keys::ApiKeyRow;
     use crate::db::deliveries::DeliveryRow;
@@ -228,6 +228,7 @@ mod tests {
             declared::<AbuseBlockRow>(),
             declared::<AbuseSendRow>(),
             declared::<AbuseCounterRow>(),
+            declared::<AbuseGuessRow>(),
         ];
 
         let client = pool.get().await.unwrap();

@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
-use super::DbError;
 use super::rows::{columns, named, read_one, table_row};
 use super::templates::read_locale;
-use crate::domain::abuse::ClientId;
+use super::{DbError, seconds};
+use crate::domain::abuse::{ClientId, GuessBudget, Outcome, RuleMode};
 use crate::domain::otp::NONCE_LEN;
 use crate::domain::{
     OtpCodeLength, PhoneNumber, TemplateId, TemplateLocale, Variables, VerificationId,
@@ -178,6 +178,19 @@ pub struct CheckRecord {
     pub status: VerificationStatus,
     pub checks_made: i32,
     pub max_checks: i32,
+    /// What the number's guess lock did to the check: `Block` (it refused the code, right
+    /// or wrong), `ShadowBlock` (it would have, in shadow mode), `None` (no lock).
+    pub lock: Option<Outcome>,
+    /// This check reached the guess budget and wrote (or renewed) the number's lock.
+    pub locked_now: bool,
+}
+
+/// The guess budget as a check applies it: the rule's parameters and the mode it applies
+/// in now.
+#[derive(Debug, Clone, Copy)]
+pub struct GuessCheck {
+    pub mode: RuleMode,
+    pub budget: GuessBudget,
 }
 
 /// Counts one check and applies its result atomically: a right code approves, the last
@@ -186,39 +199,59 @@ pub struct CheckRecord {
 /// `UPDATE` re-reads the row after the previous one commits). `None` means no check was
 /// counted because the verification is no longer open.
 ///
+/// The same statement applies the guess budget (`check_verification`, migration V11):
+/// while the number is locked no code approves, every failed check is recorded against
+/// the number, and the one that reaches the budget locks it. Without `guess` (no such
+/// rule) nothing of that happens.
+///
 /// # Errors
 /// [`DbError`] on database failure.
 pub async fn record_check(
     pool: &Pool,
     id: VerificationId,
     code_matched: bool,
+    guess: Option<GuessCheck>,
 ) -> Result<Option<CheckRecord>, DbError> {
+    let mode = guess.map_or(RuleMode::Off, |g| g.mode);
+    let budget = guess.map(|g| g.budget);
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE verifications
-             SET checks_made = checks_made + 1,
-                 status = CASE WHEN $2 THEN 'approved'
-                               WHEN checks_made + 1 >= max_checks THEN 'max_attempts_reached'
-                               ELSE status END,
-                 approved_at = CASE WHEN $2 THEN now() ELSE approved_at END,
-                 updated_at = now()
-             WHERE id = $1 AND status = 'pending' AND expires_at > now()
-                   AND checks_made < max_checks
-             RETURNING status, checks_made, max_checks",
+            "SELECT c.status, c.checks_made, c.max_checks, c.lock, c.locked_now
+             FROM check_verification($1, $2, $3, $4, $5, $6) c",
         )
         .await?;
     let Some(row) = client
-        .query_opt(&statement, &[&id.as_uuid(), &code_matched])
+        .query_opt(
+            &statement,
+            &[
+                &id.as_uuid(),
+                &code_matched,
+                &mode.as_str(),
+                &budget.map(|b| seconds(b.window)),
+                &budget.map(|b| i64::from(b.limit)),
+                &budget.map(|b| seconds(b.lock)),
+            ],
+        )
         .await?
     else {
         return Ok(None);
     };
     let status: String = named(&row, "status")?;
+    let lock = named::<Option<String>>(&row, "lock")?
+        .map(|text| {
+            Outcome::ALL
+                .into_iter()
+                .find(|outcome| outcome.as_str() == text)
+                .ok_or_else(|| DbError::Corrupt(format!("guess lock outcome {text:?}")))
+        })
+        .transpose()?;
     Ok(Some(CheckRecord {
         status: status.parse().map_err(DbError::Corrupt)?,
         checks_made: named(&row, "checks_made")?,
         max_checks: named(&row, "max_checks")?,
+        lock,
+        locked_now: named(&row, "locked_now")?,
     }))
 }
 

@@ -134,6 +134,15 @@ impl PhoneNumber {
         mask(&self.e164)
     }
 
+    /// The number without its last four digits (`+1415555` for `+14155550100`): the
+    /// range a pumping attack walks through. The conversion breaker groups numbers the
+    /// same way in SQL (`db::abuse`), so the two must agree.
+    pub fn prefix(&self) -> &str {
+        // E.164 numbers have at least 8 digits, so four remain after the cut, and every
+        // character is ASCII.
+        &self.e164[..self.e164.len() - 4]
+    }
+
     /// The number's type and region in its numbering plan. Always known for a number
     /// that was parsed; `None` only for a number read back from storage that the numbering
     /// plans of this build no longer recognise.
@@ -190,6 +199,14 @@ impl fmt::Display for PhoneNumber {
 mod tests {
     use super::{PhoneNumber, PhoneNumberError};
     use crate::domain::numbering::NumberType;
+
+    #[test]
+    fn a_numbers_prefix_is_its_e164_form_without_the_last_four_digits() {
+        let number = PhoneNumber::parse("+1 415 555 0100").unwrap();
+        assert_eq!(number.prefix(), "+1415555");
+        let short = PhoneNumber::parse("+49 30 901820").unwrap();
+        assert_eq!(short.prefix(), "+493090");
+    }
 
     #[test]
     fn valid_numbers_in_common_notations_normalise_to_e164() {

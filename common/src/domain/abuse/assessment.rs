@@ -1,5 +1,7 @@
-//! Judging a start request by the rules that need no counters (number type, country):
-//! in memory, from a snapshot of the rules, with no database round trip. The same
+//! Judging a start request by the rules that need no counters (number type, country)
+//! and by the blocks in force on its destination (which the guess budget and the
+//! conversion breaker wrote): in memory, from snapshots of the rules and the blocks, with
+//! no database round trip. The same
 //! snapshot says which velocity limits a request is counted under (judged where sends
 //! are recorded) and whether the allow list exempts it from them.
 //!
@@ -10,8 +12,10 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::domain::abuse::active_blocks::ActiveBlock;
 use crate::domain::abuse::allow::{AllowKind, AllowList};
 use crate::domain::abuse::blocks::BlockScope;
 use crate::domain::abuse::client::ClientSignals;
@@ -75,6 +79,12 @@ pub enum RefusalReason {
     NumberType(NumberType),
     /// The number's country is blocked.
     Country(Region),
+    /// A block written by a counting rule is in force on the number (`scope` number: the
+    /// guess budget locked it), its prefix or its country, until `until`.
+    Blocked {
+        scope: BlockScope,
+        until: DateTime<Utc>,
+    },
 }
 
 impl RefusalReason {
@@ -83,6 +93,7 @@ impl RefusalReason {
         match self {
             Self::NumberType(kind) => format!("number type {kind}"),
             Self::Country(region) => format!("country {region}"),
+            Self::Blocked { scope, until } => format!("{scope} blocked until {until}"),
         }
     }
 }
@@ -103,6 +114,15 @@ fn describe(rule: RuleId, reason: RefusalReason) -> String {
         RefusalReason::Country(region) => {
             format!("codes are not sent to numbers of {region} (rule {rule})")
         }
+        RefusalReason::Blocked {
+            scope: BlockScope::Number,
+            ..
+        } => format!(
+            "too many wrong codes were tried for this number; it is locked for now (rule {rule})"
+        ),
+        RefusalReason::Blocked { scope, .. } => format!(
+            "codes to this {scope} are paused: too few of its recent codes were used (rule {rule})"
+        ),
     }
 }
 
@@ -124,6 +144,8 @@ pub struct RuleSet {
     countries: HashMap<Region, Rule>,
     /// Velocity rules in force (not off), in id order.
     velocity: Vec<(RuleId, RuleMode, VelocityLimit)>,
+    /// The rules that write blocks (guesses, conversion).
+    counting: HashMap<RuleId, Rule>,
     allow: AllowList,
 }
 
@@ -136,6 +158,7 @@ impl RuleSet {
             country_default: None,
             countries: HashMap::new(),
             velocity: Vec::new(),
+            counting: HashMap::new(),
             allow,
         };
         for rule in rules {
@@ -154,12 +177,23 @@ impl RuleSet {
                 RuleId::Country(region) => {
                     set.countries.insert(region, rule);
                 }
+                RuleId::GuessNumber | RuleId::ConversionPrefix | RuleId::ConversionCountry => {
+                    set.counting.insert(rule.id, rule);
+                }
                 // Parameters of another kind: not written by the API, judged by nothing.
                 RuleId::Velocity(_) => {}
             }
         }
         set.velocity.sort_by_key(|(id, _, _)| *id);
         set
+    }
+
+    /// A rule that writes blocks (`guess.number`, `conversion.*`) with the mode it
+    /// applies in now; `None` when it is not stored.
+    pub fn counting_rule(&self, id: RuleId) -> Option<(Rule, RuleMode)> {
+        self.counting
+            .get(&id)
+            .map(|rule| (*rule, rule.mode.under(self.global)))
     }
 
     /// The allow-list entry kind that exempts a request to `to` made with `api_key`
@@ -235,13 +269,7 @@ impl RuleSet {
                 break;
             }
         }
-        let decision = if hits.iter().any(|hit| hit.outcome == Outcome::ShadowBlock) {
-            Decision::ShadowBlock
-        } else if hits.iter().any(|hit| hit.outcome == Outcome::Monitor) {
-            Decision::Monitor
-        } else {
-            Decision::Allow
-        };
+        let decision = decide(&hits);
         let mut notes = Vec::new();
         if client.unreadable_ip {
             notes.push(RiskNote {
@@ -261,6 +289,75 @@ impl RuleSet {
             refusal,
         }
     }
+
+    /// Adds to `assessment` what `blocks` (those in force on its destination) do to it,
+    /// unless a rule refused it already; see [`RuleSet::judge_blocks`].
+    pub fn apply_blocks(&self, mut assessment: Assessment, blocks: &[&ActiveBlock]) -> Assessment {
+        if assessment.refusal.is_some() {
+            return assessment;
+        }
+        let (hits, refusal) = self.judge_blocks(blocks);
+        assessment.risk.rules.extend(hits);
+        assessment.refusal = refusal;
+        assessment.risk.decision = decide(&assessment.risk.rules);
+        assessment
+    }
+
+    /// What `blocks` do to a send: the hits to record and the refusal, if any. A block
+    /// applies in the mode its rule has now, and at most in shadow mode if a rule in
+    /// shadow mode wrote it: an enforced one refuses (the first found ends the judging),
+    /// a shadow one is recorded as a would-be refusal, and one whose rule is off or gone
+    /// does nothing.
+    pub fn judge_blocks(&self, blocks: &[&ActiveBlock]) -> (Vec<RuleHit>, Option<Refusal>) {
+        let mut hits = Vec::new();
+        for block in blocks {
+            let Some((_, rule_mode)) = self.counting_rule(block.rule) else {
+                continue;
+            };
+            let mode = if block.shadow {
+                rule_mode.min(RuleMode::Shadow)
+            } else {
+                rule_mode
+            };
+            let outcome = match mode {
+                RuleMode::Off => continue,
+                RuleMode::Shadow => Outcome::ShadowBlock,
+                RuleMode::Enforce => Outcome::Block,
+            };
+            let detail = match block.scope {
+                BlockScope::Number => format!("number locked until {}", block.until),
+                scope => format!("{scope} {} blocked until {}", block.key, block.until),
+            };
+            hits.push(RuleHit {
+                id: block.rule.to_string(),
+                mode,
+                outcome,
+                detail,
+            });
+            if outcome == Outcome::Block {
+                let refusal = Refusal {
+                    rule: block.rule,
+                    reason: RefusalReason::Blocked {
+                        scope: block.scope,
+                        until: block.until,
+                    },
+                };
+                return (hits, Some(refusal));
+            }
+        }
+        (hits, None)
+    }
+}
+
+/// The overall decision from the rules that matched an accepted request.
+fn decide(hits: &[RuleHit]) -> Decision {
+    if hits.iter().any(|hit| hit.outcome == Outcome::ShadowBlock) {
+        Decision::ShadowBlock
+    } else if hits.iter().any(|hit| hit.outcome == Outcome::Monitor) {
+        Decision::Monitor
+    } else {
+        Decision::Allow
+    }
 }
 
 #[cfg(test)]
@@ -268,7 +365,13 @@ mod tests {
     use super::{Decision, RefusalReason, RuleSet};
     use crate::domain::abuse::allow::AllowList;
     use crate::domain::abuse::client::ClientSignals;
-    use crate::domain::abuse::rules::{Outcome, Rule, RuleAction, RuleId, RuleMode, RuleParams};
+    use chrono::{Duration, Utc};
+
+    use crate::domain::abuse::active_blocks::ActiveBlock;
+    use crate::domain::abuse::blocks::BlockScope;
+    use crate::domain::abuse::rules::{
+        Outcome, Rule, RuleAction, RuleId, RuleKind, RuleMode, RuleParams,
+    };
     use crate::domain::numbering::{NumberClass, NumberType, Region};
 
     fn rule(id: &str, mode: RuleMode, action: RuleAction) -> Rule {
@@ -445,5 +548,132 @@ mod tests {
             defaults(RuleMode::Enforce).assess(class(NumberType::Mobile, "GB"), &client);
         assert_eq!(assessment.refusal, None);
         assert_eq!(assessment.risk.notes[0].code, "client_ip_unreadable");
+    }
+
+    fn counting(id: RuleId, mode: RuleMode) -> Rule {
+        let params = match id {
+            RuleId::GuessNumber => RuleParams::parse(
+                RuleKind::Guess,
+                &serde_json::json!({"window_secs": 3600, "limit": 10, "lock_secs": 3600}),
+            ),
+            _ => RuleParams::parse(
+                RuleKind::Conversion,
+                &serde_json::json!({"min_sends": 50, "min_conversion_pct": 20,
+                    "window_secs": 3600, "cooldown_secs": 43_200, "grace_secs": 120}),
+            ),
+        }
+        .unwrap();
+        Rule { id, mode, params }
+    }
+
+    fn block(scope: BlockScope, key: &str, rule: RuleId, shadow: bool) -> ActiveBlock {
+        ActiveBlock {
+            id: 7,
+            scope,
+            key: key.to_owned(),
+            rule,
+            until: Utc::now() + Duration::hours(1),
+            shadow,
+        }
+    }
+
+    fn with_counting(global: RuleMode, modes: [RuleMode; 3]) -> RuleSet {
+        let [guess, prefix, country] = modes;
+        RuleSet::new(
+            global,
+            [
+                rule("country.default", RuleMode::Enforce, RuleAction::Allow),
+                rule("country.NG", RuleMode::Enforce, RuleAction::Block),
+                counting(RuleId::GuessNumber, guess),
+                counting(RuleId::ConversionPrefix, prefix),
+                counting(RuleId::ConversionCountry, country),
+            ],
+            AllowList::default(),
+        )
+    }
+
+    #[test]
+    fn an_enforced_block_refuses_and_the_first_one_found_names_the_refusal() {
+        use RuleMode::Enforce;
+        let set = with_counting(Enforce, [Enforce; 3]);
+        let lock = block(
+            BlockScope::Number,
+            "+14155550100",
+            RuleId::GuessNumber,
+            false,
+        );
+        let prefix = block(
+            BlockScope::Prefix,
+            "+1415555",
+            RuleId::ConversionPrefix,
+            false,
+        );
+        let assessment = set.assess(class(NumberType::Mobile, "US"), &ClientSignals::default());
+
+        let judged = set.apply_blocks(assessment, &[&lock, &prefix]);
+
+        let refusal = judged.refusal.unwrap();
+        assert_eq!(refusal.rule, RuleId::GuessNumber);
+        assert!(matches!(
+            refusal.reason,
+            RefusalReason::Blocked {
+                scope: BlockScope::Number,
+                ..
+            }
+        ));
+        assert_eq!(judged.risk.rules.len(), 1);
+    }
+
+    #[test]
+    fn shadow_blocks_and_rules_in_shadow_mode_record_without_refusing() {
+        use RuleMode::{Enforce, Shadow};
+        let written_in_shadow = block(
+            BlockScope::Prefix,
+            "+1415555",
+            RuleId::ConversionPrefix,
+            true,
+        );
+        let rule_now_in_shadow = block(BlockScope::Country, "US", RuleId::ConversionCountry, false);
+        let set = with_counting(Enforce, [Enforce, Enforce, Shadow]);
+        let assessment = set.assess(class(NumberType::Mobile, "US"), &ClientSignals::default());
+
+        let judged = set.apply_blocks(assessment, &[&written_in_shadow, &rule_now_in_shadow]);
+
+        assert_eq!(judged.refusal, None);
+        assert_eq!(judged.risk.decision, Decision::ShadowBlock);
+        let outcomes: Vec<_> = judged
+            .risk
+            .rules
+            .iter()
+            .map(|hit| (hit.id.as_str(), hit.mode, hit.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("conversion.prefix", Shadow, Outcome::ShadowBlock),
+                ("conversion.country", Shadow, Outcome::ShadowBlock),
+            ]
+        );
+    }
+
+    #[test]
+    fn blocks_of_rules_that_are_off_do_nothing_and_a_refused_request_stays_as_it_was() {
+        use RuleMode::{Enforce, Off};
+        let lock = block(
+            BlockScope::Number,
+            "+2348021234567",
+            RuleId::GuessNumber,
+            false,
+        );
+        let off = with_counting(Enforce, [Off, Enforce, Enforce]);
+        let assessment = off.assess(class(NumberType::Mobile, "GB"), &ClientSignals::default());
+        let judged = off.apply_blocks(assessment, &[&lock]);
+        assert_eq!((judged.refusal, judged.risk.rules.len()), (None, 0));
+
+        let on = with_counting(Enforce, [Enforce; 3]);
+        let refused = on.assess(class(NumberType::Mobile, "NG"), &ClientSignals::default());
+        let judged = on.apply_blocks(refused, &[&lock]);
+        assert_eq!(judged.refusal.unwrap().rule.to_string(), "country.NG");
+        assert_eq!(judged.risk.rules.len(), 1);
     }
 }

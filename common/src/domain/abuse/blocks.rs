@@ -1,5 +1,6 @@
 //! Blocks: sends to one scope (a prefix, a country, an IP address, …) refused until a
-//! time. The rules that watch counters write them; people list and lift them.
+//! time. The rules that watch counters write them; people list and lift them. The blocks
+//! in force, as a start request is judged by them, are `active_blocks`.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,9 +1,11 @@
 //! Abuse rules: what each one is called, how strictly it applies and what it does.
 //!
 //! A rule has a stable id naming what it judges (`number_type.premium_rate`,
-//! `country.default`, `country.NG`, `velocity.client_ip`), a mode (`enforce`, `shadow`,
-//! `off`) and parameters: an action for the requests it matches (`block`, `monitor`,
-//! `allow`) and, for velocity rules, what they count (see `velocity`). The process-wide
+//! `country.default`, `country.NG`, `velocity.client_ip`, `guess.number`,
+//! `conversion.prefix`), a mode (`enforce`, `shadow`, `off`) and parameters: an action for
+//! the requests it matches (`block`, `monitor`, `allow`), for velocity rules what they
+//! count (see `velocity`), for the guess budget and the conversion breaker the thresholds
+//! at which they write blocks (see `blocks`). The process-wide
 //! mode (`VERIFY_ABUSE_MODE`) caps every rule's: a rule applies in the weaker of the two.
 
 use std::fmt;
@@ -123,6 +125,12 @@ pub enum RuleId {
     Country(Region),
     /// `velocity.<name>`: a limit on sends per scope and window (`velocity.client_ip`).
     Velocity(VelocityName),
+    /// `guess.number`: wrong codes per number, across all of its verifications.
+    GuessNumber,
+    /// `conversion.prefix`: the share of approved verifications per prefix.
+    ConversionPrefix,
+    /// `conversion.country`: the share of approved verifications per country.
+    ConversionCountry,
 }
 
 /// The kinds of rules, as stored next to each rule.
@@ -132,6 +140,8 @@ pub enum RuleKind {
     NumberType,
     Country,
     Velocity,
+    Guess,
+    Conversion,
 }
 
 impl RuleKind {
@@ -140,6 +150,8 @@ impl RuleKind {
             Self::NumberType => "number_type",
             Self::Country => "country",
             Self::Velocity => "velocity",
+            Self::Guess => "guess",
+            Self::Conversion => "conversion",
         }
     }
 }
@@ -147,7 +159,7 @@ impl RuleKind {
 /// Why a text is not a rule id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a rule id: use number_type.<type> (number_type.premium_rate), country.default, country.<region> (country.GB) or velocity.<name> (velocity.client_ip; a-z, 0-9 and _)"
+    "{0:?} is not a rule id: use number_type.<type> (number_type.premium_rate), country.default, country.<region> (country.GB), velocity.<name> (velocity.client_ip; a-z, 0-9 and _), guess.number, conversion.prefix or conversion.country"
 )]
 pub struct RuleIdError(pub String);
 
@@ -169,6 +181,9 @@ impl RuleId {
             "velocity" => VelocityName::parse(subject)
                 .map(Self::Velocity)
                 .ok_or_else(error),
+            "guess" if subject == "number" => Ok(Self::GuessNumber),
+            "conversion" if subject == "prefix" => Ok(Self::ConversionPrefix),
+            "conversion" if subject == "country" => Ok(Self::ConversionCountry),
             _ => Err(error()),
         }
     }
@@ -178,6 +193,8 @@ impl RuleId {
             Self::NumberType(_) => RuleKind::NumberType,
             Self::CountryDefault | Self::Country(_) => RuleKind::Country,
             Self::Velocity(_) => RuleKind::Velocity,
+            Self::GuessNumber => RuleKind::Guess,
+            Self::ConversionPrefix | Self::ConversionCountry => RuleKind::Conversion,
         }
     }
 }
@@ -189,6 +206,9 @@ impl fmt::Display for RuleId {
             Self::CountryDefault => f.write_str("country.default"),
             Self::Country(region) => write!(f, "country.{region}"),
             Self::Velocity(name) => write!(f, "velocity.{name}"),
+            Self::GuessNumber => f.write_str("guess.number"),
+            Self::ConversionPrefix => f.write_str("conversion.prefix"),
+            Self::ConversionCountry => f.write_str("conversion.country"),
         }
     }
 }
@@ -201,13 +221,132 @@ pub struct RuleParamsError {
     pub message: String,
 }
 
+/// Longest window, lock or cool-down of the guess budget and the conversion breaker:
+/// guesses older than a day are deleted, and a longer block is better set by a person
+/// than by a counter.
+pub const MAX_RULE_SECS: u64 = 86_400;
+
+/// The guess budget: at most `limit` wrong codes per number in `window`, across every
+/// verification and resend of the number; reaching it locks the number for `lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuessBudget {
+    pub window: Duration,
+    pub limit: u32,
+    pub lock: Duration,
+}
+
+/// The conversion breaker's thresholds: a scope (a prefix, a country) with at least
+/// `min_sends` verifications in `window`, older than `grace` (people need time to type
+/// the code), of which fewer than `min_conversion_pct` % were approved, gets no codes for
+/// `cooldown`, renewed while the pattern lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversionBreaker {
+    pub min_sends: u32,
+    pub min_conversion_pct: u8,
+    pub window: Duration,
+    pub cooldown: Duration,
+    pub grace: Duration,
+}
+
 /// The parameters of a rule, stored as JSON: `{"action": "block" | "monitor" | "allow"}`
 /// for number-type and country rules, `{"scope", "window_secs", "limit", "action"}` for
-/// velocity rules.
+/// velocity rules, `{"window_secs", "limit", "lock_secs"}` for `guess.number` and
+/// `{"min_sends", "min_conversion_pct", "window_secs", "cooldown_secs", "grace_secs"}`
+/// for `conversion.*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleParams {
     Action(RuleAction),
     Velocity(VelocityLimit),
+    GuessBudget(GuessBudget),
+    Conversion(ConversionBreaker),
+}
+
+fn params_error(field: &str, message: impl Into<String>) -> RuleParamsError {
+    RuleParamsError {
+        field: format!("params.{field}"),
+        message: message.into(),
+    }
+}
+
+/// A JSON object's fields, with errors naming the field.
+struct ParamFields<'a> {
+    object: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'a> ParamFields<'a> {
+    /// The object, if it has no field but `known`.
+    fn of(
+        object: &'a serde_json::Map<String, serde_json::Value>,
+        known: &[&str],
+    ) -> Result<Self, RuleParamsError> {
+        if let Some(unknown) = object.keys().find(|key| !known.contains(&key.as_str())) {
+            return Err(params_error(
+                unknown,
+                format!("unknown parameter; the parameters are {}", known.join(", ")),
+            ));
+        }
+        Ok(Self { object })
+    }
+
+    /// A whole number in `min..=max`.
+    fn integer(&self, name: &str, min: u64, max: u64) -> Result<u64, RuleParamsError> {
+        let value = self
+            .object
+            .get(name)
+            .ok_or_else(|| params_error(name, "this parameter is required"))?;
+        value
+            .as_u64()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| params_error(name, format!("a whole number from {min} to {max}")))
+    }
+
+    fn seconds(&self, name: &str, min: u64) -> Result<Duration, RuleParamsError> {
+        self.integer(name, min, MAX_RULE_SECS)
+            .map(Duration::from_secs)
+    }
+}
+
+impl GuessBudget {
+    fn parse(object: &serde_json::Map<String, serde_json::Value>) -> Result<Self, RuleParamsError> {
+        let fields = ParamFields::of(object, &["window_secs", "limit", "lock_secs"])?;
+        Ok(Self {
+            window: fields.seconds("window_secs", 1)?,
+            limit: u32::try_from(fields.integer("limit", 1, 1_000)?)
+                .expect("at most 1000 fits in u32"),
+            lock: fields.seconds("lock_secs", 1)?,
+        })
+    }
+}
+
+impl ConversionBreaker {
+    fn parse(object: &serde_json::Map<String, serde_json::Value>) -> Result<Self, RuleParamsError> {
+        let fields = ParamFields::of(
+            object,
+            &[
+                "min_sends",
+                "min_conversion_pct",
+                "window_secs",
+                "cooldown_secs",
+                "grace_secs",
+            ],
+        )?;
+        let breaker = Self {
+            min_sends: u32::try_from(fields.integer("min_sends", 1, 1_000_000)?)
+                .expect("at most a million fits in u32"),
+            min_conversion_pct: u8::try_from(fields.integer("min_conversion_pct", 0, 100)?)
+                .expect("at most 100 fits in u8"),
+            window: fields.seconds("window_secs", 60)?,
+            cooldown: fields.seconds("cooldown_secs", 1)?,
+            grace: fields.seconds("grace_secs", 0)?,
+        };
+        if breaker.grace >= breaker.window {
+            return Err(params_error(
+                "grace_secs",
+                "the grace must be shorter than the window",
+            ));
+        }
+        Ok(breaker)
+    }
 }
 
 impl RuleParams {
@@ -223,8 +362,11 @@ impl RuleParams {
                 message: "the parameters must be a JSON object".to_owned(),
             });
         };
-        if kind == RuleKind::Velocity {
-            return VelocityLimit::parse(object).map(Self::Velocity);
+        match kind {
+            RuleKind::Velocity => return VelocityLimit::parse(object).map(Self::Velocity),
+            RuleKind::Guess => return GuessBudget::parse(object).map(Self::GuessBudget),
+            RuleKind::Conversion => return ConversionBreaker::parse(object).map(Self::Conversion),
+            RuleKind::NumberType | RuleKind::Country => {}
         }
         if let Some(unknown) = object.keys().find(|key| key.as_str() != "action") {
             return Err(RuleParamsError {
@@ -244,11 +386,12 @@ impl RuleParams {
     }
 
     /// What the rule does to the requests it matches (a velocity rule: to those over its
-    /// limit).
+    /// limit; the guess budget and the conversion breaker: to those their blocks match).
     pub fn action(self) -> RuleAction {
         match self {
             Self::Action(action) => action,
             Self::Velocity(limit) => limit.action(),
+            Self::GuessBudget(_) | Self::Conversion(_) => RuleAction::Block,
         }
     }
 
@@ -256,6 +399,18 @@ impl RuleParams {
         match self {
             Self::Action(action) => serde_json::json!({ "action": action.as_str() }),
             Self::Velocity(limit) => limit.to_json(),
+            Self::GuessBudget(budget) => serde_json::json!({
+                "window_secs": budget.window.as_secs(),
+                "limit": budget.limit,
+                "lock_secs": budget.lock.as_secs(),
+            }),
+            Self::Conversion(breaker) => serde_json::json!({
+                "min_sends": breaker.min_sends,
+                "min_conversion_pct": breaker.min_conversion_pct,
+                "window_secs": breaker.window.as_secs(),
+                "cooldown_secs": breaker.cooldown.as_secs(),
+                "grace_secs": breaker.grace.as_secs(),
+            }),
         }
     }
 }
@@ -588,6 +743,67 @@ mod tests {
                     .field,
                 field,
                 "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn guess_and_conversion_rule_ids_read_back_from_their_text() {
+        for id in [
+            RuleId::GuessNumber,
+            RuleId::ConversionPrefix,
+            RuleId::ConversionCountry,
+        ] {
+            assert_eq!(RuleId::parse(&id.to_string()), Ok(id));
+        }
+        for bad in ["guess.prefix", "conversion.number", "guess."] {
+            assert!(RuleId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn guess_and_conversion_parameters_read_back_and_name_the_field_they_fail_on() {
+        let guess = json!({"window_secs": 3600, "limit": 10, "lock_secs": 3600});
+        let conversion = json!({"min_sends": 50, "min_conversion_pct": 20, "window_secs": 3600,
+                                "cooldown_secs": 43_200, "grace_secs": 120});
+        for (kind, value) in [(RuleKind::Guess, guess), (RuleKind::Conversion, conversion)] {
+            assert_eq!(RuleParams::parse(kind, &value).unwrap().to_json(), value);
+        }
+        let cases = [
+            (RuleKind::Guess, json!({"action": "block"}), "params.action"),
+            (
+                RuleKind::Guess,
+                json!({"limit": 3, "lock_secs": 60}),
+                "params.window_secs",
+            ),
+            (
+                RuleKind::Guess,
+                json!({"window_secs": 60, "limit": 0, "lock_secs": 60}),
+                "params.limit",
+            ),
+            (
+                RuleKind::Guess,
+                json!({"window_secs": 86_401, "limit": 3, "lock_secs": 60}),
+                "params.window_secs",
+            ),
+            (
+                RuleKind::Conversion,
+                json!({"min_sends": 5, "min_conversion_pct": 101, "window_secs": 3600,
+                       "cooldown_secs": 60, "grace_secs": 0}),
+                "params.min_conversion_pct",
+            ),
+            (
+                RuleKind::Conversion,
+                json!({"min_sends": 5, "min_conversion_pct": 20, "window_secs": 3600,
+                       "cooldown_secs": 60, "grace_secs": 3600}),
+                "params.grace_secs",
+            ),
+        ];
+        for (kind, value, field) in cases {
+            assert_eq!(
+                RuleParams::parse(kind, &value).unwrap_err().field,
+                field,
+                "{kind:?} {value}"
             );
         }
     }
