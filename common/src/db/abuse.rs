@@ -653,9 +653,13 @@ pub async fn trip_conversion_breakers(
     let graces: Vec<f64> = checks.iter().map(|c| seconds(c.breaker.grace)).collect();
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
+    // The statement groups every verification of the window; with the default 4 MB of
+    // working memory its grouping spills to disk and takes twice as long (measured at a
+    // million verifications in the window: 6-8 s, 3.7 s with 64 MB).
     let row = transaction
         .query_one(
-            "SELECT pg_try_advisory_xact_lock($1) AS locked",
+            "SELECT pg_try_advisory_xact_lock($1) AS locked,
+                    set_config('work_mem', '64MB', true) AS work_mem",
             &[&BREAKER_LOCK_KEY],
         )
         .await?;
