@@ -208,7 +208,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 11] = [
+const MIGRATIONS: [(i32, &str, &str); 12] = [
     (
         1,
         "api_keys",
@@ -263,6 +263,11 @@ const MIGRATIONS: [(i32, &str, &str); 11] = [
         11,
         "blocks",
         include_str!("../../../migrations/V11__blocks.sql"),
+    ),
+    (
+        12,
+        "lighter_start",
+        include_str!("../../../migrations/V12__lighter_start.sql"),
     ),
 ];
 

@@ -1,7 +1,8 @@
 //! New sends: starting verifications (in batches, each with its first send, some under an
 //! idempotency key) and resending a verification's code, each under the per-number send
-//! limit and the velocity limits. Both call one SQL function each (migration V10), and
-//! both apply the limits through the same ones, `send_limit_waits` and `judge_velocity`.
+//! limit and the velocity limits. Both call one SQL function each (migration V10, and V12
+//! for `start_verifications`), and both apply the limits through the same ones,
+//! `send_limit_waits` and `judge_velocity`.
 //!
 //! A request's velocity checks become counters (one per rule and key, shared by the
 //! requests of a batch that have the same key) and checks (one per request and counter,
@@ -176,7 +177,7 @@ fn velocity_refusal(row: &Row) -> Result<Option<(usize, Duration)>, DbError> {
     Ok(Some((index, retry_after_from(wait))))
 }
 
-/// The call of the `start_verifications` function (migration V10), which writes the
+/// The call of the `start_verifications` function (migrations V10 and V12), which writes the
 /// idempotency keys, applies the send limit and the velocity limits, cancels the numbers'
 /// earlier open verifications and inserts the rows of a whole batch in one statement. Its
 /// rows are the request's position (`ord`), the limit's wait (`retry_after_secs`), the
