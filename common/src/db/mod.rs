@@ -208,7 +208,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 12] = [
+const MIGRATIONS: [(i32, &str, &str); 13] = [
     (
         1,
         "api_keys",
@@ -268,6 +268,11 @@ const MIGRATIONS: [(i32, &str, &str); 12] = [
         12,
         "lighter_start",
         include_str!("../../../migrations/V12__lighter_start.sql"),
+    ),
+    (
+        13,
+        "velocity_generic_plans",
+        include_str!("../../../migrations/V13__velocity_generic_plans.sql"),
     ),
 ];
 
