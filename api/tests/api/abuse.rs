@@ -23,6 +23,36 @@ const DE_MOBILE: &str = "+4915123456789";
 /// The delay within which the README promises a rule change reaches every API process.
 pub(crate) const RULE_DELAY: Duration = Duration::from_secs(2);
 
+/// Starts with `start(first)`, `start(first + 1)`, … until one answers `wanted`, and returns
+/// that answer. Every earlier answer must be `meanwhile`, and the wanted one must come within
+/// [`RULE_DELAY`] of `since`: how a test sees a change it made reach an API process.
+pub(crate) async fn start_until<F, Fut>(
+    first: u32,
+    mut start: F,
+    wanted: StatusCode,
+    meanwhile: StatusCode,
+    since: tokio::time::Instant,
+) -> Response
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<Response>>,
+{
+    for n in first.. {
+        let response = start(n).await.expect("the API answers");
+        if response.status() == wanted {
+            return response;
+        }
+        assert_eq!(response.status(), meanwhile);
+        assert!(
+            since.elapsed() < RULE_DELAY,
+            "still {meanwhile} instead of {wanted} after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unreachable!("a change never reached the API process")
+}
+
 async fn spawn_app_in_mode(mode: &str) -> TestApp {
     spawn_app_with(TestOptions {
         abuse: AbuseSettings::from_flags(&["--abuse-mode", mode]).unwrap(),
@@ -472,20 +502,14 @@ async fn a_rule_changed_through_one_api_applies_in_another_process_within_two_se
     set_rule(&app, "country.NG", &json!({"params": {"action": "block"}})).await;
     let changed = tokio::time::Instant::now();
 
-    for n in 1.. {
-        let status = start_in_other(n).await.unwrap().status();
-        if status == StatusCode::FORBIDDEN {
-            break;
-        }
-        assert_eq!(status, StatusCode::ACCEPTED);
-        assert!(
-            changed.elapsed() < RULE_DELAY,
-            "the other API still accepts after {:?}",
-            changed.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(changed.elapsed() < RULE_DELAY, "{:?}", changed.elapsed());
+    start_until(
+        1,
+        start_in_other,
+        StatusCode::FORBIDDEN,
+        StatusCode::ACCEPTED,
+        changed,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -514,22 +538,19 @@ async fn a_rule_changed_while_the_listening_session_is_lost_still_applies_within
     .await;
     let changed = tokio::time::Instant::now();
 
-    for n in 0.. {
-        let status = app
-            .post_verification(&json!({ "to": format!("+234802123{n:04}") }))
-            .await
-            .status();
-        if status == StatusCode::FORBIDDEN {
-            break;
-        }
-        assert_eq!(status, StatusCode::ACCEPTED);
-        assert!(
-            changed.elapsed() < RULE_DELAY,
-            "still accepted after {:?}",
-            changed.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let start = |n: u32| {
+        app.request(Method::POST, "/v1/verifications")
+            .json(&json!({ "to": format!("+234802123{n:04}") }))
+            .send()
+    };
+    start_until(
+        0,
+        start,
+        StatusCode::FORBIDDEN,
+        StatusCode::ACCEPTED,
+        changed,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use verify_api::keys::create_key;
 
 use crate::abuse::{
-    RULE_DELAY, error_of, hit, hits, rule, rules, set_rule, verifications_recorded, wait_for_count,
+    RULE_DELAY, error_of, hit, hits, rule, rules, set_rule, start_until, verifications_recorded,
+    wait_for_count,
 };
 use crate::helpers::{TestApp, TestOptions, code_in, phone_number, spawn_app_with, wrong_code};
 
@@ -516,35 +517,25 @@ async fn another_api_process_refuses_a_blocked_prefix_and_accepts_it_again_once_
 
     app.evaluate_breaker().await;
     let tripped = tokio::time::Instant::now();
-    for n in 0.. {
-        let status = start_in_other(n).await.unwrap().status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            break;
-        }
-        assert_eq!(status, StatusCode::ACCEPTED, "{}", other.logged());
-        assert!(
-            tripped.elapsed() < RULE_DELAY,
-            "the other API still accepts after {:?}",
-            tripped.elapsed()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    start_until(
+        0,
+        &start_in_other,
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::ACCEPTED,
+        tripped,
+    )
+    .await;
 
     lift(&app, &the_block(&app).await).await;
     let lifted = tokio::time::Instant::now();
-    for n in 100.. {
-        let status = start_in_other(n).await.unwrap().status();
-        if status == StatusCode::ACCEPTED {
-            break;
-        }
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(
-            lifted.elapsed() < RULE_DELAY,
-            "the other API still refuses after {:?}",
-            lifted.elapsed()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    start_until(
+        100,
+        &start_in_other,
+        StatusCode::ACCEPTED,
+        StatusCode::TOO_MANY_REQUESTS,
+        lifted,
+    )
+    .await;
 }
 
 #[tokio::test]
