@@ -35,17 +35,17 @@ pub struct ChaosSettings {
     )]
     pub work_dir: PathBuf,
     /// Port of the private Postgres cluster.
-    #[arg(long, default_value_t = 56432)]
+    #[arg(long, default_value_t = 26432)]
     pub pg_port: u16,
     /// Directory with initdb and pg_ctl (default: the newest /usr/lib/postgresql/*/bin).
     #[arg(long, env = "VERIFY_CHAOS_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
     /// AMQP port of the private broker; the next port is its Erlang distribution port and
     /// the ten after that are for rabbitmqctl.
-    #[arg(long, default_value_t = 56672)]
+    #[arg(long, default_value_t = 26672)]
     pub amqp_port: u16,
     /// Port of the private broker's own epmd, so the system's epmd is never touched.
-    #[arg(long, default_value_t = 56369)]
+    #[arg(long, default_value_t = 26369)]
     pub epmd_port: u16,
     /// Directory with rabbitmq-server and rabbitmqctl.
     #[arg(
@@ -55,10 +55,10 @@ pub struct ChaosSettings {
     )]
     pub rabbitmq_bin: PathBuf,
     /// Port verify-api listens on.
-    #[arg(long, default_value_t = 56080)]
+    #[arg(long, default_value_t = 26080)]
     pub api_port: u16,
     /// Port verify-sink listens on.
-    #[arg(long, default_value_t = 56090)]
+    #[arg(long, default_value_t = 26090)]
     pub sink_port: u16,
     /// Worker processes running at the start of each scenario.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=16))]
