@@ -208,7 +208,7 @@ fn add_session_options(config: &mut tokio_postgres::Config) {
 }
 
 /// The schema, in order. Embedded so binaries need no files at run time.
-const MIGRATIONS: [(i32, &str, &str); 13] = [
+const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
         "api_keys",
@@ -291,7 +291,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x5645_5249_4659_0001;
 /// [`DbError::Setup`] naming a migration that was edited after it was applied, or one that
 /// failed (nothing of that migration is kept); other [`DbError`]s when Postgres fails.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
-    migrate_with(pool, &MIGRATIONS).await
+    migrate_with(pool, MIGRATIONS).await
 }
 
 /// [`migrate`] with a given list of migrations.
