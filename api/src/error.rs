@@ -47,6 +47,10 @@ pub(crate) enum ApiError {
     InvalidQuery { message: String },
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The caller proved who it is, wrongly: a provider callback whose signature or token
+    /// does not match, or a callback route this deployment has no secret for.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error("{what} not found")]
     NotFound {
         code: &'static str,
@@ -157,6 +161,7 @@ impl ApiError {
             | Self::InvalidHeader { .. }
             | Self::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -186,6 +191,7 @@ impl ApiError {
             | Self::InvalidHeader { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
+            | Self::Forbidden { code, .. }
             | Self::Unprocessable { code, .. }
             | Self::TooManyRequests { code, .. } => code,
             Self::InvalidQuery { .. } => "invalid_query",

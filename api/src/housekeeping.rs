@@ -1,12 +1,12 @@
 //! Periodic clean-up the API does in the background: expired idempotency keys, velocity
-//! counts older than every window that reads them, and failed checks older than any guess
-//! budget's window.
+//! counts older than every window that reads them, failed checks older than any guess
+//! budget's window, and delivery receipts held for a day without their send appearing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use verify_common::db::{Pool, abuse, idempotency};
+use verify_common::db::{Pool, abuse, deliveries, idempotency};
 
 use crate::abuse::AbuseControls;
 
@@ -14,6 +14,11 @@ use crate::abuse::AbuseControls;
 /// presented, counts and failed checks are read within their windows); deleting only
 /// bounds the tables.
 const INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// How long a receipt waits for its send's message id to be recorded. A worker records it
+/// within seconds of the provider's answer; a receipt still unmatched after a day is for a
+/// message this deployment never recorded (another system on the same provider account).
+const HELD_RECEIPT_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Runs until `shutdown`.
 pub(crate) async fn run(pool: Pool, controls: Arc<AbuseControls>, shutdown: CancellationToken) {
@@ -37,6 +42,15 @@ pub(crate) async fn run(pool: Pool, controls: Arc<AbuseControls>, shutdown: Canc
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "deleted old failed checks"),
             Err(error) => tracing::warn!(%error, "could not delete old failed checks"),
+        }
+        match deliveries::delete_stale_held_receipts(&pool, HELD_RECEIPT_LIFETIME).await {
+            Ok(0) => {}
+            // At warn: each is a receipt that was never applied to any send.
+            Ok(count) => tracing::warn!(
+                count,
+                "deleted delivery receipts whose message id no send recorded within a day"
+            ),
+            Err(error) => tracing::warn!(%error, "could not delete stale held receipts"),
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   counters of what the rules did.
 //! - [`breaker`]: evaluates the conversion breaker in the background, one process at a
 //!   time.
+//! - `receipts`: recording providers' delivery receipts (the one place a receipt changes
+//!   a send), those held until their send is recorded, and Twilio's callback signature.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
 //!   table of every route ([`ENDPOINTS`]) and the extractors they share (caller, bodies,
 //!   ids).
@@ -41,6 +43,7 @@ mod idempotency;
 mod notifications;
 mod operations;
 mod outbox;
+mod receipts;
 mod routes;
 mod server;
 mod state;

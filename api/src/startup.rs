@@ -8,8 +8,8 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    AbuseSettings, ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, SecretSettings,
-    SmsSettings, redact_url,
+    AbuseSettings, ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, ReceiptSettings,
+    SecretSettings, SmsSettings, redact_url,
 };
 use verify_common::db::starts::SendLimit;
 use verify_common::db::{self, DbError};
@@ -21,6 +21,7 @@ use crate::abuse::AbuseControls;
 use crate::auth::ApiKeys;
 use crate::group_commit::record_starts;
 use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
+use crate::receipts::ReceiptKeys;
 use crate::routes::routes;
 use crate::server::ConnectionLimits;
 use crate::state::AppState;
@@ -43,6 +44,8 @@ pub struct ApiConfig {
     pub api: ApiSettings,
     #[command(flatten)]
     pub abuse: AbuseSettings,
+    #[command(flatten)]
+    pub receipts: ReceiptSettings,
 }
 
 /// A bound, ready-to-run API.
@@ -56,6 +59,7 @@ pub struct Application {
     connection_limits: ConnectionLimits,
     abuse_refresh: std::time::Duration,
     breaker_interval: std::time::Duration,
+    held_receipt_interval: std::time::Duration,
 }
 
 impl Application {
@@ -103,6 +107,20 @@ impl Application {
         let listener = TcpListener::bind(config.api.addr)
             .await
             .with_context(|| format!("binding {}", config.api.addr))?;
+        // Without a public URL, Twilio's signatures are checked against the address this
+        // process listens on, which is what a provider on the same host (or a test) calls.
+        let public_url = match &config.receipts.public_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "http://{}",
+                listener.local_addr().context("reading the bound address")?
+            ),
+        };
+        let receipt_keys = ReceiptKeys {
+            public_url,
+            twilio_auth_token: config.receipts.twilio_auth_token.clone(),
+            http_token: config.receipts.http_receipt_token.clone(),
+        };
         if config.api.api_key.is_none() {
             tracing::warn!(
                 "VERIFY_API_KEY is not set: only keys created with `verify-api keys create` are accepted"
@@ -135,6 +153,7 @@ impl Application {
             template_cache: Arc::new(TemplateCache::new(Arc::clone(&templates))),
             templates,
             abuse: Arc::new(abuse),
+            receipt_keys: Arc::new(receipt_keys),
         };
         Ok(Self {
             listener,
@@ -150,6 +169,7 @@ impl Application {
             },
             abuse_refresh: config.abuse.refresh_interval(),
             breaker_interval: config.abuse.breaker_interval(),
+            held_receipt_interval: config.receipts.held_receipt_interval(),
         })
     }
 
@@ -184,6 +204,11 @@ impl Application {
             Arc::clone(&self.state.abuse),
             self.state.pool.clone(),
             self.breaker_interval,
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::receipts::run(
+            self.state.pool.clone(),
+            self.held_receipt_interval,
             shutdown.clone(),
         ));
         tokio::spawn(crate::notifications::follow(

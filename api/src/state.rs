@@ -14,6 +14,7 @@ use crate::abuse::AbuseControls;
 use crate::auth::ApiKeys;
 use crate::group_commit::Starts;
 use crate::outbox::Outbox;
+use crate::receipts::ReceiptKeys;
 use crate::template_cache::TemplateCache;
 
 /// Everything handlers need. Cheap to clone (all shared parts are behind `Arc`s).
@@ -32,6 +33,7 @@ pub(crate) struct AppState {
     pub template_cache: Arc<TemplateCache>,
     pub api_keys: Arc<ApiKeys>,
     pub abuse: Arc<AbuseControls>,
+    pub receipt_keys: Arc<ReceiptKeys>,
 }
 
 /// A filter that hands a clone of the state to the handler.

@@ -20,7 +20,8 @@ pub(crate) struct VerificationView {
     pub id: String,
     pub to: String,
     pub status: VerificationStatus,
-    /// Status of the newest send.
+    /// Status of the newest send: `delivered` or `undelivered` once its provider's
+    /// receipt came.
     pub delivery_status: Option<DeliveryStatus>,
     pub template_id: Option<TemplateId>,
     pub locale: Option<String>,
@@ -53,6 +54,10 @@ pub(crate) struct SendView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// When the provider's final receipt was recorded.
+    pub receipt_at: Option<DateTime<Utc>>,
+    /// The provider's error code from an `undelivered` receipt (Twilio's `30003`, …).
+    pub receipt_error_code: Option<String>,
     /// One entry per provider attempt: outcome, error and, for retries, when the next
     /// attempt was scheduled.
     pub attempt_log: Vec<AttemptLogEntry>,
@@ -112,6 +117,8 @@ impl SendView {
             created_at: send.created_at,
             updated_at: send.updated_at,
             sent_at: send.sent_at,
+            receipt_at: send.receipt_at,
+            receipt_error_code: send.receipt_error_code.clone(),
             attempt_log: send.attempt_log.clone(),
         }
     }

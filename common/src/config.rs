@@ -501,6 +501,70 @@ impl ApiSettings {
     }
 }
 
+/// The API's address as providers reach it, without a trailing `/`: `http://` or
+/// `https://`, a host, optionally a port and a path prefix; no query or fragment, since
+/// the callback paths are appended to it.
+fn parse_public_url(value: &str) -> Result<String, String> {
+    let url = value.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{value:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{value:?} has no host"));
+    }
+    if url.contains(['?', '#']) || !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{value:?} must be a plain URL: no query, fragment or spaces"
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+/// Delivery receipts: where providers reach the API, and how their callbacks prove who
+/// sent them. The API reads this section; the workers read the public URL alone (in
+/// [`ProviderSettings`]), from the same variable.
+#[derive(Clone, Args)]
+pub struct ReceiptSettings {
+    /// The API's base URL as providers reach it (e.g. `https://verify.example.com`).
+    /// Workers ask Twilio to call `{this}/callbacks/twilio/status`, and the API checks
+    /// Twilio's signatures against that URL. Unset: the API checks against its own
+    /// listening address, and workers ask for no receipts.
+    #[arg(long = "public-url", env = "VERIFY_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+    /// Twilio auth token: the key of Twilio's callback signatures (the same setting the
+    /// workers send with). Unset: Twilio receipts are refused.
+    #[arg(long = "twilio-auth-token", env = "VERIFY_TWILIO_AUTH_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub twilio_auth_token: Option<SecretString>,
+    /// Bearer token the generic JSON receipt route requires. Unset: generic receipts are
+    /// refused.
+    #[arg(long = "http-receipt-token", env = "VERIFY_HTTP_RECEIPT_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub http_receipt_token: Option<SecretString>,
+    /// How often the API looks for receipts that arrived before their send's message id
+    /// was recorded, and records them.
+    #[arg(
+        long = "held-receipt-interval-ms",
+        env = "VERIFY_HELD_RECEIPT_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub held_receipt_interval_ms: u64,
+}
+
+impl std::fmt::Debug for ReceiptSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptSettings")
+            .field("public_url", &self.public_url)
+            .field("held_receipt_interval_ms", &self.held_receipt_interval_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiptSettings {
+    pub fn held_receipt_interval(&self) -> Duration {
+        Duration::from_millis(self.held_receipt_interval_ms.max(1))
+    }
+}
+
 /// How strictly the abuse rules apply, and how soon each API process sees a rule change.
 #[derive(Debug, Clone, Args)]
 pub struct AbuseSettings {
@@ -678,6 +742,10 @@ pub struct ProviderSettings {
     /// Bearer token for the generic JSON provider.
     #[arg(long = "http-provider-token", env = "VERIFY_HTTP_PROVIDER_TOKEN", value_parser = parse_secret, hide_env_values = true)]
     pub http_token: Option<SecretString>,
+    /// The API's base URL as providers reach it (see [`ReceiptSettings::public_url`]).
+    /// Set: every send asks the provider for delivery receipts at the API's callback route.
+    #[arg(long = "public-url", env = "VERIFY_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
     /// Timeout of one provider request; a timeout is a transient error and is retried.
     #[arg(
         long = "provider-timeout-ms",
@@ -695,6 +763,7 @@ impl std::fmt::Debug for ProviderSettings {
             .field("twilio_base_url", &self.twilio_base_url)
             .field("twilio_account_sid", &self.twilio_account_sid)
             .field("http_url", &self.http_url)
+            .field("public_url", &self.public_url)
             .field("timeout_ms", &self.timeout_ms)
             .finish_non_exhaustive()
     }
@@ -735,9 +804,36 @@ mod tests {
 
     use super::{
         AbuseSettings, ApiSettings, DEV_SECRET, DatabaseSettings, FromFlags, OtpSettings,
-        OtpSettingsError, RabbitSettings, SecretError, SecretSettings, SmsSettings, WorkerSettings,
-        redact_url,
+        OtpSettingsError, RabbitSettings, ReceiptSettings, SecretError, SecretSettings,
+        SmsSettings, WorkerSettings, redact_url,
     };
+
+    #[test]
+    fn a_public_url_loses_its_trailing_slash_and_must_be_plain_http() {
+        let settings =
+            ReceiptSettings::from_flags(&["--public-url", "https://verify.example.com/"]).unwrap();
+        assert_eq!(
+            settings.public_url.as_deref(),
+            Some("https://verify.example.com")
+        );
+        for bad in [
+            "verify.example.com",
+            "ftp://x",
+            "http://",
+            "http://x/?a=1",
+            "http://x/#y",
+        ] {
+            let error = ReceiptSettings::from_flags(&["--public-url", bad])
+                .err()
+                .unwrap();
+            assert!(error.to_string().contains("--public-url"), "{bad}: {error}");
+        }
+        let printed = format!(
+            "{:?}",
+            ReceiptSettings::from_flags(&["--http-receipt-token", "receipt-secret"]).unwrap()
+        );
+        assert!(!printed.contains("receipt-secret"), "{printed}");
+    }
 
     #[test]
     fn a_section_without_flags_takes_the_defaults_of_its_attributes() {

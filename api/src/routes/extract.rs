@@ -31,7 +31,7 @@ pub(super) struct Refusal(ApiError);
 
 impl warp::reject::Reject for Refusal {}
 
-fn refuse(error: ApiError) -> Rejection {
+pub(super) fn refuse(error: ApiError) -> Rejection {
     warp::reject::custom(Refusal(error))
 }
 
@@ -70,7 +70,7 @@ fn header_text(
 
 /// A header's text, `None` when absent; an unreadable value is refused with the error
 /// `unreadable` builds, naming the header.
-fn text_header(
+pub(super) fn text_header(
     name: &'static str,
     unreadable: fn() -> ApiError,
 ) -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Copy {
@@ -128,11 +128,27 @@ pub(super) struct JsonBody<T> {
 }
 
 /// The body, at most [`MAX_BODY_BYTES`], arriving within [`BODY_READ_TIMEOUT`].
-fn bounded_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Copy {
+pub(super) fn bounded_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Copy {
     warp::body::stream().and_then(|stream| async move {
         collect_limited(stream, MAX_BODY_BYTES, BODY_READ_TIMEOUT)
             .await
             .map_err(refuse)
+    })
+}
+
+/// The token of `Authorization: Bearer`, `None` when no bearer token is sent; an
+/// unreadable header is refused naming it.
+pub(super) fn bearer_token() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Copy {
+    text_header("authorization", || {
+        ApiError::unreadable_header("invalid_header", "Authorization")
+    })
+    .map(|value: Option<String>| {
+        value.and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        })
     })
 }
 

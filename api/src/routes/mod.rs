@@ -6,6 +6,8 @@
 //! - `native`: the `/v1` answer shape; `verifications`, `templates` and `abuse` (rules,
 //!   allow list, blocks) are its routes.
 //! - `portatext`: PortaText's routes and answer shape; `health`: the probes.
+//! - `receipts`: providers' delivery receipts, authenticated by the provider's signature
+//!   or token instead of an API key.
 //!
 //! This module combines the families, answers each family's refusals in its own error
 //! shape, and adds request logging and the handler for routing failures.
@@ -18,6 +20,7 @@ mod extract;
 mod health;
 mod native;
 mod portatext;
+mod receipts;
 mod templates;
 mod verifications;
 
@@ -37,6 +40,8 @@ pub(crate) fn routes(
         .or(templates::routes(state.clone()))
         .unify()
         .or(abuse::routes(state.clone()))
+        .unify()
+        .or(receipts::routes(state.clone()))
         .unify();
     health::routes(state.clone())
         .or(extract::answering_refusals(native, native::error_response))

@@ -12,12 +12,15 @@ pub enum Family {
     PortaText,
     /// Liveness and readiness probes: open to everyone.
     Probe,
+    /// Providers' delivery receipts: native error shape, but no API key (a provider
+    /// cannot send one); a signature or token of the provider's is required instead.
+    Receipt,
 }
 
 impl Family {
     /// Whether requests must present a valid API key.
     pub fn needs_key(self) -> bool {
-        self != Self::Probe
+        matches!(self, Self::Native | Self::PortaText)
     }
 }
 
@@ -42,6 +45,8 @@ const fn route(method: &'static str, path: &'static str, family: Family) -> Endp
 pub const ENDPOINTS: &[Endpoint] = &[
     route("GET", "/healthz", Family::Probe),
     route("GET", "/readyz", Family::Probe),
+    route("POST", "/callbacks/twilio/status", Family::Receipt),
+    route("POST", "/callbacks/http/status", Family::Receipt),
     route("POST", "/v1/verifications", Family::Native),
     route("POST", "/v1/verifications/check", Family::Native),
     route("GET", "/v1/verifications/{}", Family::Native),

@@ -357,15 +357,19 @@ async fn refusal_problems(
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     let mut problems = Vec::new();
-    let expected = if endpoint.family.needs_key() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
+    let expected: &[StatusCode] = match endpoint.family {
+        _ if endpoint.family.needs_key() => &[StatusCode::UNAUTHORIZED],
+        // A provider's callback proves itself with its signature or token, not our key.
+        Family::Receipt => &[StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
+        _ => &[StatusCode::OK],
     };
-    if status != expected {
-        problems.push(format!("status {status}, expected {expected}"));
+    if !expected.contains(&status) {
+        problems.push(format!("status {status}, expected one of {expected:?}"));
     }
     match endpoint.family {
+        Family::Receipt if body["error"]["code"].as_str().is_none() => {
+            problems.push(format!("not the native error body: {body}"));
+        }
         Family::Native if body["error"]["code"] != "unauthorized" => {
             problems.push(format!("not the native 401 body: {body}"));
         }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
     AbuseSettings, ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings,
-    SecretSettings, SmsSettings, WorkerSettings,
+    ReceiptSettings, SecretSettings, SmsSettings, WorkerSettings,
 };
 use verify_common::db::Pool;
 use verify_common::domain::abuse::RuleMode;
@@ -33,6 +33,8 @@ pub(crate) const API_KEY: &str = "test-api-key-0123456789";
 pub(crate) const SECRET: &str = "test-secret-for-code-derivation";
 const TWILIO_SID: &str = "ACtest0000000000000000000000000000";
 pub(crate) const TWILIO_TOKEN: &str = "test-auth-token";
+/// The bearer token of the generic receipt route.
+pub(crate) const HTTP_RECEIPT_TOKEN: &str = "test-receipt-token";
 /// How long helpers wait for asynchronous effects (an SMS arriving, a status changing).
 pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
@@ -50,6 +52,10 @@ pub(crate) struct TestOptions {
     pub velocity_limits: bool,
     /// Start the worker at once; otherwise call [`TestApp::start_worker`] later.
     pub start_worker: bool,
+    /// Have the worker ask for delivery receipts (`StatusCallback`), so the sink calls the
+    /// API back. Off unless a test is about receipts: a receipt arriving during another
+    /// test would move its sends on from `sent`.
+    pub receipts: bool,
 }
 
 impl Default for TestOptions {
@@ -88,6 +94,7 @@ impl Default for TestOptions {
             abuse: AbuseSettings::from_flags(&[]).expect("the abuse defaults parse"),
             velocity_limits: false,
             start_worker: true,
+            receipts: false,
         }
     }
 }
@@ -98,6 +105,8 @@ pub(crate) struct TestApp {
     pub client: Client,
     pub pool: Pool,
     pub sink: MessageLog,
+    /// The fake provider's base URL, for its `/stats`.
+    pub sink_url: String,
     pub database: TestDatabase,
     pub rabbit: RabbitSettings,
     workers: TestWorkers,
@@ -153,32 +162,47 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
         sms: options.sms.clone(),
         api: options.api,
         abuse: options.abuse,
+        // No public URL: the API checks Twilio's signatures against its own address,
+        // which is where the sink calls it.
+        receipts: ReceiptSettings::from_flags(&[
+            "--twilio-auth-token",
+            TWILIO_TOKEN,
+            "--http-receipt-token",
+            HTTP_RECEIPT_TOKEN,
+            "--held-receipt-interval-ms",
+            "50",
+        ])
+        .expect("the test receipt flags parse"),
     })
     .await
     .expect("building the API");
     let address = format!("http://{}", app.local_addr().expect("a bound address"));
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
+    let mut provider_flags = vec![
+        "--sms-provider",
+        "twilio",
+        "--sms-from",
+        "+15005550006",
+        "--twilio-base-url",
+        &sink_url,
+        "--twilio-account-sid",
+        TWILIO_SID,
+        "--twilio-auth-token",
+        TWILIO_TOKEN,
+        "--provider-timeout-ms",
+        "2000",
+    ];
+    if options.receipts {
+        provider_flags.extend(["--public-url", address.as_str()]);
+    }
     let worker_config = WorkerConfig {
         database: database.settings.clone(),
         rabbit: rabbit.clone(),
         secret,
         worker: options.worker,
-        provider: ProviderSettings::from_flags(&[
-            "--sms-provider",
-            "twilio",
-            "--sms-from",
-            "+15005550006",
-            "--twilio-base-url",
-            &sink_url,
-            "--twilio-account-sid",
-            TWILIO_SID,
-            "--twilio-auth-token",
-            TWILIO_TOKEN,
-            "--provider-timeout-ms",
-            "2000",
-        ])
-        .expect("the test provider flags parse"),
+        provider: ProviderSettings::from_flags(&provider_flags)
+            .expect("the test provider flags parse"),
         sms: options.sms,
     };
     let test_app = TestApp {
@@ -186,6 +210,7 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
         client: Client::new(),
         pool,
         sink: sink_log,
+        sink_url,
         database,
         rabbit,
         workers: TestWorkers::new(worker_config, shutdown.clone()).await,

@@ -16,6 +16,7 @@ mod message_length;
 mod modules;
 mod outbox;
 mod portatext;
+mod receipts;
 mod startup;
 mod templates;
 mod verifications;

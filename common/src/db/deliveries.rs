@@ -1,4 +1,5 @@
-//! SMS delivery rows: the worker's guarded claim and the recording of each attempt.
+//! SMS delivery rows: the worker's guarded claim, the recording of each attempt, and the
+//! providers' delivery receipts (with those held until their send is recorded).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -14,8 +15,9 @@ use super::verifications::VerificationRecord;
 use super::verifications::VerificationRow;
 use super::{DbError, seconds};
 use crate::domain::{
-    AttemptLogEntry, DeliveryId, DeliveryStatus, OtpCodeLength, PhoneNumber, TemplateId,
-    TemplateLocale, Variables, VerificationId, VerificationStatus,
+    AttemptLogEntry, DeliveryId, DeliveryStatus, MessageId, OtpCodeLength, PhoneNumber, Receipt,
+    ReceiptErrorCode, ReceiptStatus, TemplateId, TemplateLocale, Variables, VerificationId,
+    VerificationStatus,
 };
 
 /// A delivery row.
@@ -34,6 +36,10 @@ pub struct DeliveryRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// When the provider's final receipt (`delivered`/`undelivered`) was recorded.
+    pub receipt_at: Option<DateTime<Utc>>,
+    /// The provider's error code from an `undelivered` receipt.
+    pub receipt_error_code: Option<String>,
 }
 
 table_row! {
@@ -51,6 +57,8 @@ table_row! {
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
         sent_at: Option<DateTime<Utc>>,
+        receipt_at: Option<DateTime<Utc>>,
+        receipt_error_code: Option<String>,
     }
     // The number is the verification's; the lease, the publish time and the relay's claim
     // are the claim's and the outbox's bookkeeping, which their own statements read.
@@ -75,6 +83,8 @@ impl TryFrom<DeliveryRow> for DeliveryRecord {
             created_at: row.created_at,
             updated_at: row.updated_at,
             sent_at: row.sent_at,
+            receipt_at: row.receipt_at,
+            receipt_error_code: row.receipt_error_code,
         })
     }
 }
@@ -541,7 +551,7 @@ pub enum ReplayCheck {
     Rearmable,
     /// Not finished (queued, sending or retrying): its job can be replayed as it is.
     Waiting,
-    /// Already sent: replaying would do nothing.
+    /// Already sent (its receipt may have come too): replaying would do nothing.
     Sent,
     /// Failed, and its verification is over; the status is as seen now, so a pending
     /// verification past its expiry reads `Expired`.
@@ -577,7 +587,9 @@ pub async fn check_replay(pool: &Pool, id: DeliveryId) -> Result<ReplayCheck, Db
     // The database's clock, as in the guard of `rearm_delivery`, so both agree on expiry.
     let verification = stored.at(named(&row, "expires_at")?, named(&row, "now")?);
     Ok(match delivery {
-        DeliveryStatus::Sent => ReplayCheck::Sent,
+        DeliveryStatus::Sent | DeliveryStatus::Delivered | DeliveryStatus::Undelivered => {
+            ReplayCheck::Sent
+        }
         DeliveryStatus::Failed if verification == VerificationStatus::Pending => {
             ReplayCheck::Rearmable
         }
@@ -619,6 +631,189 @@ pub async fn rearm_delivery(pool: &Pool, id: DeliveryId) -> Result<(), DbError> 
         return Err(DbError::TransitionRejected);
     }
     Ok(())
+}
+
+/// What recording a delivery receipt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptRecorded {
+    /// The send moved to the receipt's status: the only way a receipt changes a send, so
+    /// whatever must follow a delivery (or its failure) follows this.
+    Changed {
+        delivery_id: DeliveryId,
+        verification_id: VerificationId,
+        status: DeliveryStatus,
+    },
+    /// The send is known but the receipt changes nothing: it already has a final status
+    /// (a duplicate, or a receipt that lost the race to another). `status` is the send's
+    /// status as the statement found it.
+    Unchanged {
+        delivery_id: DeliveryId,
+        verification_id: VerificationId,
+        status: DeliveryStatus,
+    },
+    /// No send has this message id yet: the provider reported before the worker recorded
+    /// the id it was given. The receipt is held, and [`matched_held_receipts`] hands it
+    /// back once the id is recorded; a receipt already held for the id is kept instead.
+    Held,
+}
+
+/// Records a final delivery receipt, one statement: a `sent` send with the receipt's
+/// message id moves to `delivered` or `undelivered` (with the provider's error code), a
+/// send already past `sent` is left alone, and a receipt for an id no send has is held.
+/// Guarded by [`DeliveryStatus::can_transition_to`], so a duplicate or late receipt never
+/// moves a send backwards and two replicas recording the same receipt change it once.
+///
+/// # Errors
+/// [`DbError`] on database failure: then nothing was recorded.
+pub async fn record_receipt(pool: &Pool, receipt: &Receipt) -> Result<ReceiptRecorded, DbError> {
+    let next = receipt.status().delivery_status();
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH changed AS (
+                 UPDATE sms_deliveries
+                 SET status = $2, receipt_at = now(), receipt_error_code = $3,
+                     updated_at = now()
+                 WHERE provider_message_id = $1 AND status = ANY ($4)
+                 RETURNING id, verification_id, status
+             ), known AS (
+                 SELECT id, verification_id, status FROM sms_deliveries
+                 WHERE provider_message_id = $1 AND NOT EXISTS (SELECT FROM changed)
+                 LIMIT 1
+             ), held AS (
+                 INSERT INTO held_receipts (provider_message_id, status, error_code)
+                 SELECT $1, $2, $3
+                 WHERE NOT EXISTS (SELECT FROM changed) AND NOT EXISTS (SELECT FROM known)
+                 ON CONFLICT (provider_message_id) DO NOTHING
+             )
+             SELECT true AS changed, id, verification_id, status FROM changed
+             UNION ALL
+             SELECT false, id, verification_id, status FROM known",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &receipt.message_id().as_str(),
+                &next.as_str(),
+                &receipt.error_code().map(ReceiptErrorCode::as_str),
+                &next.allowed_previous(),
+            ],
+        )
+        .await?;
+    // Provider message ids are unique per provider, so at most one send answers.
+    let Some(row) = rows.first() else {
+        return Ok(ReceiptRecorded::Held);
+    };
+    let delivery_id = DeliveryId::from_uuid(named(row, "id")?);
+    let verification_id = VerificationId::from_uuid(named(row, "verification_id")?);
+    let status: DeliveryStatus = named::<String>(row, "status")?
+        .parse()
+        .map_err(DbError::Corrupt)?;
+    Ok(if named(row, "changed")? {
+        ReceiptRecorded::Changed {
+            delivery_id,
+            verification_id,
+            status,
+        }
+    } else {
+        ReceiptRecorded::Unchanged {
+            delivery_id,
+            verification_id,
+            status,
+        }
+    })
+}
+
+table_row! {
+    /// A `held_receipts` row: a receipt whose message id no send had when it arrived.
+    pub(crate) struct HeldReceiptRow in "held_receipts" {
+        provider_message_id: String,
+        status: String,
+        error_code: Option<String>,
+    }
+    // Only the statement that deletes stale receipts reads the arrival time.
+    unread [received_at]
+}
+
+impl TryFrom<HeldReceiptRow> for Receipt {
+    type Error = DbError;
+
+    fn try_from(row: HeldReceiptRow) -> Result<Self, DbError> {
+        let corrupt =
+            |e: crate::domain::ReceiptError| DbError::Corrupt(format!("held receipt: {e}"));
+        let message_id = MessageId::parse(&row.provider_message_id).map_err(corrupt)?;
+        Ok(
+            match ReceiptStatus::parse(&row.status).map_err(DbError::Corrupt)? {
+                ReceiptStatus::Delivered => Receipt::delivered(message_id),
+                ReceiptStatus::Undelivered => Receipt::undelivered(
+                    message_id,
+                    row.error_code
+                        .as_deref()
+                        .map(ReceiptErrorCode::parse)
+                        .transpose()
+                        .map_err(corrupt)?
+                        .flatten(),
+                ),
+            },
+        )
+    }
+}
+
+/// Up to `limit` held receipts whose message id a send now has, oldest first: each is to
+/// be recorded with [`record_receipt`], then released with [`release_held_receipt`].
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn matched_held_receipts(pool: &Pool, limit: i64) -> Result<Vec<Receipt>, DbError> {
+    static MATCHED: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM held_receipts h
+             WHERE EXISTS (SELECT FROM sms_deliveries d
+                           WHERE d.provider_message_id = h.provider_message_id)
+             ORDER BY h.received_at LIMIT $1",
+            prefixed_columns::<HeldReceiptRow>("h", "")
+        )
+    });
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(&MATCHED).await?;
+    let rows = client.query(&statement, &[&limit]).await?;
+    read_all::<HeldReceiptRow>(&rows)?
+        .into_iter()
+        .map(Receipt::try_from)
+        .collect()
+}
+
+/// Deletes the held receipt for `message_id`, once [`record_receipt`] has recorded it on
+/// its send. Recording first makes a crash between the two harmless: the receipt is
+/// recorded again, and changes nothing the second time.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn release_held_receipt(pool: &Pool, message_id: &MessageId) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("DELETE FROM held_receipts WHERE provider_message_id = $1")
+        .await?;
+    client.execute(&statement, &[&message_id.as_str()]).await?;
+    Ok(())
+}
+
+/// Deletes held receipts older than `older_than` (their message id was never recorded:
+/// a message another system sent through the same provider account, or a send whose
+/// record was lost). Returns how many.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_stale_held_receipts(pool: &Pool, older_than: Duration) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM held_receipts WHERE received_at < now() - make_interval(secs => $1)",
+            &[&seconds(older_than)],
+        )
+        .await?)
 }
 
 /// How many sends are not finished: waiting to be claimed, being sent, or waiting to be

@@ -274,6 +274,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "velocity_generic_plans",
         include_str!("../../../migrations/V13__velocity_generic_plans.sql"),
     ),
+    (
+        14,
+        "delivery_receipts",
+        include_str!("../../../migrations/V14__delivery_receipts.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.

@@ -197,7 +197,7 @@ mod tests {
         AbuseRuleRow, AbuseRulesVersionRow, AbuseSendRow,
     };
     use crate::db::api_keys::ApiKeyRow;
-    use crate::db::deliveries::DeliveryRow;
+    use crate::db::deliveries::{DeliveryRow, HeldReceiptRow};
     use crate::db::idempotency::IdempotencyKeyRow;
     use crate::db::templates::TemplateRow;
     use crate::db::verifications::VerificationRow;
@@ -220,6 +220,7 @@ mod tests {
             declared::<TemplateRow>(),
             declared::<VerificationRow>(),
             declared::<DeliveryRow>(),
+            declared::<HeldReceiptRow>(),
             declared::<IdempotencyKeyRow>(),
             declared::<AbuseRuleRow>(),
             declared::<AbuseRulesVersionRow>(),

@@ -40,7 +40,7 @@ impl fmt::Display for DeliveryId {
 /// Status of one send.
 ///
 /// ```text
-/// queued ──► sending ──► sent
+/// queued ──► sending ──► sent ──► delivered | undelivered   (the provider's receipt)
 ///  ▲ │         │  ▲
 ///  │ │         ▼  │
 ///  │ │      retrying ──► failed
@@ -48,7 +48,9 @@ impl fmt::Display for DeliveryId {
 ///  └──── (replay) ───────── failed
 /// ```
 /// `Sent` and `Failed` are terminal for workers: only an operator's replay of a
-/// dead-lettered job moves a `Failed` send back to `Queued`.
+/// dead-lettered job moves a `Failed` send back to `Queued`, and only a delivery receipt
+/// moves a `Sent` one on. `Delivered` and `Undelivered` are final: a receipt that arrives
+/// after either (a duplicate, or an earlier status delivered late) changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
@@ -57,25 +59,37 @@ pub enum DeliveryStatus {
     Retrying,
     Sent,
     Failed,
+    /// The provider's receipt says the handset got the message.
+    Delivered,
+    /// The provider's receipt says the message could not be delivered (or the provider
+    /// failed it after accepting it).
+    Undelivered,
 }
 
 impl DeliveryStatus {
     /// Every status, for exhaustive tests and SQL `CHECK`s.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Queued,
         Self::Sending,
         Self::Retrying,
         Self::Sent,
         Self::Failed,
+        Self::Delivered,
+        Self::Undelivered,
     ];
 
     /// The single source of truth for which moves are allowed. The database enforces the
     /// same rule under concurrency by guarding each `UPDATE` with [`Self::allowed_previous`].
     pub fn can_transition_to(self, next: Self) -> bool {
-        use DeliveryStatus::{Failed, Queued, Retrying, Sending, Sent};
+        use DeliveryStatus::{Delivered, Failed, Queued, Retrying, Sending, Sent, Undelivered};
         matches!(
             (self, next),
             (Queued | Retrying, Sending)
+                // Only from `Sent`: a receipt names the provider's message id, which is
+                // recorded together with `sent`. A receipt that beats that record is held
+                // until it is written (see `db::deliveries::record_receipt`), so `Sending`
+                // never needs to move straight to a receipt's status.
+                | (Sent, Delivered | Undelivered)
                 | (Sending, Sent | Retrying | Failed)
                 // A send whose verification ended (approved, canceled, expired) while it
                 // waited is closed without being attempted.
@@ -95,10 +109,19 @@ impl DeliveryStatus {
             .collect()
     }
 
-    /// True for `Sent` and `Failed`: no worker moves a send out of them (see
-    /// [`Self::can_transition_to`] for the operator's replay).
+    /// True for `Sent`, `Failed` and the receipts' statuses: no worker moves a send out of
+    /// them (see [`Self::can_transition_to`] for the operator's replay and the receipts).
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Sent | Self::Failed)
+        matches!(
+            self,
+            Self::Sent | Self::Failed | Self::Delivered | Self::Undelivered
+        )
+    }
+
+    /// True for the statuses a provider's delivery receipt sets; nothing moves a send
+    /// out of them.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Undelivered)
     }
 
     /// The stored text form.
@@ -109,6 +132,8 @@ impl DeliveryStatus {
             Self::Retrying => "retrying",
             Self::Sent => "sent",
             Self::Failed => "failed",
+            Self::Delivered => "delivered",
+            Self::Undelivered => "undelivered",
         }
     }
 }
@@ -175,7 +200,9 @@ impl FromStr for DeliveryStatus {
 
 #[cfg(test)]
 mod tests {
-    use super::DeliveryStatus::{self, Failed, Queued, Retrying, Sending, Sent};
+    use super::DeliveryStatus::{
+        self, Delivered, Failed, Queued, Retrying, Sending, Sent, Undelivered,
+    };
 
     #[test]
     fn every_pair_of_statuses_follows_the_transition_table() {
@@ -188,6 +215,8 @@ mod tests {
             (Sending, Retrying),
             (Sending, Failed),
             (Failed, Queued),
+            (Sent, Delivered),
+            (Sent, Undelivered),
         ];
         for from in DeliveryStatus::ALL {
             for to in DeliveryStatus::ALL {
@@ -201,9 +230,9 @@ mod tests {
     }
 
     #[test]
-    fn a_sent_send_allows_no_move_and_a_failed_one_only_a_replay() {
+    fn a_sent_send_moves_only_on_a_receipt_and_a_failed_one_only_on_a_replay() {
         for to in DeliveryStatus::ALL {
-            assert!(!Sent.can_transition_to(to), "sent -> {to:?}");
+            assert_eq!(Sent.can_transition_to(to), to.is_final(), "sent -> {to:?}");
             assert_eq!(
                 Failed.can_transition_to(to),
                 to == Queued,
@@ -214,10 +243,24 @@ mod tests {
     }
 
     #[test]
+    fn a_receipt_status_is_final_and_never_moves_back() {
+        for from in [Delivered, Undelivered] {
+            assert!(from.is_terminal() && from.is_final(), "{from:?}");
+            for to in DeliveryStatus::ALL {
+                assert!(!from.can_transition_to(to), "{from:?} -> {to:?}");
+            }
+        }
+        // A receipt cannot beat the worker's own record of the send.
+        assert!(!Sending.can_transition_to(Delivered));
+        assert!(!Sending.can_transition_to(Undelivered));
+    }
+
+    #[test]
     fn allowed_previous_lists_the_sources_of_a_move() {
         assert_eq!(Sending.allowed_previous(), ["queued", "retrying"]);
         assert_eq!(Sent.allowed_previous(), ["sending"]);
         assert_eq!(Queued.allowed_previous(), ["failed"]);
+        assert_eq!(Delivered.allowed_previous(), ["sent"]);
     }
 
     #[test]
@@ -225,7 +268,7 @@ mod tests {
         for status in DeliveryStatus::ALL {
             assert_eq!(status.as_str().parse::<DeliveryStatus>(), Ok(status));
         }
-        assert!("delivered".parse::<DeliveryStatus>().is_err());
+        assert!("read".parse::<DeliveryStatus>().is_err());
     }
 
     #[test]

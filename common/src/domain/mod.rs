@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod numbering;
 pub mod otp;
 pub mod phone_number;
+pub mod receipt;
 pub mod sender;
 pub mod sms;
 pub mod template;
@@ -16,6 +17,7 @@ pub use delivery::{AttemptLogEntry, AttemptOutcome, DeliveryId, DeliveryStatus};
 pub use numbering::{NumberClass, NumberType, Region, RegionError};
 pub use otp::{CodeSecret, OtpCode, OtpCodeLength, OtpError, OtpPolicy};
 pub use phone_number::{PhoneNumber, PhoneNumberError};
+pub use receipt::{MessageId, Receipt, ReceiptError, ReceiptErrorCode, ReceiptStatus};
 pub use sender::{Sender, SenderError};
 pub use sms::{SegmentCap, SegmentCapError, SmsEncoding, SmsShape, SmsTooLong};
 pub use template::{

@@ -36,7 +36,11 @@ struct SendState {
 
 impl SendState {
     fn settled(&self) -> bool {
-        matches!(self.status.as_str(), "sent" | "failed")
+        // A delivery receipt moves a sent send on; it stays settled.
+        matches!(
+            self.status.as_str(),
+            "sent" | "failed" | "delivered" | "undelivered"
+        )
     }
 }
 

@@ -13,9 +13,12 @@
 //! can be injected at start-up and changed at runtime through `PUT /control`, which is how
 //! chaos tests open and close provider outage windows. `GET /stats` counts what happened.
 //!
+//! Sends that ask for delivery receipts (Twilio's `StatusCallback`, the generic API's
+//! `callback_url`) get them, after a delay, signed as Twilio signs them; shares of them can
+//! be undelivered, duplicated or out of order.
+//!
 //! What it is not: it delivers nothing, checks no number for validity, keeps nothing
-//! across restarts, has no delivery-status callbacks, and is not hardened for exposure
-//! beyond a test network. Message bodies carry one-time codes, so it never logs them, and
+//! across restarts, and is not hardened for exposure beyond a test network. Message bodies carry one-time codes, so it never logs them, and
 //! logs recipients only masked and only at debug level.
 //!
 //! ```no_run
@@ -42,6 +45,7 @@ mod faults;
 mod generic;
 mod number;
 mod provider;
+mod receipts;
 mod reply;
 mod routes;
 mod settings;
@@ -61,6 +65,7 @@ pub use crate::store::{MessageLog, RecordedMessage};
 
 use crate::faults::{FaultSettings, Faults};
 use crate::provider::Provider;
+use crate::receipts::{ReceiptSettings, Receipts};
 use crate::routes::AppState;
 use crate::twilio::Credentials;
 
@@ -96,9 +101,12 @@ impl Sink {
             Faults::new(FaultSettings::from(&settings)),
             stopping.clone(),
         );
+        let receipts = Receipts::start(ReceiptSettings::from(&settings), stopping.clone())
+            .context("starting verify-sink's receipt sender")?;
         let state = Arc::new(AppState {
             provider: Arc::new(provider),
             twilio: Arc::new(Credentials::from_settings(&settings)),
+            receipts: Arc::new(receipts),
         });
         Ok(Sink {
             listener,

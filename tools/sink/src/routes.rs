@@ -15,6 +15,7 @@ use crate::body::{self, BodyError};
 use crate::faults::{ControlUpdate, FaultSettings};
 use crate::number;
 use crate::provider::Provider;
+use crate::receipts::Receipts;
 use crate::reply;
 use crate::twilio::{self, Credentials};
 
@@ -23,6 +24,7 @@ use crate::twilio::{self, Credentials};
 pub(crate) struct AppState {
     pub(crate) provider: Arc<Provider>,
     pub(crate) twilio: Arc<Credentials>,
+    pub(crate) receipts: Arc<Receipts>,
 }
 
 /// The whole service. Every answer with a body is JSON: unmatched paths and methods are
@@ -38,11 +40,16 @@ pub(crate) fn all(
         let credentials = Arc::clone(&state.twilio);
         warp::any().map(move || Arc::clone(&credentials))
     };
+    let receipts = {
+        let receipts = Arc::clone(&state.receipts);
+        warp::any().map(move || Arc::clone(&receipts))
+    };
 
     let twilio_send = warp::path!("2010-04-01" / "Accounts" / String / "Messages.json")
         .and(warp::post())
         .and(provider.clone())
         .and(credentials)
+        .and(receipts.clone())
         .and(authorization())
         .and(body::limited(body::LIMIT))
         .then(twilio::send);
@@ -50,6 +57,7 @@ pub(crate) fn all(
     let generic_send = warp::path!("send")
         .and(warp::post())
         .and(provider.clone())
+        .and(receipts.clone())
         .and(body::limited(body::LIMIT))
         .then(crate::generic::send);
 
@@ -82,6 +90,7 @@ pub(crate) fn all(
     let stats = warp::path!("stats")
         .and(warp::get())
         .and(provider)
+        .and(receipts)
         .then(stats);
 
     twilio_send
@@ -177,8 +186,22 @@ async fn put_control(provider: Arc<Provider>, body: Result<Bytes, BodyError>) ->
     control_view(&provider, settings)
 }
 
-async fn stats(provider: Arc<Provider>) -> Response {
-    reply::json(StatusCode::OK, &provider.stats.snapshot())
+/// The send counters, and the receipt counters under `receipts`.
+#[derive(Serialize)]
+struct StatsView {
+    #[serde(flatten)]
+    sends: crate::provider::StatsSnapshot,
+    receipts: crate::receipts::ReceiptStatsSnapshot,
+}
+
+async fn stats(provider: Arc<Provider>, receipts: Arc<Receipts>) -> Response {
+    reply::json(
+        StatusCode::OK,
+        &StatsView {
+            sends: provider.stats.snapshot(),
+            receipts: receipts.snapshot(),
+        },
+    )
 }
 
 async fn rejection_to_json(rejection: Rejection) -> Result<Response, Infallible> {

@@ -16,6 +16,12 @@ pub(crate) const DEFAULT_RETRY_AFTER_SECS: u64 = 1;
 pub(crate) const DEFAULT_HANG_MS: u64 = 30_000;
 /// Messages kept before the oldest are dropped unless told otherwise.
 pub(crate) const DEFAULT_MAX_MESSAGES: usize = 1_000_000;
+/// How long after a send its receipt leaves unless told otherwise.
+pub(crate) const DEFAULT_RECEIPT_DELAY_MS: u64 = 1_000;
+/// Receipts waiting to be sent before new ones are dropped unless told otherwise: at the
+/// bench's 4,000 sends/s and a 1 s delay about 4,000 wait, so this leaves room for a
+/// receiver that stalls for half a minute.
+pub(crate) const DEFAULT_RECEIPT_QUEUE: usize = 100_000;
 
 /// How an injected failure shows itself to the client.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -68,7 +74,7 @@ pub struct SinkSettings {
     pub latency_ms: u64,
 
     /// Fraction of send requests that fail, from 0.0 to 1.0.
-    #[arg(long, env = "VERIFY_SINK_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_failure_rate)]
+    #[arg(long, env = "VERIFY_SINK_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_fraction)]
     pub failure_rate: f64,
 
     /// HTTP status a failing send answers with (400 to 599).
@@ -102,6 +108,32 @@ pub struct SinkSettings {
     /// Most messages kept in memory; the oldest are dropped beyond it.
     #[arg(long, env = "VERIFY_SINK_MAX_MESSAGES", default_value_t = DEFAULT_MAX_MESSAGES, value_parser = parse_max_messages)]
     pub max_messages: usize,
+
+    /// How long after accepting a send its delivery receipt is posted to the send's
+    /// `StatusCallback` (Twilio) or `callback_url` (generic), in milliseconds.
+    #[arg(long, env = "VERIFY_SINK_RECEIPT_DELAY_MS", default_value_t = DEFAULT_RECEIPT_DELAY_MS)]
+    pub receipt_delay_ms: u64,
+
+    /// Fraction of receipts that report `undelivered` (error 30003 or 30005), 0.0 to 1.0.
+    #[arg(long, env = "VERIFY_SINK_RECEIPT_UNDELIVERED_RATE", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub receipt_undelivered_rate: f64,
+
+    /// Fraction of receipts sent twice, 0.0 to 1.0.
+    #[arg(long, env = "VERIFY_SINK_RECEIPT_DUPLICATE_RATE", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub receipt_duplicate_rate: f64,
+
+    /// Fraction of receipts followed by a late, out-of-order one (a `sent` after the
+    /// final status), 0.0 to 1.0.
+    #[arg(long, env = "VERIFY_SINK_RECEIPT_OUT_OF_ORDER_RATE", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub receipt_out_of_order_rate: f64,
+
+    /// Most receipts waiting to be sent; past it new ones are dropped and counted.
+    #[arg(long, env = "VERIFY_SINK_RECEIPT_QUEUE", default_value_t = DEFAULT_RECEIPT_QUEUE, value_parser = parse_max_messages)]
+    pub receipt_queue: usize,
+
+    /// Bearer token sent with generic JSON receipts (the API's VERIFY_HTTP_RECEIPT_TOKEN).
+    #[arg(long, env = "VERIFY_SINK_RECEIPT_TOKEN", hide_env_values = true)]
+    pub receipt_token: Option<String>,
 }
 
 // Hand-written so the auth token never reaches a log line.
@@ -122,6 +154,15 @@ impl fmt::Debug for SinkSettings {
                 &self.twilio_auth_token.as_ref().map(|_| "<redacted>"),
             )
             .field("max_messages", &self.max_messages)
+            .field("receipt_delay_ms", &self.receipt_delay_ms)
+            .field("receipt_undelivered_rate", &self.receipt_undelivered_rate)
+            .field("receipt_duplicate_rate", &self.receipt_duplicate_rate)
+            .field("receipt_out_of_order_rate", &self.receipt_out_of_order_rate)
+            .field("receipt_queue", &self.receipt_queue)
+            .field(
+                "receipt_token",
+                &self.receipt_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -138,6 +179,12 @@ pub enum SettingsError {
     /// `--max-messages` would keep nothing.
     #[error("--max-messages must be at least 1, got {0}")]
     MaxMessages(usize),
+    /// A receipt share is not a fraction; names the flag.
+    #[error("{0} must be between 0.0 and 1.0, got {1}")]
+    ReceiptRate(&'static str, f64),
+    /// `--receipt-queue` would hold nothing.
+    #[error("--receipt-queue must be at least 1")]
+    ReceiptQueue,
 }
 
 impl SinkSettings {
@@ -156,6 +203,19 @@ impl SinkSettings {
         check_failure_status(self.failure_status).map_err(SettingsError::FailureStatus)?;
         if self.max_messages == 0 {
             return Err(SettingsError::MaxMessages(self.max_messages));
+        }
+        for (flag, rate) in [
+            ("--receipt-undelivered-rate", self.receipt_undelivered_rate),
+            ("--receipt-duplicate-rate", self.receipt_duplicate_rate),
+            (
+                "--receipt-out-of-order-rate",
+                self.receipt_out_of_order_rate,
+            ),
+        ] {
+            check_failure_rate(rate).map_err(|rate| SettingsError::ReceiptRate(flag, rate))?;
+        }
+        if self.receipt_queue == 0 {
+            return Err(SettingsError::ReceiptQueue);
         }
         Ok(())
     }
@@ -180,7 +240,7 @@ pub(crate) fn check_failure_status(status: u16) -> Result<u16, u16> {
     }
 }
 
-fn parse_failure_rate(raw: &str) -> Result<f64, String> {
+fn parse_fraction(raw: &str) -> Result<f64, String> {
     let rate: f64 = raw
         .trim()
         .parse()
@@ -276,6 +336,21 @@ mod tests {
         };
         assert_eq!(settings.validate(), Err(SettingsError::FailureStatus(302)));
         assert!(defaults.validate().is_ok());
+    }
+
+    #[test]
+    fn receipts_leave_after_a_second_and_every_share_is_a_fraction() {
+        let settings = SinkSettings::from_flags(&[]).unwrap();
+        assert_eq!(settings.receipt_delay_ms, 1_000);
+        assert_eq!(settings.receipt_undelivered_rate, 0.0);
+        for flag in [
+            "--receipt-undelivered-rate",
+            "--receipt-duplicate-rate",
+            "--receipt-out-of-order-rate",
+        ] {
+            let err = SinkSettings::from_flags(&[flag, "2"]).err().unwrap();
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 
     #[test]

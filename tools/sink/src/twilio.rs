@@ -15,6 +15,7 @@ use warp::reply::Response;
 
 use crate::body::BodyError;
 use crate::provider::{Api, Provider, Verdict};
+use crate::receipts::Receipts;
 use crate::reply;
 use crate::settings::SinkSettings;
 use crate::store::RecordedMessage;
@@ -76,11 +77,13 @@ fn parse_basic(header: &str) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// Handles one Twilio send.
+/// Handles one Twilio send; one that names a `StatusCallback` gets its receipt there,
+/// signed with the auth token it was sent with.
 pub(crate) async fn send(
     account_sid: String,
     provider: Arc<Provider>,
     credentials: Arc<Credentials>,
+    receipts: Arc<Receipts>,
     authorization: Option<String>,
     body: Result<Bytes, BodyError>,
 ) -> Response {
@@ -101,16 +104,25 @@ pub(crate) async fn send(
     };
     let from_given = message.from_given;
     let messaging_service_sid = message.messaging_service_sid;
+    let status_callback = message.status_callback;
     match provider.submit(message.recorded).await {
-        Verdict::Accepted(recorded) => reply::json(
-            StatusCode::CREATED,
-            &message_resource(
-                &account_sid,
-                &recorded,
-                from_given,
-                messaging_service_sid.as_deref(),
-            ),
-        ),
+        Verdict::Accepted(recorded) => {
+            if let Some((callback, (_, auth_token))) = status_callback
+                .as_deref()
+                .zip(authorization.as_deref().and_then(parse_basic))
+            {
+                receipts.schedule_twilio(&recorded, &account_sid, callback, &auth_token);
+            }
+            reply::json(
+                StatusCode::CREATED,
+                &message_resource(
+                    &account_sid,
+                    &recorded,
+                    from_given,
+                    messaging_service_sid.as_deref(),
+                ),
+            )
+        }
         Verdict::Failed {
             status,
             retry_after,
@@ -129,6 +141,8 @@ struct ParsedSend {
     // Twilio echoes `from: null` when only a messaging service was given.
     from_given: bool,
     messaging_service_sid: Option<String>,
+    /// Where the sender wants this message's status callbacks.
+    status_callback: Option<String>,
 }
 
 /// A send refused before failure injection, in Twilio's terms.
@@ -197,6 +211,7 @@ fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ParsedSend, Refusal>
         },
         from_given: from.is_some(),
         messaging_service_sid,
+        status_callback: field("StatusCallback"),
     })
 }
 

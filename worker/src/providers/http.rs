@@ -1,9 +1,12 @@
 //! A generic JSON provider: `POST {url}` with `{to, from, text}` and an optional bearer
-//! token; any 2xx is success, with the message id read from `id` or `message_id`.
+//! token; any 2xx is success, with the message id read from `id` or `message_id`. With a
+//! public URL configured, the request also carries `callback_url`, the API's generic
+//! receipt route, for providers that report deliveries.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use verify_common::config::ProviderSettings;
+use verify_common::domain::receipt::HTTP_RECEIPT_PATH;
 
 use super::error::{ProviderError, retry_after};
 use super::outgoing::OutgoingSms;
@@ -13,6 +16,8 @@ pub struct HttpProvider {
     client: reqwest::Client,
     url: String,
     token: Option<SecretString>,
+    /// Where the provider may post receipts; `None` sends no `callback_url`.
+    callback_url: Option<String>,
 }
 
 impl HttpProvider {
@@ -21,14 +26,19 @@ impl HttpProvider {
             client,
             url: settings.http_url.clone(),
             token: settings.http_token.clone(),
+            callback_url: settings
+                .public_url
+                .as_ref()
+                .map(|public| format!("{public}{HTTP_RECEIPT_PATH}")),
         }
     }
 
     pub async fn send(&self, sms: &OutgoingSms<'_>) -> Result<String, ProviderError> {
-        let mut request = self
-            .client
-            .post(&self.url)
-            .json(&json!({"to": sms.to, "from": sms.from, "text": sms.body}));
+        let mut body = json!({"to": sms.to, "from": sms.from, "text": sms.body});
+        if let Some(callback_url) = &self.callback_url {
+            body["callback_url"] = json!(callback_url);
+        }
+        let mut request = self.client.post(&self.url).json(&body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose_secret());
         }

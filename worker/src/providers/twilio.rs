@@ -1,10 +1,13 @@
 //! Twilio's Messages API: `POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded,
-//! Basic auth; 201 with the message `sid`. `verify-sink` speaks the same format.
+//! Basic auth; 201 with the message `sid`. `verify-sink` speaks the same format. With a
+//! public URL configured, each message asks for delivery receipts at the API's
+//! `/callbacks/twilio/status` (Twilio's `StatusCallback` parameter).
 
 use anyhow::ensure;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use verify_common::config::ProviderSettings;
+use verify_common::domain::receipt::TWILIO_RECEIPT_PATH;
 
 use super::error::{ProviderError, retry_after};
 use super::outgoing::OutgoingSms;
@@ -15,6 +18,8 @@ pub struct TwilioProvider {
     url: String,
     account_sid: String,
     auth_token: SecretString,
+    /// Where Twilio posts this message's status changes; `None` asks for none.
+    status_callback: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -48,7 +53,20 @@ impl TwilioProvider {
             ),
             account_sid: settings.twilio_account_sid.clone(),
             auth_token,
+            status_callback: settings
+                .public_url
+                .as_ref()
+                .map(|public| format!("{public}{TWILIO_RECEIPT_PATH}")),
         })
+    }
+
+    /// The form fields of one message.
+    fn form<'a>(&'a self, sms: &OutgoingSms<'a>) -> Vec<(&'static str, &'a str)> {
+        let mut form = vec![("To", sms.to), ("From", sms.from), ("Body", sms.body)];
+        if let Some(callback) = &self.status_callback {
+            form.push(("StatusCallback", callback));
+        }
+        form
     }
 
     pub async fn send(&self, sms: &OutgoingSms<'_>) -> Result<String, ProviderError> {
@@ -56,7 +74,7 @@ impl TwilioProvider {
             .client
             .post(&self.url)
             .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
-            .form(&[("To", sms.to), ("From", sms.from), ("Body", sms.body)])
+            .form(&self.form(sms))
             .send()
             .await
             .map_err(|e| ProviderError::from_transport(&e))?;
