@@ -612,3 +612,52 @@ async fn invalid_settings_are_refused_at_bind() {
     .unwrap_err();
     assert!(error.to_string().contains("--failure-rate"), "{error}");
 }
+
+#[tokio::test]
+async fn receipts_beyond_the_queue_are_dropped_and_counted_without_slowing_sends() {
+    let sink = Running::start(settings(&[
+        "--receipt-delay-ms",
+        "60000",
+        "--receipt-queue",
+        "2",
+    ]))
+    .await;
+    let sends = 6;
+
+    let started = Instant::now();
+    for _ in 0..sends {
+        let response = sink
+            .twilio_send_as(
+                ACCOUNT,
+                TOKEN,
+                &[
+                    ("To", TO),
+                    ("From", "+15005550006"),
+                    ("Body", "code 123456"),
+                    (
+                        "StatusCallback",
+                        "http://127.0.0.1:9/callbacks/twilio/status",
+                    ),
+                ],
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = json_of(sink.get("/stats").await).await;
+    let receipts = &stats["receipts"];
+    let (scheduled, dropped) = (
+        receipts["scheduled"].as_u64().unwrap(),
+        receipts["dropped"].as_u64().unwrap(),
+    );
+    assert_eq!(scheduled + dropped, sends, "{stats}");
+    // The queue, and the one receipt its sender holds while waiting for it to be due.
+    assert!(scheduled <= 3, "{stats}");
+    assert_eq!(receipts["sent"], 0, "{stats}");
+    sink.stop().await;
+}
