@@ -56,6 +56,8 @@ pub(crate) struct TestOptions {
     /// API back. Off unless a test is about receipts: a receipt arriving during another
     /// test would move its sends on from `sent`.
     pub receipts: bool,
+    /// Send through the generic JSON provider (the sink's `/send`) instead of Twilio's.
+    pub generic_provider: bool,
 }
 
 impl Default for TestOptions {
@@ -95,6 +97,7 @@ impl Default for TestOptions {
             velocity_limits: false,
             start_worker: true,
             receipts: false,
+            generic_provider: false,
         }
     }
 }
@@ -179,9 +182,16 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     let address = format!("http://{}", app.local_addr().expect("a bound address"));
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
+    let generic_url = format!("{sink_url}/send");
     let mut provider_flags = vec![
         "--sms-provider",
-        "twilio",
+        if options.generic_provider {
+            "http"
+        } else {
+            "twilio"
+        },
+        "--http-provider-url",
+        &generic_url,
         "--sms-from",
         "+15005550006",
         "--twilio-base-url",

@@ -399,6 +399,36 @@ async fn undelivered_duplicated_and_out_of_order_callbacks_from_the_sink_end_und
     assert!(code == "30003" || code == "30005", "{code}");
 }
 
+#[tokio::test]
+async fn a_send_through_the_generic_provider_ends_delivered_by_the_sinks_json_receipt() {
+    let app = spawn_app_with(TestOptions {
+        receipts: true,
+        generic_provider: true,
+        sink: sink_with(&[
+            "--receipt-delay-ms",
+            "20",
+            "--receipt-token",
+            HTTP_RECEIPT_TOKEN,
+        ]),
+        ..TestOptions::default()
+    })
+    .await;
+
+    let started = app
+        .start_verification(&json!({ "to": phone_number(1) }))
+        .await;
+
+    let id = started["id"].as_str().unwrap();
+    let verification = app.wait_for_delivery_status(id, "delivered").await;
+    let sent = app.sent_sms(&phone_number(1));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].api, "json");
+    assert_eq!(
+        verification["sends"][0]["provider_message_id"],
+        sent[0].id.as_str()
+    );
+}
+
 /// The test sink's settings with these flags added.
 fn sink_with(flags: &[&str]) -> SinkSettings {
     let mut all = vec![
