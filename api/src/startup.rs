@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
     AbuseSettings, ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, ReceiptSettings,
-    SecretSettings, SmsSettings, redact_url,
+    SecretSettings, SmsSettings, WebhookSettings, redact_url,
 };
 use verify_common::db::starts::SendLimit;
 use verify_common::db::{self, DbError};
@@ -46,6 +46,9 @@ pub struct ApiConfig {
     pub abuse: AbuseSettings,
     #[command(flatten)]
     pub receipts: ReceiptSettings,
+    /// The API reads only whether internal destinations are allowed; the workers deliver.
+    #[command(flatten)]
+    pub webhooks: WebhookSettings,
 }
 
 /// A bound, ready-to-run API.
@@ -154,6 +157,7 @@ impl Application {
             templates,
             abuse: Arc::new(abuse),
             receipt_keys: Arc::new(receipt_keys),
+            webhooks_allow_private: config.webhooks.allow_private,
         };
         Ok(Self {
             listener,

@@ -34,6 +34,8 @@ pub(crate) struct AppState {
     pub api_keys: Arc<ApiKeys>,
     pub abuse: Arc<AbuseControls>,
     pub receipt_keys: Arc<ReceiptKeys>,
+    /// Webhook endpoints may be on internal addresses (local runs and tests only).
+    pub webhooks_allow_private: bool,
 }
 
 /// A filter that hands a clone of the state to the handler.

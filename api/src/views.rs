@@ -8,11 +8,43 @@ use verify_common::db::abuse::{AllowRecord, BlockRecord, RuleCount, RuleRecord};
 use verify_common::db::deliveries::DeliveryRecord;
 use verify_common::db::templates::TemplateRecord;
 use verify_common::db::verifications::VerificationRecord;
+use verify_common::db::webhooks::EndpointRecord;
 use verify_common::domain::abuse::{AllowKind, BlockScope, Outcome, RuleKind, RuleMode};
 use verify_common::domain::{
     AttemptLogEntry, DeliveryStatus, SmsEncoding, TemplateBody, TemplateId, VerificationStatus,
     new_template_engine,
 };
+
+/// A webhook endpoint. `secret` is present only in the answer that created it.
+#[derive(Debug, Serialize)]
+pub(crate) struct WebhookView {
+    pub id: i64,
+    pub url: String,
+    pub events: Vec<&'static str>,
+    pub enabled: bool,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WebhookView {
+    pub(crate) fn new(record: &EndpointRecord, secret: Option<&str>) -> Self {
+        Self {
+            id: record.id,
+            url: record.url.as_str().to_owned(),
+            events: record.events.iter().map(|event| event.as_str()).collect(),
+            enabled: record.disabled_at.is_none(),
+            disabled_at: record.disabled_at,
+            disabled_reason: record.disabled_reason.clone(),
+            secret: secret.map(str::to_owned),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
 
 /// A verification with its sends.
 #[derive(Debug, Serialize)]

@@ -613,6 +613,64 @@ impl AbuseSettings {
     }
 }
 
+/// Webhooks to producers: which destinations are allowed, and how workers deliver them.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookSettings {
+    /// Accept endpoints on private, loopback and other internal addresses. Off in
+    /// production, where it would let an API key reach the internal network (SSRF); on in
+    /// local runs and tests, whose endpoints are on this machine.
+    #[arg(long = "webhook-allow-private", env = "VERIFY_WEBHOOK_ALLOW_PRIVATE")]
+    pub allow_private: bool,
+    /// Webhook requests in flight at once in one worker process (also their prefetch),
+    /// apart from the sends: a slow endpoint uses these, never an SMS slot.
+    #[arg(
+        long = "webhook-concurrency",
+        env = "VERIFY_WEBHOOK_CONCURRENCY",
+        default_value_t = 64
+    )]
+    pub delivery_concurrency: u16,
+    /// How long an endpoint has to answer one request.
+    #[arg(
+        long = "webhook-timeout-ms",
+        env = "VERIFY_WEBHOOK_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
+    /// The delays before each retry, comma-separated; after the last one the delivery
+    /// fails. The default spans about a day: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    #[arg(
+        long = "webhook-retry-delays-ms",
+        env = "VERIFY_WEBHOOK_RETRY_DELAYS_MS",
+        default_value = "5000,300000,1800000,7200000,18000000,36000000,36000000",
+        value_delimiter = ','
+    )]
+    pub retry_delays_ms: Vec<u64>,
+    /// How often each worker looks for events not yet handed to RabbitMQ.
+    #[arg(
+        long = "webhook-relay-interval-ms",
+        env = "VERIFY_WEBHOOK_RELAY_INTERVAL_MS",
+        default_value_t = 250
+    )]
+    pub relay_interval_ms: u64,
+}
+
+impl WebhookSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        self.retry_delays_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect()
+    }
+
+    pub fn relay_interval(&self) -> Duration {
+        Duration::from_millis(self.relay_interval_ms.max(1))
+    }
+}
+
 /// How a worker consumes and retries.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {

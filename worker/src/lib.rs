@@ -3,6 +3,8 @@
 //! A worker consumes send jobs from RabbitMQ, renders the message from the verification's
 //! template, sends it through the configured provider, records the outcome in Postgres and
 //! only then acknowledges the job. Any number of worker processes can share the queue.
+//! Workers also deliver webhooks to producers, on a connection and concurrency limit of
+//! their own.
 //!
 //! - [`startup`]: builds a worker from settings and runs it until shutdown.
 //! - [`consumer`]: the consume loop, concurrency bound and acknowledgement policy (the
@@ -15,6 +17,8 @@
 //! - [`render`]: template rendering with the derived code, within the segment cap.
 //! - [`retry`]: the backoff policy.
 //! - [`providers`]: Twilio, generic HTTP/JSON and log-only providers.
+//! - [`webhooks`]: webhooks to producers: the relay that publishes recorded events, and
+//!   one signed attempt start to finish (consumed by [`consumer::webhooks`]).
 //! - `testing` (feature `test-support`): the workers of a system under test, and a drain
 //!   that runs the pipeline until nothing is left to do.
 #![forbid(unsafe_code)]
@@ -29,5 +33,6 @@ pub mod retry;
 pub mod startup;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod webhooks;
 
 pub use startup::{Worker, WorkerConfig};

@@ -7,20 +7,23 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
     DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, SmsSettings,
-    WorkerSettings, redact_url,
+    WebhookSettings, WorkerSettings, redact_url,
 };
 use verify_common::db::{self, DbError};
 use verify_common::dependency::wait_for;
 use verify_common::domain::Sender;
+use verify_common::queue::webhooks::WebhookPublisher;
 use verify_common::queue::{QueueError, SmsPublisher};
 
 #[cfg(feature = "test-support")]
 use crate::consumer::dispatcher::Dispatcher;
+use crate::consumer::webhooks::WebhookConsumer;
 use crate::consumer::{Consumer, worker_identity};
 use crate::deliver::{Deps, GroupCommitLedger};
 use crate::providers::SmsProvider;
 use crate::render::SmsRenderer;
 use crate::retry::RetryPolicy;
+use crate::webhooks::{WebhookDeps, relay};
 
 /// Everything a worker process is configured with.
 #[derive(Debug, Clone, Args)]
@@ -37,11 +40,19 @@ pub struct WorkerConfig {
     pub provider: ProviderSettings,
     #[command(flatten)]
     pub sms: SmsSettings,
+    #[command(flatten)]
+    pub webhooks: WebhookSettings,
 }
 
 /// A connected worker, ready to consume.
+///
+/// Webhooks are delivered by the same process, on a connection, channel and concurrency
+/// limit of their own: one deployment unit less to run, while a slow endpoint can only
+/// ever hold webhook slots. Each worker also relays recorded events to RabbitMQ.
 pub struct Worker {
     consumer: Consumer,
+    webhooks: WebhookConsumer,
+    relay_interval: std::time::Duration,
 }
 
 impl Worker {
@@ -83,6 +94,12 @@ impl Worker {
                 redact_url(&config.rabbit.url)
             )
         })?;
+        let webhook_publisher =
+            WebhookPublisher::connect(&config.rabbit, config.webhooks.retry_delays_ms.len())
+                .await
+                .context("connecting the webhook publisher to RabbitMQ")?;
+        let webhook_deps = WebhookDeps::new(pool.clone(), &config.webhooks)
+            .context("building the webhook HTTP client")?;
         let deps = Deps {
             ledger: GroupCommitLedger::start(pool, config.worker.send_lease()),
             provider: SmsProvider::from_settings(&config.provider)?,
@@ -94,6 +111,14 @@ impl Worker {
             default_from: config.provider.from.clone(),
         };
         Ok(Self {
+            webhooks: WebhookConsumer {
+                rabbit: config.rabbit.clone(),
+                concurrency: config.webhooks.delivery_concurrency,
+                grace: config.worker.shutdown_grace(),
+                deps: Arc::new(webhook_deps),
+                publisher: Arc::new(webhook_publisher),
+            },
+            relay_interval: config.webhooks.relay_interval(),
             consumer: Consumer {
                 rabbit: config.rabbit,
                 concurrency: config.worker.concurrency,
@@ -105,9 +130,19 @@ impl Worker {
         })
     }
 
-    /// Consumes until `shutdown` is cancelled, then finishes in-flight sends.
+    /// Consumes sends and webhook jobs and relays recorded events until `shutdown` is
+    /// cancelled, then finishes what is in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let relay = tokio::spawn(relay(
+            self.webhooks.deps.pool.clone(),
+            Arc::clone(&self.webhooks.publisher),
+            self.relay_interval,
+            shutdown.clone(),
+        ));
+        let webhooks = tokio::spawn(self.webhooks.run(shutdown.clone()));
         self.consumer.run(shutdown).await;
+        let _ = webhooks.await;
+        let _ = relay.await;
     }
 
     /// Instead of consuming, runs jobs one at a time on request (see [`Dispatcher`]).

@@ -4,3 +4,4 @@
 pub(crate) mod abuse;
 pub(crate) mod templates;
 pub(crate) mod verifications;
+pub(crate) mod webhooks;

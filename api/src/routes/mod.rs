@@ -3,8 +3,8 @@
 //! - `table`: every route ([`ENDPOINTS`]) and `endpoint!`, which declares them.
 //! - `extract`: the extractors every family shares (caller, bodies, `Idempotency-Key`,
 //!   ids); handlers take a `Caller`, so no handler can be reached without one.
-//! - `native`: the `/v1` answer shape; `verifications`, `templates` and `abuse` (rules,
-//!   allow list, blocks) are its routes.
+//! - `native`: the `/v1` answer shape; `verifications`, `templates`, `abuse` (rules,
+//!   allow list, blocks) and `webhooks` (producers' endpoints) are its routes.
 //! - `portatext`: PortaText's routes and answer shape; `health`: the probes.
 //! - `receipts`: providers' delivery receipts, authenticated by the provider's signature
 //!   or token instead of an API key.
@@ -23,6 +23,7 @@ mod portatext;
 mod receipts;
 mod templates;
 mod verifications;
+mod webhooks;
 
 use warp::Filter;
 use warp::reply::Reply;
@@ -42,6 +43,8 @@ pub(crate) fn routes(
         .or(abuse::routes(state.clone()))
         .unify()
         .or(receipts::routes(state.clone()))
+        .unify()
+        .or(webhooks::routes(state.clone()))
         .unify();
     health::routes(state.clone())
         .or(extract::answering_refusals(native, native::error_response))

@@ -7,19 +7,20 @@
 //! SMS, check the code. [`TestApp::drain`] runs the pipeline until nothing is left to
 //! do, so a test can assert what did *not* happen without sleeping.
 
+use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
     AbuseSettings, ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings,
-    ReceiptSettings, SecretSettings, SmsSettings, WorkerSettings,
+    ReceiptSettings, SecretSettings, SmsSettings, WebhookSettings, WorkerSettings,
 };
 use verify_common::db::Pool;
 use verify_common::domain::abuse::RuleMode;
@@ -28,6 +29,7 @@ use verify_common::testing::{TestDatabase, test_rabbit_settings};
 use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
 use verify_worker::WorkerConfig;
 use verify_worker::testing::TestWorkers;
+use warp::Filter;
 
 pub(crate) const API_KEY: &str = "test-api-key-0123456789";
 pub(crate) const SECRET: &str = "test-secret-for-code-derivation";
@@ -58,6 +60,10 @@ pub(crate) struct TestOptions {
     pub receipts: bool,
     /// Send through the generic JSON provider (the sink's `/send`) instead of Twilio's.
     pub generic_provider: bool,
+    /// The API's webhook settings (it reads whether internal destinations are allowed).
+    pub api_webhooks: WebhookSettings,
+    /// The worker's webhook settings: how it delivers and retries.
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for TestOptions {
@@ -98,6 +104,19 @@ impl Default for TestOptions {
             start_worker: true,
             receipts: false,
             generic_provider: false,
+            // Test endpoints listen on this machine; retries come after milliseconds.
+            api_webhooks: WebhookSettings::from_flags(&["--webhook-allow-private"])
+                .expect("the test webhook flags parse"),
+            webhooks: WebhookSettings::from_flags(&[
+                "--webhook-allow-private",
+                "--webhook-retry-delays-ms",
+                "50,100,200",
+                "--webhook-relay-interval-ms",
+                "20",
+                "--webhook-timeout-ms",
+                "2000",
+            ])
+            .expect("the test webhook flags parse"),
         }
     }
 }
@@ -176,6 +195,7 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
             "50",
         ])
         .expect("the test receipt flags parse"),
+        webhooks: options.api_webhooks,
     })
     .await
     .expect("building the API");
@@ -214,6 +234,7 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
         provider: ProviderSettings::from_flags(&provider_flags)
             .expect("the test provider flags parse"),
         sms: options.sms,
+        webhooks: options.webhooks,
     };
     let test_app = TestApp {
         address,
@@ -426,6 +447,20 @@ impl TestApp {
         }
     }
 
+    /// Subscribes `url` to `events`; returns the created endpoint, secret included.
+    pub(crate) async fn create_webhook(&self, url: &str, events: &[&str]) -> Value {
+        let response = self
+            .post_json("/v1/webhooks", &json!({ "url": url, "events": events }))
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        response.json().await.expect("a JSON webhook")
+    }
+
     /// Runs SQL against the test's own database (to move a clock or count rows).
     pub(crate) async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
         let client = self.pool.get().await.expect("a database connection");
@@ -501,4 +536,164 @@ pub(crate) fn wrong_code(code: &str) -> String {
 /// A distinct valid US number per call within a test.
 pub(crate) fn phone_number(n: u32) -> String {
     format!("+1415555{:04}", n % 10_000)
+}
+
+/// How a [`WebhookReceiver`] answers one request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Answer {
+    Status(u16),
+    /// Never answers (the request stays open until the sender gives up).
+    Hang,
+}
+
+/// One request a [`WebhookReceiver`] received.
+#[derive(Debug, Clone)]
+pub(crate) struct ReceivedWebhook {
+    pub id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub body: String,
+}
+
+impl ReceivedWebhook {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a JSON webhook body")
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<ReceivedWebhook>>,
+    answers: Mutex<VecDeque<Answer>>,
+}
+
+/// A producer's endpoint: an HTTP server on port 0 that records every request it gets and
+/// answers them with a given sequence of answers, then with `then`.
+pub(crate) struct WebhookReceiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+impl WebhookReceiver {
+    pub(crate) async fn start(answers: &[Answer], then: Answer) -> Self {
+        let state = Arc::new(ReceiverState {
+            received: Mutex::default(),
+            answers: Mutex::new(answers.iter().copied().collect()),
+        });
+        let shared = Arc::clone(&state);
+        let route = warp::post()
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .then(move |headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                let state = Arc::clone(&shared);
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    state
+                        .received
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(ReceivedWebhook {
+                            id: header("webhook-id"),
+                            timestamp: header("webhook-timestamp"),
+                            signature: header("webhook-signature"),
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                        });
+                    let answer = state
+                        .answers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front()
+                        .unwrap_or(then);
+                    match answer {
+                        Answer::Status(code) => {
+                            warp::http::StatusCode::from_u16(code).expect("a valid status code")
+                        }
+                        Answer::Hang => std::future::pending().await,
+                    }
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the webhook receiver");
+        let url = format!(
+            "http://{}/hooks",
+            listener.local_addr().expect("a bound address")
+        );
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        Self { url, state }
+    }
+
+    /// Every request received so far, oldest first.
+    pub(crate) fn received(&self) -> Vec<ReceivedWebhook> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until `count` requests arrived; fails the test after [`WAIT`].
+    pub(crate) async fn wait_for(&self, count: usize) -> Vec<ReceivedWebhook> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let received = self.received();
+            if received.len() >= count {
+                return received;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {count} webhook requests, got {}: {received:#?}",
+                received.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Checks a received webhook's signature with PyPI's `standardwebhooks`, an
+/// implementation independent of ours (`scripts/test` installs it).
+pub(crate) async fn verify_with_standardwebhooks(
+    secret: &str,
+    webhook: &ReceivedWebhook,
+) -> Result<(), String> {
+    let pydeps = std::env::var("VERIFY_TEST_PYDEPS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/pydeps").to_owned());
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/api/verify_webhook.py"
+        ))
+        .env("PYTHONPATH", &pydeps)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting python3");
+    let input = json!({
+        "secret": secret,
+        "headers": {
+            "webhook-id": webhook.id,
+            "webhook-timestamp": webhook.timestamp,
+            "webhook-signature": webhook.signature,
+        },
+        "body": webhook.body,
+    });
+    let mut stdin = child.stdin.take().expect("a piped stdin");
+    stdin
+        .write_all(input.to_string().as_bytes())
+        .await
+        .expect("writing to python3");
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("running python3");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }

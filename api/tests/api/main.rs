@@ -20,3 +20,4 @@ mod receipts;
 mod startup;
 mod templates;
 mod verifications;
+mod webhooks;

@@ -16,6 +16,7 @@ mod rows;
 pub mod starts;
 pub mod templates;
 pub mod verifications;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -278,6 +279,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         14,
         "delivery_receipts",
         include_str!("../../../migrations/V14__delivery_receipts.sql"),
+    ),
+    (
+        15,
+        "webhooks",
+        include_str!("../../../migrations/V15__webhooks.sql"),
     ),
 ];
 

@@ -201,6 +201,7 @@ mod tests {
     use crate::db::idempotency::IdempotencyKeyRow;
     use crate::db::templates::TemplateRow;
     use crate::db::verifications::VerificationRow;
+    use crate::db::webhooks::{WebhookAttemptRow, WebhookDeliveryRow, WebhookEndpointRow};
     use crate::db::{build_pool, migrate};
     use crate::testing::TestDatabase;
 
@@ -230,6 +231,9 @@ mod tests {
             declared::<AbuseSendRow>(),
             declared::<AbuseCounterRow>(),
             declared::<AbuseGuessRow>(),
+            declared::<WebhookEndpointRow>(),
+            declared::<WebhookDeliveryRow>(),
+            declared::<WebhookAttemptRow>(),
         ];
 
         let client = pool.get().await.unwrap();

@@ -202,7 +202,9 @@ pub struct GuessCheck {
 /// The same statement applies the guess budget (`check_verification`, migration V11):
 /// while the number is locked no code approves, every failed check is recorded against
 /// the number, and the one that reaches the budget locks it. Without `guess` (no such
-/// rule) nothing of that happens.
+/// rule) nothing of that happens. A check that approves or uses up the last attempt
+/// records its webhooks (`verification.approved`, `verification.max_attempts_reached`) in
+/// the same statement (migration V15).
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -255,7 +257,8 @@ pub async fn record_check(
     }))
 }
 
-/// Cancels an open verification. `None` when it does not exist or is not open.
+/// Cancels an open verification, recording its `verification.canceled` webhooks in the
+/// same statement. `None` when it does not exist or is not open.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -265,9 +268,16 @@ pub async fn cancel_verification(
 ) -> Result<Option<VerificationRecord>, DbError> {
     static CANCEL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "UPDATE verifications SET status = 'canceled', updated_at = now()
-             WHERE id = $1 AND status = 'pending' AND expires_at > now()
-             RETURNING {}",
+            "WITH canceled AS (
+                 UPDATE verifications SET status = 'canceled', updated_at = now()
+                 WHERE id = $1 AND status = 'pending' AND expires_at > now()
+                 RETURNING *
+             )
+             SELECT {}, emit_webhook_event(
+                 'verification.canceled', id,
+                 verification_event_data(id, to_number, status, checks_made, max_checks,
+                                         created_at, expires_at)) AS webhooks
+             FROM canceled",
             columns::<VerificationRow>()
         )
     });

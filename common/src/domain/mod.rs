@@ -12,6 +12,7 @@ pub mod sms;
 pub mod template;
 pub mod variables;
 pub mod verification;
+pub mod webhook;
 
 pub use delivery::{AttemptLogEntry, AttemptOutcome, DeliveryId, DeliveryStatus};
 pub use numbering::{NumberClass, NumberType, Region, RegionError};
@@ -26,3 +27,4 @@ pub use template::{
 };
 pub use variables::{VariableError, Variables};
 pub use verification::{CheckOutcome, VerificationId, VerificationStatus};
+pub use webhook::{WebhookError, WebhookEvent, WebhookSecret, WebhookUrl};

@@ -11,6 +11,8 @@
 //!   confirm, reconnecting after a lost connection.
 //! - [`dead_letters`]: a browser that reads, replays or discards dead letters for
 //!   operators.
+//! - [`webhooks`]: webhook jobs on their own exchange and queues, their retry delay
+//!   queues, and their confirming publisher.
 //!
 //! Each module uses only those listed before it, so none depends on this one.
 
@@ -20,6 +22,7 @@ pub mod headers;
 pub mod messages;
 pub mod publisher;
 pub mod topology;
+pub mod webhooks;
 
 pub use connection::{BROKER_TIMEOUT, QueueError, connect, queue_depth};
 pub use dead_letters::{DeadLetter, DeadLetterBrowser};

@@ -21,9 +21,12 @@
 //!
 //! With the `test-support` feature, [`dispatcher`] runs jobs one at a time on request
 //! through the same [`settle`], so tests can run the pipeline until it is empty.
+//!
+//! [`webhooks`] is the same loop for webhook jobs, on a connection of its own.
 
 #[cfg(feature = "test-support")]
 pub mod dispatcher;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

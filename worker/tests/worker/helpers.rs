@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
-    FromFlags, ProviderSettings, RabbitSettings, SecretSettings, SmsSettings, WorkerSettings,
+    FromFlags, ProviderSettings, RabbitSettings, SecretSettings, SmsSettings, WebhookSettings,
+    WorkerSettings,
 };
 use verify_common::db::deliveries::{self, DeliveryRecord};
 use verify_common::db::starts::{self, CreateOutcome, NewVerification, SendLimit};
@@ -157,6 +158,8 @@ pub(crate) async fn spawn_worker_with(options: TestOptions) -> TestWorker {
         ])
         .expect("the test provider flags parse"),
         sms: options.sms,
+        webhooks: WebhookSettings::from_flags(&["--webhook-allow-private"])
+            .expect("the test webhook flags parse"),
     };
     let pool = connect_pool(&database.settings)
         .await

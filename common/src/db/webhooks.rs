@@ -1,0 +1,403 @@
+//! Webhook endpoints, the deliveries recorded for them (by `emit_webhook_event` in the
+//! statements that change what an event reports, migration V15), the relay's claims on
+//! unpublished deliveries, and each delivery attempt.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::rows::{columns, named, read_all, read_one, table_row};
+use super::{DbError, seconds};
+use crate::domain::{WebhookEvent, WebhookSecret, WebhookUrl};
+
+table_row! {
+    /// A `webhook_endpoints` row as listed.
+    pub(crate) struct WebhookEndpointRow in "webhook_endpoints" {
+        id: i64,
+        url: String,
+        events: Vec<String>,
+        disabled_at: Option<DateTime<Utc>>,
+        disabled_reason: Option<String>,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
+    // Read only by the worker that signs a delivery (`find_delivery_to_send`).
+    unread [secret]
+}
+
+#[cfg(test)]
+table_row! {
+    /// `webhook_deliveries`: only the statements below read it.
+    pub(crate) struct WebhookDeliveryRow in "webhook_deliveries" {}
+    unread [id, endpoint_id, event_type, payload, verification_id, status, attempts,
+            published_at, relay_lease, created_at, finished_at]
+}
+
+#[cfg(test)]
+table_row! {
+    /// `webhook_attempts`: only the statements below write it; the tests read it.
+    pub(crate) struct WebhookAttemptRow in "webhook_attempts" {}
+    unread [delivery_id, attempt, status_code, error, attempted_at]
+}
+
+/// An endpoint, without its secret.
+#[derive(Debug, Clone)]
+pub struct EndpointRecord {
+    pub id: i64,
+    pub url: WebhookUrl,
+    pub events: Vec<WebhookEvent>,
+    /// When and why deliveries stopped (the endpoint answered 410 Gone).
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<WebhookEndpointRow> for EndpointRecord {
+    type Error = DbError;
+
+    fn try_from(row: WebhookEndpointRow) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.id,
+            url: WebhookUrl::from_trusted_storage(&row.url)
+                .map_err(|e| DbError::Corrupt(e.to_string()))?,
+            events: row
+                .events
+                .iter()
+                .map(|name| WebhookEvent::parse(name))
+                .collect::<Result<_, _>>()
+                .map_err(|e| DbError::Corrupt(e.to_string()))?,
+            disabled_at: row.disabled_at,
+            disabled_reason: row.disabled_reason,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+fn event_names(events: &[WebhookEvent]) -> Vec<&'static str> {
+    events.iter().map(|event| event.as_str()).collect()
+}
+
+/// Stores a new endpoint with its secret.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn insert_endpoint(
+    pool: &Pool,
+    url: &WebhookUrl,
+    events: &[WebhookEvent],
+    secret: &WebhookSecret,
+) -> Result<EndpointRecord, DbError> {
+    static INSERT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO webhook_endpoints (url, events, secret) VALUES ($1, $2, $3)
+             RETURNING {}",
+            columns::<WebhookEndpointRow>()
+        )
+    });
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            INSERT.as_str(),
+            &[&url.as_str(), &event_names(events), &secret.expose()],
+        )
+        .await?;
+    read_one::<WebhookEndpointRow>(&row)?.try_into()
+}
+
+/// Every endpoint, oldest first.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn list_endpoints(pool: &Pool) -> Result<Vec<EndpointRecord>, DbError> {
+    static LIST: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM webhook_endpoints ORDER BY id",
+            columns::<WebhookEndpointRow>()
+        )
+    });
+    let client = pool.get().await?;
+    let rows = client.query(LIST.as_str(), &[]).await?;
+    read_all::<WebhookEndpointRow>(&rows)?
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+}
+
+/// One endpoint by id.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn find_endpoint(pool: &Pool, id: i64) -> Result<Option<EndpointRecord>, DbError> {
+    static FIND: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM webhook_endpoints WHERE id = $1",
+            columns::<WebhookEndpointRow>()
+        )
+    });
+    let client = pool.get().await?;
+    client
+        .query_opt(FIND.as_str(), &[&id])
+        .await?
+        .map(|row| read_one::<WebhookEndpointRow>(&row)?.try_into())
+        .transpose()
+}
+
+/// A change to an endpoint; what is `None` stays.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChange {
+    pub url: Option<WebhookUrl>,
+    pub events: Option<Vec<WebhookEvent>>,
+    /// `Some(true)` delivers to a disabled endpoint again, `Some(false)` stops deliveries.
+    pub enabled: Option<bool>,
+}
+
+/// Applies a change. `None` when there is no such endpoint.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn update_endpoint(
+    pool: &Pool,
+    id: i64,
+    change: &EndpointChange,
+) -> Result<Option<EndpointRecord>, DbError> {
+    static UPDATE: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE webhook_endpoints SET
+                 url = coalesce($2, url),
+                 events = coalesce($3, events),
+                 disabled_at = CASE WHEN $4::boolean IS NULL THEN disabled_at
+                                    WHEN $4 THEN NULL
+                                    ELSE coalesce(disabled_at, now()) END,
+                 disabled_reason = CASE WHEN $4::boolean IS NULL THEN disabled_reason
+                                        WHEN $4 THEN NULL
+                                        ELSE coalesce(disabled_reason, 'disabled through the API') END,
+                 updated_at = now()
+             WHERE id = $1
+             RETURNING {}",
+            columns::<WebhookEndpointRow>()
+        )
+    });
+    let client = pool.get().await?;
+    client
+        .query_opt(
+            UPDATE.as_str(),
+            &[
+                &id,
+                &change.url.as_ref().map(WebhookUrl::as_str),
+                &change.events.as_deref().map(event_names),
+                &change.enabled,
+            ],
+        )
+        .await?
+        .map(|row| read_one::<WebhookEndpointRow>(&row)?.try_into())
+        .transpose()
+}
+
+/// Deletes an endpoint and its deliveries. False when there was none.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn delete_endpoint(pool: &Pool, id: i64) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute("DELETE FROM webhook_endpoints WHERE id = $1", &[&id])
+        .await?
+        > 0)
+}
+
+/// Claims up to `limit` deliveries not yet published, oldest first, for `lease`: another
+/// relay skips them until it runs out, so a relay that dies mid-publish only delays them.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn claim_unpublished(
+    pool: &Pool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Uuid>, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE webhook_deliveries SET relay_lease = now() + make_interval(secs => $2)
+             WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                 WHERE published_at IS NULL AND (relay_lease IS NULL OR relay_lease < now())
+                 ORDER BY created_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&limit, &seconds(lease)]).await?;
+    rows.iter().map(|row| named(row, "id")).collect()
+}
+
+/// Marks deliveries whose first job the broker confirmed.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn mark_published(pool: &Pool, ids: &[Uuid]) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE webhook_deliveries SET published_at = now(), relay_lease = NULL
+             WHERE id = ANY ($1)",
+        )
+        .await?;
+    client.execute(&statement, &[&ids]).await?;
+    Ok(())
+}
+
+/// What a worker needs to make one attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryToSend {
+    pub id: Uuid,
+    pub endpoint_id: i64,
+    pub url: WebhookUrl,
+    pub secret: WebhookSecret,
+    /// The body, as stored.
+    pub payload: serde_json::Value,
+    /// Still `pending`, and its endpoint enabled.
+    pub open: bool,
+}
+
+/// The delivery with this id and its endpoint. `None` when either was deleted.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn find_delivery_to_send(
+    pool: &Pool,
+    id: Uuid,
+) -> Result<Option<DeliveryToSend>, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT d.id, d.endpoint_id, e.url, e.secret, d.payload,
+                    d.status = 'pending' AND e.disabled_at IS NULL AS open
+             FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+             WHERE d.id = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
+        return Ok(None);
+    };
+    let corrupt = |e: crate::domain::WebhookError| DbError::Corrupt(e.to_string());
+    Ok(Some(DeliveryToSend {
+        id: named(&row, "id")?,
+        endpoint_id: named(&row, "endpoint_id")?,
+        url: WebhookUrl::from_trusted_storage(&named::<String>(&row, "url")?).map_err(corrupt)?,
+        secret: WebhookSecret::parse(&named::<String>(&row, "secret")?).map_err(corrupt)?,
+        payload: named(&row, "payload")?,
+        open: named(&row, "open")?,
+    }))
+}
+
+/// What an attempt decided for its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptVerdict {
+    /// 2xx: done.
+    Delivered,
+    /// Another attempt follows later.
+    RetryLater,
+    /// The last attempt failed: no more.
+    Failed,
+    /// 410 Gone: no more, and the endpoint is disabled.
+    Gone,
+}
+
+/// One attempt's result.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord<'a> {
+    pub delivery_id: Uuid,
+    pub attempt: i32,
+    pub status_code: Option<u16>,
+    pub error: Option<&'a str>,
+    pub verdict: AttemptVerdict,
+}
+
+/// Records an attempt and what it decided, in one statement: the attempt row, the
+/// delivery's status and, after a 410, the endpoint disabled. A repeated attempt (a job
+/// redelivered after a crash) is recorded once.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn record_attempt(pool: &Pool, attempt: &AttemptRecord<'_>) -> Result<(), DbError> {
+    let status = match attempt.verdict {
+        AttemptVerdict::Delivered => "delivered",
+        AttemptVerdict::RetryLater => "pending",
+        AttemptVerdict::Failed => "failed",
+        AttemptVerdict::Gone => "abandoned",
+    };
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH attempt AS (
+                 INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (delivery_id, attempt) DO NOTHING
+                 RETURNING delivery_id
+             ), delivery AS (
+                 UPDATE webhook_deliveries d
+                 SET status = $5, attempts = greatest(d.attempts, $2),
+                     finished_at = CASE WHEN $5 = 'pending' THEN NULL ELSE now() END
+                 WHERE d.id = $1 AND d.status = 'pending'
+                 RETURNING d.endpoint_id
+             )
+             UPDATE webhook_endpoints e
+             SET disabled_at = now(), updated_at = now(),
+                 disabled_reason = 'the endpoint answered 410 Gone'
+             FROM delivery
+             WHERE $6 AND e.id = delivery.endpoint_id AND e.disabled_at IS NULL",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &attempt.delivery_id,
+                &attempt.attempt,
+                &attempt.status_code.map(i32::from),
+                &attempt.error,
+                &status,
+                &(attempt.verdict == AttemptVerdict::Gone),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ends a delivery without an attempt: its endpoint was disabled meanwhile.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn abandon_delivery(pool: &Pool, id: Uuid) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE webhook_deliveries SET status = 'abandoned', finished_at = now()
+             WHERE id = $1 AND status = 'pending'",
+            &[&id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deliveries not yet finished (pending), for the tests' drain.
+///
+/// # Errors
+/// [`DbError`] on database failure.
+pub async fn count_pending_deliveries(pool: &Pool) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) AS pending FROM webhook_deliveries WHERE status = 'pending'",
+            &[],
+        )
+        .await?;
+    named(&row, "pending")
+}

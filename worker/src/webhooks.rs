@@ -1,0 +1,271 @@
+//! Webhook deliveries: the relay that hands recorded events to RabbitMQ, and one attempt
+//! start to finish (sign, POST, record, decide); knows nothing of AMQP consumers.
+//!
+//! An attempt's outcome: a 2xx delivers; 410 Gone abandons the delivery and disables the
+//! endpoint; anything else (another status, a timeout, a refused destination) retries
+//! after the next delay of the schedule, with ±10 % jitter, until the schedule runs out.
+//! Destinations are checked when the request is made, not only when the endpoint was
+//! saved: the resolver refuses internal addresses and the connection goes to an address
+//! it allowed, so a name that later resolves inward (DNS rebinding) reaches nothing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio_util::sync::CancellationToken;
+use verify_common::config::WebhookSettings;
+use verify_common::db::webhooks::{self, AttemptRecord, AttemptVerdict, DeliveryToSend};
+use verify_common::db::{DbError, Pool};
+use verify_common::domain::webhook::is_public_address;
+use verify_common::queue::webhooks::{DeliverWebhook, WebhookPublisher};
+
+/// Deliveries a relay publishes per round.
+const RELAY_BATCH: i64 = 500;
+/// How long a relay's claim on unpublished deliveries lasts.
+const RELAY_LEASE: Duration = Duration::from_secs(30);
+
+/// What an attempt decided for its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// Nothing more to do (delivered, failed for good, abandoned, or gone).
+    Done,
+    /// Publish `job` to the delay queue of retry `step`, to run after `delay`.
+    RetryLater {
+        job: DeliverWebhook,
+        step: usize,
+        delay: Duration,
+    },
+}
+
+/// Everything an attempt needs.
+pub struct WebhookDeps {
+    pub pool: Pool,
+    pub client: reqwest::Client,
+    pub retry_delays: Vec<Duration>,
+    pub allow_private: bool,
+}
+
+impl WebhookDeps {
+    /// The HTTP client of webhook deliveries: its timeout, no redirects (a redirect could
+    /// lead anywhere), no proxy, and the resolver that refuses internal addresses unless
+    /// they are allowed.
+    ///
+    /// # Errors
+    /// When the client cannot be built.
+    pub fn new(pool: Pool, settings: &WebhookSettings) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.timeout())
+            .connect_timeout(settings.timeout().min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent("Verify-Webhooks/1");
+        if !settings.allow_private {
+            builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+        }
+        Ok(Self {
+            pool,
+            client: builder.build()?,
+            retry_delays: settings.retry_delays(),
+            allow_private: settings.allow_private,
+        })
+    }
+}
+
+/// Resolves names and keeps only public addresses; fails when none is left, so the
+/// request never connects inward.
+struct PublicOnlyResolver;
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|address| is_public_address(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves only to internal addresses").into());
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Makes one attempt of a delivery and records it.
+///
+/// # Errors
+/// [`DbError`] when the delivery cannot be read or the attempt recorded: the job should
+/// be retried as it is.
+pub async fn deliver_webhook(
+    job: DeliverWebhook,
+    deps: &WebhookDeps,
+) -> Result<WebhookOutcome, DbError> {
+    let Some(delivery) = webhooks::find_delivery_to_send(&deps.pool, job.delivery_id).await? else {
+        // The endpoint was deleted, and its deliveries with it.
+        return Ok(WebhookOutcome::Done);
+    };
+    if !delivery.open {
+        webhooks::abandon_delivery(&deps.pool, delivery.id).await?;
+        return Ok(WebhookOutcome::Done);
+    }
+    let (status_code, error) = match post(&delivery, deps).await {
+        Ok(status) => (Some(status), None),
+        Err(error) => (None, Some(error)),
+    };
+    let step = usize::try_from(job.attempt).unwrap_or(usize::MAX);
+    let retry_delay = deps.retry_delays.get(step.saturating_sub(1)).copied();
+    let verdict = match status_code {
+        Some(code) if (200..300).contains(&code) => AttemptVerdict::Delivered,
+        Some(410) => AttemptVerdict::Gone,
+        _ if retry_delay.is_some() => AttemptVerdict::RetryLater,
+        _ => AttemptVerdict::Failed,
+    };
+    webhooks::record_attempt(
+        &deps.pool,
+        &AttemptRecord {
+            delivery_id: delivery.id,
+            attempt: i32::try_from(job.attempt).unwrap_or(i32::MAX),
+            status_code,
+            error: error.as_deref(),
+            verdict,
+        },
+    )
+    .await?;
+    tracing::info!(
+        webhook = %delivery.id,
+        endpoint = delivery.endpoint_id,
+        attempt = job.attempt,
+        status = status_code,
+        error = error.as_deref(),
+        verdict = ?verdict,
+        "webhook attempt"
+    );
+    Ok(match (verdict, retry_delay) {
+        (AttemptVerdict::RetryLater, Some(delay)) => WebhookOutcome::RetryLater {
+            job: job.next(),
+            step,
+            delay: jittered(delay),
+        },
+        _ => WebhookOutcome::Done,
+    })
+}
+
+/// `delay` spread by ±10 %, so endpoints that failed together are not retried together.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.9..=1.1))
+}
+
+/// POSTs the signed payload; the status, or why no answer came.
+async fn post(delivery: &DeliveryToSend, deps: &WebhookDeps) -> Result<u16, String> {
+    if !deps.allow_private
+        && let Some(ip) = delivery.url.literal_ip()
+        && !is_public_address(ip)
+    {
+        return Err(refused(ip));
+    }
+    let body = serde_json::to_vec(&delivery.payload)
+        .map_err(|e| format!("the payload cannot be serialised: {e}"))?;
+    let id = message_id(delivery);
+    let timestamp = chrono::Utc::now().timestamp();
+    let signature = delivery.secret.sign(&id, timestamp, &body);
+    let response = deps
+        .client
+        .post(delivery.url.as_url().clone())
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(response.status().as_u16())
+}
+
+/// The `webhook-id` of every attempt of a delivery.
+pub fn message_id(delivery: &DeliveryToSend) -> String {
+    format!("msg_{}", delivery.id.simple())
+}
+
+fn refused(ip: IpAddr) -> String {
+    format!("refused: {ip} is an internal address")
+}
+
+/// A request error without its URL (which may carry a producer's token in its query).
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Publishes recorded deliveries until `shutdown`: every `interval`, claims those not
+/// yet published, publishes their first jobs (waiting for the confirms) and marks them.
+/// Several workers can relay at once; a claim keeps them from publishing one delivery
+/// together, and a job published twice is harmless (the second finds it finished or
+/// delivers it again with the same `webhook-id`).
+pub async fn relay(
+    pool: Pool,
+    publisher: Arc<WebhookPublisher>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match relay_once(&pool, &publisher).await {
+            // A full batch: more may be waiting.
+            Ok(published) if published as i64 >= RELAY_BATCH => continue,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not relay webhook events"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One round of [`relay`]; how many deliveries it published.
+///
+/// # Errors
+/// When Postgres or the broker fails; unpublished claims are taken again after their
+/// lease.
+pub async fn relay_once(pool: &Pool, publisher: &WebhookPublisher) -> anyhow::Result<usize> {
+    let claimed = webhooks::claim_unpublished(pool, RELAY_BATCH, RELAY_LEASE).await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let jobs: Vec<DeliverWebhook> = claimed
+        .iter()
+        .map(|id| DeliverWebhook::first(*id))
+        .collect();
+    let results =
+        futures_util::future::join_all(jobs.iter().map(|job| publisher.publish(job, None))).await;
+    let mut published = Vec::with_capacity(claimed.len());
+    let mut failure = None;
+    for (id, result) in claimed.into_iter().zip(results) {
+        match result {
+            Ok(()) => published.push(id),
+            Err(error) => failure = Some(error),
+        }
+    }
+    webhooks::mark_published(pool, &published).await?;
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(published.len()),
+    }
+}
