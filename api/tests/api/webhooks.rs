@@ -511,3 +511,58 @@ async fn an_endpoint_that_never_answers_does_not_delay_sms_sending() {
     }
     assert_eq!(receiver.received().len(), 2, "the slots were still held");
 }
+
+#[tokio::test]
+async fn a_sent_sms_is_reported_with_its_send_and_provider_message_id() {
+    let app = spawn_app().await;
+    let receiver = WebhookReceiver::start(&[], Answer::Status(200)).await;
+    let webhook = app
+        .create_webhook(&receiver.url, &["send.sent", "send.failed"])
+        .await;
+    let to = phone_number(1);
+    let id = app.start_verification(&json!({ "to": to })).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let received = receiver.wait_for(1).await;
+
+    let verification = app.get_verification(&id).await;
+    let send = &verification["sends"][0];
+    let body = received[0].json();
+    assert_eq!(body["type"], "send.sent", "{body}");
+    assert_eq!(body["data"]["send_id"], send["id"]);
+    assert_eq!(body["data"]["verification_id"], id);
+    assert_eq!(body["data"]["to"], to);
+    assert_eq!(
+        body["data"]["provider_message_id"],
+        send["provider_message_id"]
+    );
+    verify_with_standardwebhooks(webhook["secret"].as_str().unwrap(), &received[0])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_send_the_provider_refused_is_reported_as_failed_with_its_error() {
+    let mut options = TestOptions::default();
+    options.sink.failure_rate = 1.0;
+    options.sink.failure_status = 400;
+    let app = spawn_app_with(options).await;
+    let receiver = WebhookReceiver::start(&[], Answer::Status(200)).await;
+    app.create_webhook(&receiver.url, &["send.sent", "send.failed"])
+        .await;
+
+    let id = app
+        .start_verification(&json!({ "to": phone_number(1) }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let body = receiver.wait_for(1).await[0].json();
+    assert_eq!(body["type"], "send.failed", "{body}");
+    assert_eq!(body["data"]["verification_id"], id);
+    assert_eq!(body["data"]["status"], "failed");
+    assert!(body["data"]["error"].is_string(), "{body}");
+}

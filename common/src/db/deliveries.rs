@@ -347,7 +347,8 @@ pub struct FinishedAttempt {
     pub record: AttemptRecord,
 }
 
-/// Records the ends of a batch of attempts, one statement for all. Each is guarded by
+/// Records the ends of a batch of attempts, one statement for all, with the `send.sent`
+/// and `send.failed` webhooks of those that ended so (migration V14). Each is guarded by
 /// status and attempt number: if the lease ran out and another worker re-claimed the send
 /// meanwhile, that attempt's result is not written (`false` in its place) rather than
 /// overwriting the newer attempt. Results are in the order of `batch`.
@@ -381,7 +382,8 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE sms_deliveries d
+            "WITH finished AS (
+             UPDATE sms_deliveries d
              SET status = f.status,
                  provider_message_id = coalesce(f.provider_message_id, d.provider_message_id),
                  last_error = f.last_error,
@@ -396,7 +398,28 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
                         log_entry, allowed_from)
              WHERE d.id = f.id AND d.attempts = f.attempt
                AND d.status = ANY (string_to_array(f.allowed_from, ','))
-             RETURNING d.id, d.attempts",
+             RETURNING d.id, d.attempts, d.status, d.verification_id, d.to_number,
+                       d.send_number, d.provider_message_id, d.last_error
+             ), webhooks AS (
+                 INSERT INTO webhook_deliveries
+                     (id, endpoint_id, event_type, payload, verification_id)
+                 SELECT gen_random_uuid(), e.id, 'send.' || s.status,
+                        webhook_payload('send.' || s.status, jsonb_build_object(
+                            'send_id', s.id,
+                            'verification_id', s.verification_id,
+                            'to', s.to_number,
+                            'status', s.status,
+                            'send_number', s.send_number,
+                            'attempts', s.attempts,
+                            'provider_message_id', s.provider_message_id,
+                            'error', s.last_error)),
+                        s.verification_id
+                 FROM finished s
+                 JOIN webhook_endpoints e
+                   ON e.disabled_at IS NULL AND 'send.' || s.status = ANY (e.events)
+                 WHERE s.status IN ('sent', 'failed')
+             )
+             SELECT id, attempts FROM finished",
         )
         .await?;
     let recorded: HashSet<(uuid::Uuid, i32)> = client
