@@ -96,6 +96,25 @@ LANGUAGE sql IMMUTABLE AS $$
         'expires_at', p_expires_at)
 $$;
 
+-- What a send event carries (`send.sent`, `send.failed`, `send.delivered`,
+-- `send.undelivered`).
+CREATE FUNCTION send_event_data(
+    p_id uuid, p_verification uuid, p_to text, p_status text, p_send_number integer,
+    p_attempts integer, p_provider_message_id text, p_error text, p_error_code text
+) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object(
+        'send_id', p_id,
+        'verification_id', p_verification,
+        'to', p_to,
+        'status', p_status,
+        'send_number', p_send_number,
+        'attempts', p_attempts,
+        'provider_message_id', p_provider_message_id,
+        'error', p_error,
+        'error_code', p_error_code)
+$$;
+
 -- check_verification of V11, emitting `verification.approved` and
 -- `verification.max_attempts_reached` when the check closes the verification.
 CREATE OR REPLACE FUNCTION check_verification(

@@ -566,3 +566,48 @@ async fn a_send_the_provider_refused_is_reported_as_failed_with_its_error() {
     assert_eq!(body["data"]["status"], "failed");
     assert!(body["data"]["error"].is_string(), "{body}");
 }
+
+fn sink_sending_receipts(undelivered_rate: &str) -> verify_sink::SinkSettings {
+    verify_sink::SinkSettings::from_flags(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--twilio-account-sid",
+        "ACtest0000000000000000000000000000",
+        "--twilio-auth-token",
+        crate::helpers::TWILIO_TOKEN,
+        "--receipt-delay-ms",
+        "0",
+        "--receipt-undelivered-rate",
+        undelivered_rate,
+    ])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn delivery_receipts_are_reported_as_delivered_or_undelivered() {
+    for (rate, event) in [("0", "send.delivered"), ("1", "send.undelivered")] {
+        let app = spawn_app_with(TestOptions {
+            receipts: true,
+            sink: sink_sending_receipts(rate),
+            ..TestOptions::default()
+        })
+        .await;
+        let receiver = WebhookReceiver::start(&[], Answer::Status(200)).await;
+        app.create_webhook(&receiver.url, &["send.delivered", "send.undelivered"])
+            .await;
+
+        let id = app
+            .start_verification(&json!({ "to": phone_number(1) }))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let body = receiver.wait_for(1).await[0].json();
+        assert_eq!(body["type"], event, "{body}");
+        assert_eq!(body["data"]["verification_id"], id);
+        let send = &app.get_verification(&id).await["sends"][0];
+        assert_eq!(body["data"]["send_id"], send["id"]);
+        assert_eq!(body["data"]["error_code"], send["receipt_error_code"]);
+    }
+}

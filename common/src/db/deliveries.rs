@@ -348,7 +348,7 @@ pub struct FinishedAttempt {
 }
 
 /// Records the ends of a batch of attempts, one statement for all, with the `send.sent`
-/// and `send.failed` webhooks of those that ended so (migration V14). Each is guarded by
+/// and `send.failed` webhooks of those that ended so (migration V15). Each is guarded by
 /// status and attempt number: if the lease ran out and another worker re-claimed the send
 /// meanwhile, that attempt's result is not written (`false` in its place) rather than
 /// overwriting the newer attempt. Results are in the order of `batch`.
@@ -404,15 +404,9 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
                  INSERT INTO webhook_deliveries
                      (id, endpoint_id, event_type, payload, verification_id)
                  SELECT gen_random_uuid(), e.id, 'send.' || s.status,
-                        webhook_payload('send.' || s.status, jsonb_build_object(
-                            'send_id', s.id,
-                            'verification_id', s.verification_id,
-                            'to', s.to_number,
-                            'status', s.status,
-                            'send_number', s.send_number,
-                            'attempts', s.attempts,
-                            'provider_message_id', s.provider_message_id,
-                            'error', s.last_error)),
+                        webhook_payload('send.' || s.status, send_event_data(
+                            s.id, s.verification_id, s.to_number, s.status, s.send_number,
+                            s.attempts, s.provider_message_id, s.last_error, NULL)),
                         s.verification_id
                  FROM finished s
                  JOIN webhook_endpoints e
@@ -681,7 +675,8 @@ pub enum ReceiptRecorded {
 }
 
 /// Records a final delivery receipt, one statement: a `sent` send with the receipt's
-/// message id moves to `delivered` or `undelivered` (with the provider's error code), a
+/// message id moves to `delivered` or `undelivered` (with the provider's error code, and
+/// the `send.delivered` or `send.undelivered` webhooks of subscribed endpoints), a
 /// send already past `sent` is left alone, and a receipt for an id no send has is held.
 /// Guarded by [`DeliveryStatus::can_transition_to`], so a duplicate or late receipt never
 /// moves a send backwards and two replicas recording the same receipt change it once.
@@ -698,7 +693,20 @@ pub async fn record_receipt(pool: &Pool, receipt: &Receipt) -> Result<ReceiptRec
                  SET status = $2, receipt_at = now(), receipt_error_code = $3,
                      updated_at = now()
                  WHERE provider_message_id = $1 AND status = ANY ($4)
-                 RETURNING id, verification_id, status
+                 RETURNING id, verification_id, status, to_number, send_number, attempts,
+                           provider_message_id, last_error, receipt_error_code
+             ), webhooks AS (
+                 INSERT INTO webhook_deliveries
+                     (id, endpoint_id, event_type, payload, verification_id)
+                 SELECT gen_random_uuid(), e.id, 'send.' || c.status,
+                        webhook_payload('send.' || c.status, send_event_data(
+                            c.id, c.verification_id, c.to_number, c.status, c.send_number,
+                            c.attempts, c.provider_message_id, c.last_error,
+                            c.receipt_error_code)),
+                        c.verification_id
+                 FROM changed c
+                 JOIN webhook_endpoints e
+                   ON e.disabled_at IS NULL AND 'send.' || c.status = ANY (e.events)
              ), known AS (
                  SELECT id, verification_id, status FROM sms_deliveries
                  WHERE provider_message_id = $1 AND NOT EXISTS (SELECT FROM changed)
