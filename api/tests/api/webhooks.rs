@@ -611,3 +611,39 @@ async fn delivery_receipts_are_reported_as_delivered_or_undelivered() {
         assert_eq!(body["data"]["error_code"], send["receipt_error_code"]);
     }
 }
+
+#[tokio::test]
+async fn a_block_the_conversion_breaker_creates_is_reported_once() {
+    let app = spawn_app().await;
+    let receiver = WebhookReceiver::start(&[], Answer::Status(200)).await;
+    app.create_webhook(&receiver.url, &["abuse.blocked"]).await;
+    crate::abuse::set_rule(
+        &app,
+        "conversion.prefix",
+        &json!({
+            "mode": "enforce",
+            "params": {"min_sends": 5, "min_conversion_pct": 20, "window_secs": 3600,
+                       "cooldown_secs": 600, "grace_secs": 0},
+        }),
+    )
+    .await;
+    crate::abuse::set_rule(&app, "conversion.country", &json!({"mode": "off"})).await;
+    for n in 0..5 {
+        app.start_verification(&json!({ "to": phone_number(100 + n) }))
+            .await;
+    }
+
+    assert_eq!(app.evaluate_breaker().await, 1);
+    // A second evaluation renews the block: no new event.
+    assert_eq!(app.evaluate_breaker().await, 1);
+
+    let body = receiver.wait_for(1).await[0].json();
+    assert_eq!(body["type"], "abuse.blocked", "{body}");
+    assert_eq!(body["data"]["scope"], "prefix");
+    assert_eq!(body["data"]["key"], "+1415555");
+    assert_eq!(body["data"]["rule"], "conversion.prefix");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM webhook_deliveries").await,
+        1
+    );
+}

@@ -565,7 +565,8 @@ const BREAKER_LOCK_KEY: i64 = 0x5645_5249_4659_0002;
 /// last lift of the rule's block on it, so a lifted block is not tripped again by the
 /// sends that tripped it. A group with at least `min_sends` verifications, fewer than
 /// `min_conversion_pct` % of them approved, gets a block until `cooldown_secs` from now;
-/// an open block is renewed instead.
+/// an open block is renewed instead. A block it creates in enforce mode records its
+/// `abuse.blocked` webhooks in the same statement (migration V15).
 ///
 /// The verifications are found through the BRIN index on `created_at` (migration V11),
 /// so the statement reads the window's rows and no others.
@@ -605,7 +606,7 @@ WITH rules AS (
     LEFT JOIN lifted l ON l.scope = j.scope AND l.key = j.key AND l.rule_id = j.rule_id
     WHERE j.key IS NOT NULL AND (l.lifted_at IS NULL OR j.created_at > l.lifted_at)
     GROUP BY j.scope, j.rule_id, j.key
-)
+), written AS (
 INSERT INTO abuse_blocks AS b (scope, key, rule_id, reason, until, counts, shadow)
 SELECT t.scope, t.key, t.rule_id,
        format('%s%% of %s verifications approved in %s seconds; at least %s%% are expected',
@@ -622,7 +623,22 @@ ON CONFLICT (scope, key, rule_id) WHERE lifted_at IS NULL DO UPDATE
         until = EXCLUDED.until,
         reason = EXCLUDED.reason,
         counts = EXCLUDED.counts,
-        shadow = EXCLUDED.shadow";
+        shadow = EXCLUDED.shadow
+    -- xmax is 0 for a row this statement inserted, not for one it updated.
+    RETURNING b.id, b.scope, b.key, b.rule_id, b.reason, b.since, b.until, b.counts, b.shadow,
+              b.xmax = 0 AS created
+), webhooks AS (
+    INSERT INTO webhook_deliveries (id, endpoint_id, event_type, payload)
+    SELECT gen_random_uuid(), e.id, 'abuse.blocked',
+           webhook_payload('abuse.blocked', jsonb_build_object(
+               'block_id', w.id, 'scope', w.scope, 'key', w.key, 'rule', w.rule_id,
+               'reason', w.reason, 'since', w.since, 'until', w.until, 'counts', w.counts))
+    FROM written w
+    JOIN webhook_endpoints e
+      ON e.disabled_at IS NULL AND 'abuse.blocked' = ANY (e.events)
+    WHERE w.created AND NOT w.shadow
+)
+SELECT count(*) AS written FROM written";
 
 /// Evaluates the conversion breaker once for `checks`: blocks written or renewed, or
 /// `None` when another process is evaluating it now.
@@ -666,16 +682,17 @@ pub async fn trip_conversion_breakers(
     if !named::<bool>(&row, "locked")? {
         return Ok(None);
     }
-    let written = transaction
-        .execute(
+    let row = transaction
+        .query_one(
             TRIP_CONVERSION_BREAKERS,
             &[
                 &scopes, &rule_ids, &shadows, &min_sends, &min_pcts, &windows, &cooldowns, &graces,
             ],
         )
         .await?;
+    let written: i64 = named(&row, "written")?;
     transaction.commit().await?;
-    Ok(Some(written))
+    Ok(Some(u64::try_from(written).unwrap_or(0)))
 }
 
 #[cfg(test)]
