@@ -128,7 +128,7 @@ impl AbuseControls {
             )
         })?;
         let rules = self.rules();
-        let allowed = self.allowed(to, api_key);
+        let allowed = rules.allowed(to, api_key);
         let blocks = self.blocks();
         let found: Vec<&ActiveBlock> = blocks
             .on_destination(to, class.region, Utc::now())
@@ -204,13 +204,6 @@ impl AbuseControls {
             *current = (read, Arc::new(blocks));
         }
         Ok(())
-    }
-
-    /// Which allow-list entry exempts a send to `to` asked for with `api_key` (as
-    /// [`crate::auth::Caller::key_name`] names it) from the counting rules (the velocity
-    /// limits and the conversion breaker), if any.
-    pub(crate) fn allowed(&self, to: &PhoneNumber, api_key: &str) -> Option<AllowKind> {
-        self.rules().allowed(to, api_key)
     }
 
     /// Counts what the velocity limits did to one request: each of `checks` whose figure

@@ -244,6 +244,33 @@ async fn a_revoked_key_is_refused_by_every_api_process_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_key_revoked_or_deleted_by_hand_in_sql_is_refused_within_a_second() {
+    let app = spawn_app().await;
+    let revoked = create_key(&app.database.settings, "revoked").await.unwrap();
+    let deleted = create_key(&app.database.settings, "deleted").await.unwrap();
+    for key in [&revoked, &deleted] {
+        let status = list_templates_with(&app, &[("x-api-key", key)])
+            .await
+            .status();
+        assert_eq!(status, StatusCode::OK, "the key works and is now cached");
+    }
+
+    app.sql("UPDATE api_keys SET revoked_at = now() WHERE name = 'revoked'")
+        .await;
+    app.sql("DELETE FROM api_keys WHERE name = 'deleted'").await;
+
+    for key in [&revoked, &deleted] {
+        wait_until("the key is refused", Duration::from_secs(1), || async {
+            list_templates_with(&app, &[("x-api-key", key)])
+                .await
+                .status()
+                == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn keys_cached_before_the_revocation_session_was_lost_are_looked_up_again() {
     let app = spawn_app().await;
     let key = create_key(&app.database.settings, "ci").await.unwrap();
@@ -259,8 +286,13 @@ async fn keys_cached_before_the_revocation_session_was_lost_are_looked_up_again(
         .await
         .status();
     assert_eq!(status, StatusCode::OK);
-    // A revocation that is not announced stands for one announced while nobody listened.
+    // A revocation that is not announced (its trigger off for the moment) stands for one
+    // announced while nobody listened.
+    app.sql("ALTER TABLE api_keys DISABLE TRIGGER api_keys_announce_revocation")
+        .await;
     app.sql("UPDATE api_keys SET revoked_at = now()").await;
+    app.sql("ALTER TABLE api_keys ENABLE TRIGGER api_keys_announce_revocation")
+        .await;
     let status = list_templates_with(&app, &[("x-api-key", &key)])
         .await
         .status();

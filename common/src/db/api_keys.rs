@@ -6,7 +6,6 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::DbError;
-use super::notifications::Channel;
 use super::rows::{columns, named, read_all, table_row};
 
 /// An API key as listed: never the key itself.
@@ -92,35 +91,31 @@ pub async fn list_api_keys(pool: &Pool) -> Result<Vec<ApiKeyRecord>, DbError> {
         .collect())
 }
 
-/// Revokes a key and announces it on [`Channel::KeyRevocations`]; false when no unrevoked
-/// key has this id.
+/// Revokes a key; false when no unrevoked key has this id.
 ///
-/// One statement, so the announcement is part of the revocation's transaction: Postgres
-/// delivers it when the revocation commits, never for one that rolled back, and never for
-/// a key that was already revoked.
+/// A trigger (migration V17) announces the revocation on [`KeyRevocations`] in the
+/// revocation's transaction, as it does for a key revoked or deleted by hand:
+/// Postgres delivers it when the revocation commits, never for one that rolled back, and
+/// never for a key that was already revoked.
+///
+/// [`KeyRevocations`]: super::notifications::Channel::KeyRevocations
 ///
 /// # Errors
 /// [`DbError`] on database failure.
 pub async fn revoke_api_key(pool: &Pool, id: Uuid) -> Result<bool, DbError> {
     let client = pool.get().await?;
     let revoked = client
-        .query(
-            &format!(
-                "WITH revoked AS (
-                     UPDATE api_keys SET revoked_at = now()
-                     WHERE id = $1 AND revoked_at IS NULL
-                     RETURNING key_hash
-                 )
-                 SELECT pg_notify('{}', encode(key_hash, 'hex')) FROM revoked",
-                Channel::KeyRevocations.as_str()
-            ),
+        .execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
             &[&id],
         )
         .await?;
-    Ok(revoked.len() == 1)
+    Ok(revoked == 1)
 }
 
-/// What an announcement on [`Channel::KeyRevocations`] says.
+/// What an announcement on [`KeyRevocations`] says.
+///
+/// [`KeyRevocations`]: super::notifications::Channel::KeyRevocations
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
     /// The key with this hash was revoked.

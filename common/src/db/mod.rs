@@ -285,6 +285,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhooks",
         include_str!("../../../migrations/V15__webhooks.sql"),
     ),
+    (
+        16,
+        "counter_shards",
+        include_str!("../../../migrations/V16__counter_shards.sql"),
+    ),
+    (
+        17,
+        "announce_revocations",
+        include_str!("../../../migrations/V17__announce_revocations.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.

@@ -615,6 +615,58 @@ mod tests {
         assert!(*retry_after <= Duration::from_secs(3600), "{retry_after:?}");
     }
 
+    /// Counter rows stay locked until their batch commits; batches in flight at once must
+    /// add to different rows, or each waits for the other's commit.
+    #[tokio::test]
+    async fn batches_open_at_once_add_to_one_counter_without_waiting_for_each_other() {
+        let database = TestDatabase::create().await;
+        let mut settings = database.settings.clone();
+        // Five at once: more than the four shards by backend pid that came before.
+        settings.pool_size = 6;
+        let pool = build_pool(&settings).unwrap();
+        migrate(&pool).await.unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(pool.get().await.unwrap());
+        }
+        let mut open = Vec::new();
+        for client in &mut clients {
+            let transaction = client.transaction().await.unwrap();
+            // A batch that waited for another's commit would wait forever here: none commits.
+            transaction
+                .batch_execute("SET LOCAL lock_timeout = '2s'")
+                .await
+                .unwrap();
+            transaction
+                .query_one(
+                    "SELECT * FROM judge_velocity(ARRAY[true], ARRAY[1], ARRAY[1],
+                         ARRAY['velocity.global'], ARRAY['global'], ARRAY['all'],
+                         ARRAY[3600::float8], ARRAY[1000::bigint], ARRAY[300::float8],
+                         ARRAY[true], ARRAY['{}'::jsonb])",
+                    &[],
+                )
+                .await
+                .expect("a batch adding to the counter waited for another open batch");
+            open.push(transaction);
+        }
+        for transaction in open {
+            transaction.commit().await.unwrap();
+        }
+
+        let client = pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT count(*) AS shards, sum(sends)::bigint AS sends FROM abuse_counters",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, i64>("shards"), row.get::<_, i64>("sends")),
+            (5, 5)
+        );
+    }
+
     #[tokio::test]
     async fn a_limit_exceeded_in_shadow_mode_sends_and_joins_the_risk_with_its_figures() {
         let pool = database().await;
