@@ -23,7 +23,8 @@
 //! its time without a reload.
 //!
 //! Outcomes (blocks, would-be blocks, monitored requests) are counted in memory per rule
-//! and added to the shared totals on the same schedule, never per request.
+//! and added to the shared totals and to `verify_abuse_decisions_total` on the same
+//! schedule, never per request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +43,23 @@ use verify_common::domain::abuse::{
 };
 
 use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
+
+/// Outcomes counted since the last flush.
+#[derive(Default)]
+struct Uncounted {
+    /// Per rule, for the shared totals; kept for the next flush when writing fails.
+    stored: HashMap<(String, Outcome), i64>,
+    /// Per rule and the mode it applied in, for the metrics; reported at every flush.
+    reported: HashMap<(String, Outcome, RuleMode), u64>,
+}
+
+impl Uncounted {
+    fn add(&mut self, rule: String, outcome: Outcome, mode: RuleMode) {
+        *self.stored.entry((rule.clone(), outcome)).or_default() += 1;
+        *self.reported.entry((rule, outcome, mode)).or_default() += 1;
+    }
+}
 
 /// The rules as last loaded, with the version they were read at.
 struct Loaded {
@@ -59,8 +77,9 @@ pub(crate) struct AbuseControls {
     /// Numbers block reads in the order they start, so a slow read never replaces the
     /// result of one that started after it.
     block_reads: AtomicU64,
-    /// Outcomes per rule not yet added to the shared totals.
-    pending: Mutex<HashMap<(String, Outcome), i64>>,
+    /// Outcomes not yet added to the shared totals or reported as metrics.
+    pending: Mutex<Uncounted>,
+    metrics: Arc<ApiMetrics>,
     /// Whether rule and block changes are being heard, so they need not be polled.
     listening: AtomicBool,
 }
@@ -70,7 +89,11 @@ impl AbuseControls {
     ///
     /// # Errors
     /// [`DbError`] when they cannot be read: the API must not start without them.
-    pub(crate) async fn load(pool: Pool, global: RuleMode) -> Result<Self, DbError> {
+    pub(crate) async fn load(
+        pool: Pool,
+        global: RuleMode,
+        metrics: Arc<ApiMetrics>,
+    ) -> Result<Self, DbError> {
         let snapshot = abuse::load_rules(&pool).await?;
         let rules = rule_set(global, &snapshot);
         let blocks = read_blocks(&pool).await?;
@@ -83,7 +106,8 @@ impl AbuseControls {
                 version: snapshot.version,
                 rules: Arc::new(rules),
             }),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Uncounted::default()),
+            metrics,
             listening: AtomicBool::new(false),
         })
     }
@@ -175,11 +199,11 @@ impl AbuseControls {
         }
     }
 
-    /// Counts one outcome of `rule` met outside a start request (a check refused by a
-    /// lock).
-    pub(crate) fn count(&self, rule: RuleId, outcome: Outcome) {
+    /// Counts one outcome of `rule`, applying in `mode`, met outside a start request (a
+    /// check refused by a lock).
+    pub(crate) fn count(&self, rule: RuleId, outcome: Outcome, mode: RuleMode) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        *pending.entry((rule.to_string(), outcome)).or_default() += 1;
+        pending.add(rule.to_string(), outcome, mode);
     }
 
     fn count_hits(&self, hits: &[RuleHit]) {
@@ -188,7 +212,7 @@ impl AbuseControls {
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for hit in hits {
-            *pending.entry((hit.id.clone(), hit.outcome)).or_default() += 1;
+            pending.add(hit.id.clone(), hit.outcome, hit.mode);
         }
     }
 
@@ -214,9 +238,7 @@ impl AbuseControls {
             if check.exceeded_by(*counted) {
                 let pending = pending
                     .get_or_insert_with(|| self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-                *pending
-                    .entry((check.rule.to_string(), check.outcome))
-                    .or_default() += 1;
+                pending.add(check.rule.to_string(), check.outcome, check.mode);
             }
         }
     }
@@ -283,13 +305,23 @@ impl AbuseControls {
         Ok(())
     }
 
-    /// Adds this process's uncounted outcomes to the shared totals. On failure they are
-    /// kept for the next attempt.
+    /// Reports this process's uncounted outcomes as metrics and adds them to the shared
+    /// totals. When the totals cannot be written, their part is kept for the next
+    /// attempt (the metrics have it already).
     async fn flush_counts(&self) -> Result<(), DbError> {
-        let taken: Vec<RuleCount> = {
+        let (taken, reported) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending
-                .drain()
+            (
+                std::mem::take(&mut pending.stored),
+                std::mem::take(&mut pending.reported),
+            )
+        };
+        for ((rule, outcome, mode), count) in reported {
+            self.metrics.abuse_decisions(&rule, outcome, mode, count);
+        }
+        let taken: Vec<RuleCount> = {
+            taken
+                .into_iter()
                 .map(|((rule_id, outcome), count)| RuleCount {
                     rule_id,
                     outcome,
@@ -300,7 +332,10 @@ impl AbuseControls {
         if let Err(error) = abuse::add_rule_counts(&self.pool, &taken).await {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for count in taken {
-                *pending.entry((count.rule_id, count.outcome)).or_default() += count.count;
+                *pending
+                    .stored
+                    .entry((count.rule_id, count.outcome))
+                    .or_default() += count.count;
             }
             return Err(error);
         }

@@ -22,6 +22,8 @@
 //! - `outbox`: publishing jobs after commit, and re-publishing any the broker never
 //!   confirmed.
 //! - `error`: `ApiError`, the one error type handlers return, and its JSON form.
+//! - `metrics`: the names of the API's Prometheus metrics and the handles requests
+//!   record through.
 //! - `idempotency`: `Idempotency-Key` handling for start requests.
 //! - `expiring`: the bounded, time-limited map behind the API's caches.
 //! - `template_cache`: parsed templates for validating start requests without a query.
@@ -40,6 +42,7 @@ mod expiring;
 mod group_commit;
 mod housekeeping;
 mod idempotency;
+mod metrics;
 mod notifications;
 mod operations;
 mod outbox;

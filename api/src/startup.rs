@@ -15,14 +15,16 @@ use verify_common::db::starts::SendLimit;
 use verify_common::db::{self, DbError};
 use verify_common::dependency::wait_for;
 use verify_common::domain::new_template_engine;
+use verify_common::metrics::{Registry, run_upkeep};
 use verify_common::queue::{QueueError, SmsPublisher};
 
 use crate::abuse::AbuseControls;
 use crate::auth::ApiKeys;
 use crate::group_commit::record_starts;
+use crate::metrics::ApiMetrics;
 use crate::outbox::{Outbox, OutboxTasks, RelaySchedule};
 use crate::receipts::ReceiptKeys;
-use crate::routes::routes;
+use crate::routes::{ENDPOINTS, routes};
 use crate::server::ConnectionLimits;
 use crate::state::AppState;
 use crate::template_cache::TemplateCache;
@@ -91,7 +93,12 @@ impl Application {
         db::migrate(&pool)
             .await
             .context("applying database migrations")?;
-        let abuse = AbuseControls::load(pool.clone(), config.abuse.mode)
+        let metrics = Arc::new(ApiMetrics::new(
+            Registry::new(),
+            pool.clone(),
+            ENDPOINTS.iter().map(|endpoint| endpoint.path),
+        ));
+        let abuse = AbuseControls::load(pool.clone(), config.abuse.mode, Arc::clone(&metrics))
             .await
             .context("loading the abuse rules")?;
         let publisher = wait_for(
@@ -136,6 +143,7 @@ impl Application {
                 interval: config.api.outbox_interval(),
                 min_age: config.api.outbox_min_age(),
             },
+            metrics.outbox_backlog().clone(),
         );
         let templates = Arc::new(new_template_engine());
         let outbox = Arc::new(outbox);
@@ -158,6 +166,7 @@ impl Application {
             abuse: Arc::new(abuse),
             receipt_keys: Arc::new(receipt_keys),
             webhooks_allow_private: config.webhooks.allow_private,
+            metrics,
         };
         Ok(Self {
             listener,
@@ -194,6 +203,10 @@ impl Application {
         // The outbox outlives the server by the time it takes to write the last marks.
         let outbox_stop = CancellationToken::new();
         let outbox = tokio::spawn(self.outbox_tasks.run(outbox_stop.clone()));
+        tokio::spawn(run_upkeep(
+            self.state.metrics.registry().clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(crate::housekeeping::run(
             self.state.pool.clone(),
             Arc::clone(&self.state.abuse),

@@ -13,6 +13,7 @@ use warp::Filter;
 use crate::abuse::AbuseControls;
 use crate::auth::ApiKeys;
 use crate::group_commit::Starts;
+use crate::metrics::ApiMetrics;
 use crate::outbox::Outbox;
 use crate::receipts::ReceiptKeys;
 use crate::template_cache::TemplateCache;
@@ -36,6 +37,7 @@ pub(crate) struct AppState {
     pub receipt_keys: Arc<ReceiptKeys>,
     /// Webhook endpoints may be on internal addresses (local runs and tests only).
     pub webhooks_allow_private: bool,
+    pub metrics: Arc<ApiMetrics>,
 }
 
 /// A filter that hands a clone of the state to the handler.

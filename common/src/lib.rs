@@ -12,6 +12,8 @@
 //! - [`queue`]: the only place (with the worker's consumer) that speaks AMQP; topology,
 //!   job messages, the confirming publisher and the dead-letter queue's headers and
 //!   browser.
+//! - [`metrics`]: one Prometheus registry per application and the Postgres pool gauges;
+//!   the names each crate records live in that crate.
 //!
 //! Nothing here knows about HTTP: the API crate turns these errors into responses.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod db;
 pub mod dependency;
 pub mod domain;
 pub mod group_commit;
+pub mod metrics;
 pub mod queue;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]

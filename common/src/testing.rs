@@ -8,6 +8,10 @@
 //! runs never drop each other's, and it sweeps beside its tests rather than in front of
 //! them. When Postgres or RabbitMQ is missing, tests fail loudly with the
 //! address they tried: they never skip.
+//!
+//! [`exposition`] reads scraped Prometheus metrics, for the API's and workers' tests.
+
+pub mod exposition;
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -16,6 +16,7 @@ use verify_common::domain::{
 };
 
 use crate::error::ApiError;
+use crate::metrics::{CheckResult, country_of};
 use crate::operations::templates::{placeholder_code, template_error, ttl_minutes};
 use crate::state::AppState;
 use crate::template_cache::LookupError;
@@ -233,6 +234,8 @@ async fn start_verification(
     let (risk, velocity) = state
         .abuse
         .assess(&request.to, &request.client, &request.api_key)?;
+    // Judging classified the number already, so its region costs nothing now.
+    let country = country_of(&request.to);
     let risk = serde_json::to_value(&risk).map_err(|e| ApiError::Internal(e.into()))?;
     let nonce = generate_nonce().map_err(|e| ApiError::Internal(e.into()))?;
     let new = NewVerification {
@@ -262,6 +265,7 @@ async fn start_verification(
     match outcome {
         CreateOutcome::Created(created) => {
             let (verification, delivery) = *created;
+            state.metrics.verification_started(country);
             tracing::info!(verification = %verification.id, to = %verification.to, "verification started");
             Ok(Started::New(verification, vec![delivery]))
         }
@@ -402,7 +406,10 @@ pub(crate) async fn check_by_id(
     let code = parse_code(code)?;
     match verifications::find_verification(&state.pool, id).await? {
         Some(verification) => check_verification(state, verification, code).await,
-        None => Ok(expired(id)),
+        None => {
+            state.metrics.check(CheckResult::NotFound);
+            Ok(expired(id))
+        }
     }
 }
 
@@ -440,6 +447,7 @@ pub(crate) async fn check_by_number(
     let code = parse_code(code)?;
     let Some(verification) = verifications::find_verification_to_check(&state.pool, to).await?
     else {
+        state.metrics.check(CheckResult::NotFound);
         return Ok(NumberCheck::Refused);
     };
     let view = check_verification(state, verification, code).await?;
@@ -467,8 +475,17 @@ async fn check_verification(
         valid: false,
         attempts_remaining: 0,
     };
-    if verification.status_at(Utc::now()) != VerificationStatus::Pending {
-        return Ok(closed(&verification));
+    match verification.status_at(Utc::now()) {
+        VerificationStatus::Pending => {}
+        VerificationStatus::Expired => {
+            state.metrics.check(CheckResult::Expired);
+            state.metrics.verification_expired(&verification.to);
+            return Ok(closed(&verification));
+        }
+        _ => {
+            state.metrics.check(CheckResult::Closed);
+            return Ok(closed(&verification));
+        }
     }
     let expected = OtpCode::derive(
         &state.secret,
@@ -481,8 +498,8 @@ async fn check_verification(
     let guess = state.abuse.guess_check();
     match verifications::record_check(&state.pool, verification.id, matched, guess).await? {
         Some(record) => {
-            if let Some(outcome) = record.lock {
-                state.abuse.count(RuleId::GuessNumber, outcome);
+            if let (Some(outcome), Some(guess)) = (record.lock, guess) {
+                state.abuse.count(RuleId::GuessNumber, outcome, guess.mode);
             }
             if record.locked_now
                 && let Err(error) = state.abuse.reload_blocks().await
@@ -490,6 +507,12 @@ async fn check_verification(
                 tracing::warn!(%error, "could not reload the abuse blocks after a lock");
             }
             let valid = matched && record.status == VerificationStatus::Approved;
+            if valid {
+                state.metrics.check(CheckResult::Approved);
+                state.metrics.verification_approved(&verification.to);
+            } else {
+                state.metrics.check(CheckResult::WrongCode);
+            }
             let remaining = if record.status == VerificationStatus::Pending {
                 u32::try_from(record.max_checks - record.checks_made).unwrap_or(0)
             } else {
@@ -504,11 +527,14 @@ async fn check_verification(
             })
         }
         // Closed between our read and our update (a concurrent check won the race).
-        None => Ok(
-            verifications::find_verification(&state.pool, verification.id)
-                .await?
-                .map_or_else(|| expired(verification.id), |current| closed(&current)),
-        ),
+        None => {
+            state.metrics.check(CheckResult::Closed);
+            Ok(
+                verifications::find_verification(&state.pool, verification.id)
+                    .await?
+                    .map_or_else(|| expired(verification.id), |current| closed(&current)),
+            )
+        }
     }
 }
 
@@ -579,6 +605,7 @@ pub(crate) async fn cancel(
 ) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
     match verifications::cancel_verification(&state.pool, id).await? {
         Some(verification) => {
+            state.metrics.verification_canceled(&verification.to);
             let sends = deliveries::list_deliveries(&state.pool, id).await?;
             Ok((verification, sends))
         }

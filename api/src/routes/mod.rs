@@ -5,7 +5,8 @@
 //!   ids); handlers take a `Caller`, so no handler can be reached without one.
 //! - `native`: the `/v1` answer shape; `verifications`, `templates`, `abuse` (rules,
 //!   allow list, blocks) and `webhooks` (producers' endpoints) are its routes.
-//! - `portatext`: PortaText's routes and answer shape; `health`: the probes.
+//! - `portatext`: PortaText's routes and answer shape; `health`: the probes;
+//!   `metrics`: the Prometheus scrape.
 //! - `receipts`: providers' delivery receipts, authenticated by the provider's signature
 //!   or token instead of an API key.
 //!
@@ -18,12 +19,15 @@ mod table;
 mod abuse;
 mod extract;
 mod health;
+mod metrics;
 mod native;
 mod portatext;
 mod receipts;
 mod templates;
 mod verifications;
 mod webhooks;
+
+use std::sync::Arc;
 
 use warp::Filter;
 use warp::reply::Reply;
@@ -37,6 +41,7 @@ use crate::state::AppState;
 pub(crate) fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    let counted = Arc::clone(&state.metrics);
     let native = verifications::routes(state.clone())
         .or(templates::routes(state.clone()))
         .unify()
@@ -47,6 +52,8 @@ pub(crate) fn routes(
         .or(webhooks::routes(state.clone()))
         .unify();
     health::routes(state.clone())
+        .or(metrics::routes(Arc::clone(&state.metrics)))
+        .unify()
         .or(extract::answering_refusals(native, native::error_response))
         .unify()
         .or(extract::answering_refusals(
@@ -57,6 +64,9 @@ pub(crate) fn routes(
         .recover(handle_rejection)
         .unify()
         .with(warp::log::custom(log_request))
+        .with(warp::log::custom(move |info: warp::log::Info<'_>| {
+            counted.request(info.method(), info.path(), info.status(), info.elapsed());
+        }))
 }
 
 fn log_request(info: warp::log::Info<'_>) {

@@ -45,6 +45,7 @@ const fn route(method: &'static str, path: &'static str, family: Family) -> Endp
 pub const ENDPOINTS: &[Endpoint] = &[
     route("GET", "/healthz", Family::Probe),
     route("GET", "/readyz", Family::Probe),
+    route("GET", "/metrics", Family::Probe),
     route("POST", "/callbacks/twilio/status", Family::Receipt),
     route("POST", "/callbacks/http/status", Family::Receipt),
     route("POST", "/v1/verifications", Family::Native),

@@ -25,6 +25,7 @@ use verify_common::config::{
 use verify_common::db::Pool;
 use verify_common::domain::abuse::RuleMode;
 use verify_common::telemetry::init_test_tracing;
+use verify_common::testing::exposition::Exposition;
 use verify_common::testing::{TestDatabase, test_rabbit_settings};
 use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
 use verify_worker::WorkerConfig;
@@ -459,6 +460,29 @@ impl TestApp {
             response.text().await.unwrap_or_default()
         );
         response.json().await.expect("a JSON webhook")
+    }
+
+    /// The API's metrics, scraped over HTTP without a key as a Prometheus server does,
+    /// and parsed; fails the test unless the answer is valid text format.
+    pub(crate) async fn scrape(&self) -> Exposition {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scraping /metrics");
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
+        assert!(
+            content_type
+                .to_str()
+                .unwrap_or_default()
+                .starts_with("text/plain; version=0.0.4"),
+            "{content_type:?}"
+        );
+        let text = response.text().await.expect("a metrics body");
+        Exposition::parse(&text)
+            .unwrap_or_else(|e| panic!("/metrics is not text format: {e}\n{text}"))
     }
 
     /// Runs SQL against the test's own database (to move a clock or count rows).

@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod message_length;
+mod metrics;
 mod modules;
 mod outbox;
 mod portatext;

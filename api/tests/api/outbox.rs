@@ -121,7 +121,7 @@ async fn a_worker_claims_a_send_while_the_relay_is_publishing_its_job() {
     .await
     .unwrap();
 
-    assert_eq!(relayed, 1);
+    assert_eq!(relayed.published, 1);
     assert_eq!(
         *claims.lock().unwrap(),
         [true],
@@ -142,14 +142,14 @@ async fn a_send_taken_by_one_relay_is_left_alone_by_another_relaying_at_the_same
             let other = deliveries::relay_unpublished(&pool, RELAY_AGE, 10, |_| async { true })
                 .await
                 .unwrap();
-            *published_by_the_other.lock().unwrap() += other;
+            *published_by_the_other.lock().unwrap() += other.published;
             true
         }
     })
     .await
     .unwrap();
 
-    assert_eq!(relayed, 1);
+    assert_eq!(relayed.published, 1);
     assert_eq!(*published_by_the_other.lock().unwrap(), 0);
     let unpublished = app
         .sql("SELECT count(*) FROM sms_deliveries WHERE published_at IS NULL")
@@ -168,5 +168,6 @@ async fn a_send_the_relay_could_not_publish_is_taken_again_at_its_next_round() {
         .await
         .unwrap();
 
-    assert_eq!((failed, next_round), (0, 1));
+    assert_eq!((failed.due, failed.published), (1, 0));
+    assert_eq!((next_round.due, next_round.published), (1, 1));
 }

@@ -466,7 +466,7 @@ pub async fn mark_published(pool: &Pool, ids: &[DeliveryId]) -> Result<(), DbErr
 
 /// The outbox relay's step: takes up to `limit` queued deliveries older than `older_than`
 /// whose job was never confirmed, calls `publish` for each and marks those it confirmed.
-/// Returns how many were published.
+/// Returns how many were due and how many of those were published.
 ///
 /// Taking is one short statement that stamps the rows' `relayed_at`; the rows' locks and
 /// the connection are released before anything is published, so a worker claiming one of
@@ -482,7 +482,7 @@ pub async fn relay_unpublished<F, Fut>(
     older_than: Duration,
     limit: i64,
     mut publish: F,
-) -> Result<usize, DbError>
+) -> Result<RelayRound, DbError>
 where
     F: FnMut(DeliveryId) -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -504,7 +504,19 @@ where
     if !left.is_empty() {
         give_back_unpublished(pool, left).await?;
     }
-    Ok(published)
+    Ok(RelayRound {
+        due: taken.len(),
+        published,
+    })
+}
+
+/// What one round of the outbox relay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRound {
+    /// Sends found unpublished past their due time (at most the round's limit).
+    pub due: usize,
+    /// How many of them were published.
+    pub published: usize,
 }
 
 /// Stamps up to `limit` sends due for the relay as taken and returns them, oldest first.
