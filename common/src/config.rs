@@ -732,6 +732,10 @@ pub struct WorkerSettings {
         default_value_t = 20
     )]
     pub shutdown_grace_secs: u64,
+    /// Where the worker serves `GET /metrics` (Prometheus text format); not served when
+    /// unset. Each worker on one host needs a port of its own.
+    #[arg(long = "metrics-addr", env = "VERIFY_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl WorkerSettings {

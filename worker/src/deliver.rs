@@ -31,6 +31,7 @@ use verify_common::domain::{
 use verify_common::group_commit::{BatchLimits, GroupCommit};
 use verify_common::queue::SendSms;
 
+use crate::metrics::{ProviderOutcome, SendStatus, WorkerMetrics};
 use crate::outcome::{DeadLetterReason, Outcome};
 use crate::providers::{OutgoingSms, ProviderError, SmsProvider, SmsSender};
 use crate::render::{RenderError, SmsRenderer};
@@ -125,6 +126,7 @@ pub struct Deps<L = GroupCommitLedger, P = SmsProvider> {
     pub lease: Duration,
     pub expiry_margin: Duration,
     pub default_from: String,
+    pub metrics: WorkerMetrics,
 }
 
 /// Processes one job.
@@ -218,13 +220,17 @@ async fn attempt<L: SendLedger, P: SmsSender>(
     let status = send.verification_status.at(send.expires_at, now);
     if status != VerificationStatus::Pending {
         let reason = format!("not sent: the verification is {}", status.as_str());
-        fail(&ending, deps, reason, AttemptOutcome::Skipped).await?;
+        if fail(&ending, deps, reason, AttemptOutcome::Skipped).await? {
+            deps.metrics.send(SendStatus::Skipped);
+        }
         return Ok(Outcome::Done);
     }
     let margin = chrono::Duration::from_std(deps.expiry_margin).unwrap_or_default();
     if now + margin >= send.expires_at {
         let reason = "not sent: the code expires too soon".to_owned();
-        fail(&ending, deps, reason, AttemptOutcome::Skipped).await?;
+        if fail(&ending, deps, reason, AttemptOutcome::Skipped).await? {
+            deps.metrics.send(SendStatus::Skipped);
+        }
         return Ok(Outcome::Done);
     }
     let text = match deps.renderer.render(send, &deps.secret, now) {
@@ -251,9 +257,21 @@ async fn attempt<L: SendLedger, P: SmsSender>(
             body: &text,
         })
         .await;
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let elapsed = started.elapsed();
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    deps.metrics.provider_request(
+        match &result {
+            Ok(_) => ProviderOutcome::Accepted,
+            Err(ProviderError::Transient { .. }) => ProviderOutcome::TransientError,
+            Err(ProviderError::Permanent { .. }) => ProviderOutcome::PermanentError,
+        },
+        elapsed.as_secs_f64(),
+    );
     match result {
         Ok(message_id) => {
+            // Counted at the provider's answer: the message is out whatever happens to
+            // the record of it.
+            deps.metrics.send(SendStatus::Sent);
             let record = AttemptRecord {
                 next: DeliveryStatus::Sent,
                 provider_message_id: Some(message_id.clone()),
@@ -307,6 +325,7 @@ async fn attempt<L: SendLedger, P: SmsSender>(
                 },
             };
             finish(&ending, deps, &record).await?;
+            deps.metrics.send(SendStatus::Retrying);
             tracing::warn!(delivery = %send.delivery_id, attempt, delay_ms = delay.as_millis() as u64, %reason, "send failed; retrying");
             Ok(Outcome::RetryLater(delay))
         }
@@ -336,6 +355,7 @@ async fn dead_letter<L: SendLedger, P: SmsSender>(
     outcome: AttemptOutcome,
 ) -> Result<Outcome, DbError> {
     if fail(ending, deps, reason.to_string(), outcome).await? {
+        deps.metrics.send(SendStatus::Failed);
         Ok(Outcome::DeadLetter(reason))
     } else {
         Ok(Outcome::Done)
@@ -427,7 +447,11 @@ mod tests {
     };
     use verify_common::queue::SendSms;
 
+    use verify_common::config::ProviderKind;
+    use verify_common::metrics::Registry;
+
     use super::{Deps, SendLedger, deliver_sms};
+    use crate::metrics::WorkerMetrics;
     use crate::outcome::{DeadLetterReason, Outcome};
     use crate::providers::{OutgoingSms, ProviderError, SmsSender};
     use crate::render::SmsRenderer;
@@ -554,6 +578,7 @@ mod tests {
             lease: Duration::from_secs(60),
             expiry_margin: MARGIN,
             default_from: "Verify".to_owned(),
+            metrics: WorkerMetrics::new(Registry::new(), ProviderKind::Twilio),
         }
     }
 

@@ -13,6 +13,8 @@
 //!   knows nothing of AMQP.
 //! - [`outcome`]: what delivering decided: done, retry later, or dead-letter with a
 //!   [`DeadLetterReason`](outcome::DeadLetterReason).
+//! - [`metrics`]: the worker's Prometheus metrics and the `GET /metrics` it serves at
+//!   `VERIFY_WORKER_METRICS_ADDR`.
 //! - [`dlq`]: the operator's `verify-worker dlq list|replay`; off the send path.
 //! - [`render`]: template rendering with the derived code, within the segment cap.
 //! - [`retry`]: the backoff policy.
@@ -26,6 +28,7 @@
 pub mod consumer;
 pub mod deliver;
 pub mod dlq;
+pub mod metrics;
 pub mod outcome;
 pub mod providers;
 pub mod render;

@@ -1,17 +1,20 @@
 //! Building and running a worker: connect, then consume until told to stop.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
     DatabaseSettings, ProviderSettings, RabbitSettings, SecretSettings, SmsSettings,
     WebhookSettings, WorkerSettings, redact_url,
 };
-use verify_common::db::{self, DbError};
+use verify_common::db::{self, DbError, Pool};
 use verify_common::dependency::wait_for;
 use verify_common::domain::Sender;
+use verify_common::metrics::{Registry, run_upkeep};
 use verify_common::queue::webhooks::WebhookPublisher;
 use verify_common::queue::{QueueError, SmsPublisher};
 
@@ -20,6 +23,7 @@ use crate::consumer::dispatcher::Dispatcher;
 use crate::consumer::webhooks::WebhookConsumer;
 use crate::consumer::{Consumer, worker_identity};
 use crate::deliver::{Deps, GroupCommitLedger};
+use crate::metrics::WorkerMetrics;
 use crate::providers::SmsProvider;
 use crate::render::SmsRenderer;
 use crate::retry::RetryPolicy;
@@ -53,14 +57,31 @@ pub struct Worker {
     consumer: Consumer,
     webhooks: WebhookConsumer,
     relay_interval: std::time::Duration,
+    metrics: WorkerMetrics,
+    /// Where `GET /metrics` is served, when `VERIFY_WORKER_METRICS_ADDR` is set.
+    metrics_listener: Option<TcpListener>,
+    pool: Pool,
 }
 
 impl Worker {
-    /// Connects to Postgres and RabbitMQ and builds the provider client.
+    /// Connects to Postgres and RabbitMQ, builds the provider client and binds the
+    /// metrics address, if one is set; its metrics are its own.
     ///
     /// # Errors
     /// When settings are invalid or a dependency cannot be reached; the message says which.
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
+        Self::build_recording_into(config, Registry::new()).await
+    }
+
+    /// As [`Worker::build`], counting into `registry`, which several workers may share
+    /// (the workers of one system under test report as one).
+    ///
+    /// # Errors
+    /// As [`Worker::build`].
+    pub async fn build_recording_into(
+        config: WorkerConfig,
+        registry: Registry,
+    ) -> anyhow::Result<Self> {
         let secret = config.secret.code_secret()?;
         Sender::parse(&config.provider.from).map_err(|e| {
             anyhow::anyhow!("VERIFY_SMS_FROM {:?} is invalid: {e}", config.provider.from)
@@ -100,8 +121,17 @@ impl Worker {
                 .context("connecting the webhook publisher to RabbitMQ")?;
         let webhook_deps = WebhookDeps::new(pool.clone(), &config.webhooks)
             .context("building the webhook HTTP client")?;
+        let metrics_listener = match config.worker.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding VERIFY_WORKER_METRICS_ADDR {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics = WorkerMetrics::new(registry, config.provider.kind);
         let deps = Deps {
-            ledger: GroupCommitLedger::start(pool, config.worker.send_lease()),
+            ledger: GroupCommitLedger::start(pool.clone(), config.worker.send_lease()),
             provider: SmsProvider::from_settings(&config.provider)?,
             renderer: SmsRenderer::new(config.sms.max_segments),
             secret,
@@ -109,6 +139,7 @@ impl Worker {
             lease: config.worker.send_lease(),
             expiry_margin: config.worker.expiry_margin(),
             default_from: config.provider.from.clone(),
+            metrics: metrics.clone(),
         };
         Ok(Self {
             webhooks: WebhookConsumer {
@@ -127,12 +158,39 @@ impl Worker {
                 publisher: Arc::new(publisher),
                 identity: worker_identity().into(),
             },
+            metrics,
+            metrics_listener,
+            pool,
         })
     }
 
+    /// The address `GET /metrics` is served at, when one is set.
+    ///
+    /// # Errors
+    /// When the socket has no local address (it always has once bound).
+    pub fn metrics_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+    }
+
     /// Consumes sends and webhook jobs and relays recorded events until `shutdown` is
-    /// cancelled, then finishes what is in flight.
+    /// cancelled, then finishes what is in flight. Serves `GET /metrics` meanwhile, when
+    /// an address is set.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let registry = self.metrics.registry().clone();
+        // Upkeep runs even when nobody scrapes: it is what keeps recorded histogram
+        // samples from piling up.
+        tokio::spawn(run_upkeep(registry.clone(), shutdown.clone()));
+        if let Some(listener) = self.metrics_listener {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                registry,
+                self.pool,
+                shutdown.clone(),
+            ));
+        }
         let relay = tokio::spawn(relay(
             self.webhooks.deps.pool.clone(),
             Arc::clone(&self.webhooks.publisher),

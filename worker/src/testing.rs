@@ -7,14 +7,19 @@
 //! and the retry queues are empty and Postgres has no unfinished send, then starts the
 //! same number of workers again. So a test can assert that something did *not* happen
 //! (no second SMS, no retry) without sleeping and hoping.
+//!
+//! The workers of one system under test, the draining one included, count into one
+//! registry, served at [`TestWorkers::metrics_url`] as a worker process serves its own.
 
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::{Mutex, OnceCell};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use verify_common::db::{self, DbError, Pool, deliveries};
+use verify_common::metrics::Registry;
 use verify_common::queue::QueueError;
 
 use crate::consumer::dispatcher::Dispatcher;
@@ -57,6 +62,8 @@ pub struct TestWorkers {
     pool: Pool,
     running: Mutex<Vec<Running>>,
     dispatcher: OnceCell<Dispatcher>,
+    registry: Registry,
+    metrics_url: String,
 }
 
 impl TestWorkers {
@@ -68,13 +75,36 @@ impl TestWorkers {
         let pool = db::connect_pool(&config.database)
             .await
             .unwrap_or_else(|e| panic!("connecting the test workers to Postgres: {e}"));
+        let registry = Registry::new();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("binding the test workers' metrics address: {e}"));
+        let metrics_url = format!(
+            "http://{}/metrics",
+            listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("the metrics listener's address: {e}"))
+        );
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            registry.clone(),
+            pool.clone(),
+            shutdown.clone(),
+        ));
         Self {
             config,
             shutdown,
             pool,
             running: Mutex::new(Vec::new()),
             dispatcher: OnceCell::new(),
+            registry,
+            metrics_url,
         }
+    }
+
+    /// Where the workers' `GET /metrics` is served.
+    pub fn metrics_url(&self) -> &str {
+        &self.metrics_url
     }
 
     /// Starts one more background worker (several may share the queue).
@@ -87,7 +117,7 @@ impl TestWorkers {
     }
 
     async fn spawn(&self) -> Running {
-        let worker = Worker::build(self.config.clone())
+        let worker = Worker::build_recording_into(self.config.clone(), self.registry.clone())
             .await
             .unwrap_or_else(|e| panic!("building a worker: {e:#}"));
         let stop = self.shutdown.child_token();
@@ -130,9 +160,10 @@ impl TestWorkers {
         let dispatcher = self
             .dispatcher
             .get_or_try_init(|| async {
-                let worker = Worker::build(self.config.clone())
-                    .await
-                    .map_err(DrainError::Build)?;
+                let worker =
+                    Worker::build_recording_into(self.config.clone(), self.registry.clone())
+                        .await
+                        .map_err(DrainError::Build)?;
                 Ok::<_, DrainError>(worker.into_dispatcher().await?)
             })
             .await?;

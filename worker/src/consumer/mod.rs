@@ -217,11 +217,12 @@ pub(crate) async fn settle(
     publisher: &SmsPublisher,
     identity: &str,
 ) {
+    let _in_flight = deps.metrics.in_flight();
     let job = match SendSms::decode(&delivery.data) {
         Ok(job) => job,
         Err(error) => {
             let reason = DeadLetterReason::UnreadablePayload(error.to_string());
-            dead_letter(&delivery, None, publisher, identity, &reason).await;
+            dead_letter(&delivery, None, deps, publisher, identity, &reason).await;
             return;
         }
     };
@@ -242,6 +243,7 @@ pub(crate) async fn settle(
             dead_letter(
                 &delivery,
                 Some(job.delivery_id),
+                deps,
                 publisher,
                 identity,
                 &reason,
@@ -262,10 +264,14 @@ pub(crate) async fn settle(
 async fn dead_letter(
     delivery: &Delivery,
     delivery_id: Option<DeliveryId>,
+    deps: &Deps,
     publisher: &SmsPublisher,
     identity: &str,
     reason: &DeadLetterReason,
 ) {
+    // Counted either way below: the job reaches the dead-letter queue with its reason
+    // or, failing that, through RabbitMQ's own dead-lettering.
+    deps.metrics.dead_letter(reason.code());
     let reason_text = reason.to_string();
     let note = DeadLetterNote {
         reason_code: reason.code(),

@@ -26,6 +26,7 @@ use verify_common::domain::{
 };
 use verify_common::queue::{QueueNames, SendSms, SmsPublisher, queue_depth};
 use verify_common::telemetry::init_test_tracing;
+use verify_common::testing::exposition::Exposition;
 use verify_common::testing::{TestDatabase, test_rabbit_settings};
 use verify_sink::{MessageLog, RecordedMessage, Sink, SinkSettings};
 use verify_worker::WorkerConfig;
@@ -99,6 +100,8 @@ pub(crate) struct TestWorker {
     pub pool: Pool,
     pub sink: MessageLog,
     pub rabbit: RabbitSettings,
+    /// What the test's workers are built from.
+    pub config: WorkerConfig,
     publisher: SmsPublisher,
     workers: TestWorkers,
     shutdown: CancellationToken,
@@ -172,9 +175,18 @@ pub(crate) async fn spawn_worker_with(options: TestOptions) -> TestWorker {
         sink: sink_log,
         rabbit,
         publisher,
-        workers: TestWorkers::new(config, shutdown.clone()).await,
+        workers: TestWorkers::new(config.clone(), shutdown.clone()).await,
+        config,
         shutdown,
     }
+}
+
+/// Scrapes `url` and parses the answer; fails the test unless it is text format.
+pub(crate) async fn scrape(url: &str) -> Exposition {
+    let response = reqwest::get(url).await.expect("scraping /metrics");
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "{url}");
+    let text = response.text().await.expect("a metrics body");
+    Exposition::parse(&text).unwrap_or_else(|e| panic!("{url} is not text format: {e}\n{text}"))
 }
 
 /// A new verification of `to` with the built-in text and the production defaults (six
@@ -219,6 +231,12 @@ impl TestWorker {
             .drain(WAIT)
             .await
             .unwrap_or_else(|e| panic!("draining the pipeline: {e}"));
+    }
+
+    /// The workers' metrics, scraped over HTTP as a Prometheus server does, and parsed;
+    /// fails the test unless the answer is valid text format.
+    pub(crate) async fn scrape(&self) -> Exposition {
+        scrape(self.workers.metrics_url()).await
     }
 
     /// Records `new` and publishes its job, as the API does for a start request.

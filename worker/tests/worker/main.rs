@@ -5,5 +5,6 @@
 mod dead_letters;
 mod delivery;
 mod helpers;
+mod metrics;
 mod replay;
 mod retries;
