@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use verify_common::db::abuse::{AllowRecord, BlockRecord, RuleCount, RuleRecord};
 use verify_common::db::deliveries::DeliveryRecord;
+use verify_common::db::stats::{StatsFigures, StatsGroup};
 use verify_common::db::templates::TemplateRecord;
 use verify_common::db::verifications::VerificationRecord;
 use verify_common::db::webhooks::EndpointRecord;
@@ -310,6 +311,66 @@ impl BlockView {
             until: record.until,
             counts: record.counts.clone(),
             shadow: record.shadow,
+        }
+    }
+}
+
+/// A stats report: the window as covered (whole hours), the grouping and one row per
+/// group.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatsView {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub group_by: Option<&'static str>,
+    pub groups: Vec<StatsGroupView>,
+}
+
+/// The figures of one group. Rates are `null` when their denominator is 0, medians when
+/// no duration was recorded.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatsGroupView {
+    /// The group's value: a country, a template id (`null` for the built-in text), a
+    /// provider (`null` for starts and approvals), a `YYYY-MM-DD` day; `null` ungrouped.
+    pub group: serde_json::Value,
+    pub started: i64,
+    pub sent: i64,
+    pub delivered: i64,
+    pub approved: i64,
+    pub segments_sent: i64,
+    /// Approved ÷ started.
+    pub conversion_rate: Option<f64>,
+    /// Delivered ÷ sent.
+    pub delivery_rate: Option<f64>,
+    pub median_ms_to_sms: Option<u64>,
+    pub median_ms_to_approval: Option<u64>,
+}
+
+impl StatsGroupView {
+    pub(crate) fn new(figures: &StatsFigures) -> Self {
+        let group = match &figures.group {
+            StatsGroup::All => serde_json::Value::Null,
+            StatsGroup::Country(country) => country.as_str().into(),
+            StatsGroup::Template(id) => id.map_or(serde_json::Value::Null, |id| id.get().into()),
+            StatsGroup::Provider(name) => name.as_deref().into(),
+            StatsGroup::Day(day) => day.format("%Y-%m-%d").to_string().into(),
+        };
+        // Counts are far below 2^52, where f64 stops holding integers exactly.
+        #[allow(clippy::cast_precision_loss)]
+        let rate = |part: i64, whole: i64| (whole > 0).then(|| part as f64 / whole as f64);
+        let millis = |median: Option<std::time::Duration>| {
+            median.map(|d| u64::try_from((d.as_micros() + 500) / 1000).unwrap_or(u64::MAX))
+        };
+        Self {
+            group,
+            started: figures.started,
+            sent: figures.sent,
+            delivered: figures.delivered,
+            approved: figures.approved,
+            segments_sent: figures.segments,
+            conversion_rate: rate(figures.approved, figures.started),
+            delivery_rate: rate(figures.delivered, figures.sent),
+            median_ms_to_sms: millis(figures.start_to_sms.median()),
+            median_ms_to_approval: millis(figures.start_to_approval.median()),
         }
     }
 }

@@ -763,6 +763,17 @@ pub enum ProviderKind {
     Log,
 }
 
+impl ProviderKind {
+    /// The name sends are recorded under (`twilio`, `http`, `log`), as in the stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Twilio => "twilio",
+            Self::Http => "http",
+            Self::Log => "log",
+        }
+    }
+}
+
 /// The SMS provider and its credentials.
 #[derive(Clone, Args)]
 pub struct ProviderSettings {

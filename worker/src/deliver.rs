@@ -20,12 +20,13 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use verify_common::config::ProviderKind;
 use verify_common::db::deliveries::{
     self, AttemptRecord, ClaimOutcome, ClaimedSend, FinishedAttempt, UnusableSend, UnusableValue,
 };
 use verify_common::db::{DbError, Pool};
 use verify_common::domain::{
-    AttemptLogEntry, AttemptOutcome, CodeSecret, DeliveryId, DeliveryStatus, PhoneNumber,
+    AttemptLogEntry, AttemptOutcome, CodeSecret, DeliveryId, DeliveryStatus, PhoneNumber, SmsShape,
     VerificationStatus,
 };
 use verify_common::group_commit::{BatchLimits, GroupCommit};
@@ -85,8 +86,9 @@ pub struct GroupCommitLedger {
 }
 
 impl GroupCommitLedger {
-    /// Starts the two batchers; each claim holds its send for `lease`.
-    pub fn start(pool: Pool, lease: Duration) -> Self {
+    /// Starts the two batchers; each claim holds its send for `lease`, and sends are
+    /// recorded as accepted by `provider`.
+    pub fn start(pool: Pool, lease: Duration, provider: ProviderKind) -> Self {
         let claiming = pool.clone();
         Self {
             claims: GroupCommit::start(BATCH_LIMITS, move |ids: Vec<DeliveryId>| {
@@ -95,7 +97,7 @@ impl GroupCommitLedger {
             }),
             finishes: GroupCommit::start(BATCH_LIMITS, move |batch: Vec<FinishedAttempt>| {
                 let pool = pool.clone();
-                async move { deliveries::finish_attempts(&pool, &batch).await }
+                async move { deliveries::finish_attempts(&pool, provider.as_str(), &batch).await }
             }),
         }
     }
@@ -282,6 +284,7 @@ async fn attempt<L: SendLedger, P: SmsSender>(
                     duration_ms: Some(elapsed_ms),
                     ..log_entry(send.attempt, now, AttemptOutcome::Sent)
                 },
+                segments: Some(u32::try_from(SmsShape::of(&text).segments).unwrap_or(u32::MAX)),
             };
             finish(&ending, deps, &record).await?;
             tracing::info!(delivery = %send.delivery_id, to = %send.to, attempt = send.attempt, "SMS sent");
@@ -323,6 +326,7 @@ async fn attempt<L: SendLedger, P: SmsSender>(
                     duration_ms: Some(elapsed_ms),
                     ..log_entry(send.attempt, now, AttemptOutcome::TransientError)
                 },
+                segments: None,
             };
             finish(&ending, deps, &record).await?;
             deps.metrics.send(SendStatus::Retrying);
@@ -379,6 +383,7 @@ async fn fail<L: SendLedger, P: SmsSender>(
             error: Some(reason.clone()),
             ..log_entry(ending.attempt, Utc::now(), outcome)
         },
+        segments: None,
     };
     let recorded = finish(ending, deps, &record).await?;
     if recorded {

@@ -131,7 +131,11 @@ impl Worker {
         };
         let metrics = WorkerMetrics::new(registry, config.provider.kind);
         let deps = Deps {
-            ledger: GroupCommitLedger::start(pool.clone(), config.worker.send_lease()),
+            ledger: GroupCommitLedger::start(
+                pool.clone(),
+                config.worker.send_lease(),
+                config.provider.kind,
+            ),
             provider: SmsProvider::from_settings(&config.provider)?,
             renderer: SmsRenderer::new(config.sms.max_segments),
             secret,

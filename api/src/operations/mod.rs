@@ -2,6 +2,7 @@
 //! Routes parse requests into these calls and render their results.
 
 pub(crate) mod abuse;
+pub(crate) mod stats;
 pub(crate) mod templates;
 pub(crate) mod verifications;
 pub(crate) mod webhooks;

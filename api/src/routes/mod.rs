@@ -4,7 +4,8 @@
 //! - `extract`: the extractors every family shares (caller, bodies, `Idempotency-Key`,
 //!   ids); handlers take a `Caller`, so no handler can be reached without one.
 //! - `native`: the `/v1` answer shape; `verifications`, `templates`, `abuse` (rules,
-//!   allow list, blocks) and `webhooks` (producers' endpoints) are its routes.
+//!   allow list, blocks), `webhooks` (producers' endpoints) and `stats` (traffic
+//!   figures from rollups) are its routes.
 //! - `portatext`: PortaText's routes and answer shape; `health`: the probes;
 //!   `metrics`: the Prometheus scrape.
 //! - `receipts`: providers' delivery receipts, authenticated by the provider's signature
@@ -23,6 +24,7 @@ mod metrics;
 mod native;
 mod portatext;
 mod receipts;
+mod stats;
 mod templates;
 mod verifications;
 mod webhooks;
@@ -50,6 +52,8 @@ pub(crate) fn routes(
         .or(receipts::routes(state.clone()))
         .unify()
         .or(webhooks::routes(state.clone()))
+        .unify()
+        .or(stats::routes(state.clone()))
         .unify();
     health::routes(state.clone())
         .or(metrics::routes(Arc::clone(&state.metrics)))

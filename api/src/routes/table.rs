@@ -74,6 +74,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     route("GET", "/v1/webhooks/{}", Family::Native),
     route("PATCH", "/v1/webhooks/{}", Family::Native),
     route("DELETE", "/v1/webhooks/{}", Family::Native),
+    route("GET", "/v1/stats", Family::Native),
     route("POST", "/number_verify/{}", Family::PortaText),
     route("GET", "/number_verify/{}", Family::PortaText),
     route("GET", "/templates", Family::PortaText),

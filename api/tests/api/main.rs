@@ -19,6 +19,7 @@ mod outbox;
 mod portatext;
 mod receipts;
 mod startup;
+mod stats;
 mod templates;
 mod verifications;
 mod webhooks;

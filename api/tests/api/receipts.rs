@@ -303,6 +303,7 @@ async fn a_receipt_that_beats_the_workers_record_of_the_send_is_applied_once_it_
     let held_while_sending = app.get_verification(id).await["delivery_status"].clone();
     let recorded = finish_attempts(
         &app.pool,
+        "twilio",
         &[FinishedAttempt {
             id: send_id,
             attempt: claim.attempt,
@@ -320,6 +321,7 @@ async fn a_receipt_that_beats_the_workers_record_of_the_send_is_applied_once_it_
                     retry_at: None,
                     duration_ms: Some(1),
                 },
+                segments: Some(1),
             },
         }],
     )

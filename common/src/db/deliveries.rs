@@ -61,8 +61,9 @@ table_row! {
         receipt_error_code: Option<String>,
     }
     // The number is the verification's; the lease, the publish time and the relay's claim
-    // are the claim's and the outbox's bookkeeping, which their own statements read.
-    unread [to_number, lease_until, published_at, relayed_at]
+    // are the claim's and the outbox's bookkeeping, which their own statements read; the
+    // provider is read by the receipt's statement, for the stats.
+    unread [to_number, lease_until, published_at, relayed_at, provider]
 }
 
 impl TryFrom<DeliveryRow> for DeliveryRecord {
@@ -336,6 +337,8 @@ pub struct AttemptRecord {
     pub retry_in: Option<Duration>,
     /// Appended to the delivery's attempt log.
     pub log_entry: AttemptLogEntry,
+    /// For `Sent`: how many SMS segments the message took, for the stats.
+    pub segments: Option<u32>,
 }
 
 /// The end of one claimed attempt, to be recorded.
@@ -348,14 +351,19 @@ pub struct FinishedAttempt {
 }
 
 /// Records the ends of a batch of attempts, one statement for all, with the `send.sent`
-/// and `send.failed` webhooks of those that ended so (migration V15). Each is guarded by
-/// status and attempt number: if the lease ran out and another worker re-claimed the send
-/// meanwhile, that attempt's result is not written (`false` in its place) rather than
-/// overwriting the newer attempt. Results are in the order of `batch`.
+/// and `send.failed` webhooks of those that ended so (migration V15), and the sent ones
+/// in the stats rollups under `provider` (V18). Each is guarded by status and attempt
+/// number: if the lease ran out and another worker re-claimed the send meanwhile, that
+/// attempt's result is not written (`false` in its place) rather than overwriting the
+/// newer attempt. Results are in the order of `batch`.
 ///
 /// # Errors
 /// [`DbError`] on database failure: then nothing was recorded.
-pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<Vec<bool>, DbError> {
+pub async fn finish_attempts(
+    pool: &Pool,
+    provider: &str,
+    batch: &[FinishedAttempt],
+) -> Result<Vec<bool>, DbError> {
     // In id order, so batches touching the same rows lock them in the same order.
     let mut rows: Vec<&FinishedAttempt> = batch.iter().collect();
     rows.sort_by_key(|f| f.id.as_uuid());
@@ -373,6 +381,14 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
         .collect();
     let log_entries: Vec<Json<&AttemptLogEntry>> =
         rows.iter().map(|f| Json(&f.record.log_entry)).collect();
+    let segments: Vec<Option<i32>> = rows
+        .iter()
+        .map(|f| {
+            f.record
+                .segments
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+        })
+        .collect();
     // Each status's allowed sources, as one comma-separated text per row (arrays of
     // arrays must be rectangular).
     let allowed_from: Vec<String> = rows
@@ -389,17 +405,33 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
                  last_error = f.last_error,
                  next_attempt_at = now() + make_interval(secs => f.retry_in_secs),
                  sent_at = CASE WHEN f.status = 'sent' THEN now() ELSE d.sent_at END,
+                 provider = CASE WHEN f.status = 'sent' THEN $9 ELSE d.provider END,
                  lease_until = NULL,
                  updated_at = now(),
                  attempt_log = d.attempt_log || jsonb_build_array(f.log_entry)
              FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::text[],
-                         $6::float8[], $7::jsonb[], $8::text[])
+                         $6::float8[], $7::jsonb[], $8::text[], $10::integer[])
                   AS f (id, attempt, status, provider_message_id, last_error, retry_in_secs,
-                        log_entry, allowed_from)
+                        log_entry, allowed_from, segments)
              WHERE d.id = f.id AND d.attempts = f.attempt
                AND d.status = ANY (string_to_array(f.allowed_from, ','))
              RETURNING d.id, d.attempts, d.status, d.verification_id, d.to_number,
-                       d.send_number, d.provider_message_id, d.last_error
+                       d.send_number, d.provider_message_id, d.last_error, f.segments
+             ), sent AS (
+                 -- The first send's time is its verification's start-to-SMS time.
+                 SELECT add_to_stats(array_agg(ROW(
+                            v.created_at, coalesce(v.risk ->> 'country', 'unknown'),
+                            coalesce(v.template_id, 0), $9, 0, 1, 0, 0,
+                            coalesce(s.segments, 0),
+                            CASE WHEN s.send_number = 1
+                                 THEN extract(epoch FROM now() - v.created_at)::float8 * 1000
+                            END,
+                            NULL
+                        )::stats_event))
+                 FROM finished s
+                 JOIN verifications v ON v.id = s.verification_id
+                 WHERE s.status = 'sent'
+                 HAVING count(*) > 0
              ), webhooks AS (
                  INSERT INTO webhook_deliveries
                      (id, endpoint_id, event_type, payload, verification_id)
@@ -413,7 +445,7 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
                    ON e.disabled_at IS NULL AND 'send.' || s.status = ANY (e.events)
                  WHERE s.status IN ('sent', 'failed')
              )
-             SELECT id, attempts FROM finished",
+             SELECT f.id, f.attempts FROM finished f LEFT JOIN sent ON true",
         )
         .await?;
     let recorded: HashSet<(uuid::Uuid, i32)> = client
@@ -428,6 +460,8 @@ pub async fn finish_attempts(pool: &Pool, batch: &[FinishedAttempt]) -> Result<V
                 &retry_in,
                 &log_entries,
                 &allowed_from,
+                &provider,
+                &segments,
             ],
         )
         .await?
@@ -688,7 +722,8 @@ pub enum ReceiptRecorded {
 
 /// Records a final delivery receipt, one statement: a `sent` send with the receipt's
 /// message id moves to `delivered` or `undelivered` (with the provider's error code, and
-/// the `send.delivered` or `send.undelivered` webhooks of subscribed endpoints), a
+/// the `send.delivered` or `send.undelivered` webhooks of subscribed endpoints; a
+/// delivery also counts in the stats rollups, migration V18), a
 /// send already past `sent` is left alone, and a receipt for an id no send has is held.
 /// Guarded by [`DeliveryStatus::can_transition_to`], so a duplicate or late receipt never
 /// moves a send backwards and two replicas recording the same receipt change it once.
@@ -706,7 +741,18 @@ pub async fn record_receipt(pool: &Pool, receipt: &Receipt) -> Result<ReceiptRec
                      updated_at = now()
                  WHERE provider_message_id = $1 AND status = ANY ($4)
                  RETURNING id, verification_id, status, to_number, send_number, attempts,
-                           provider_message_id, last_error, receipt_error_code
+                           provider_message_id, last_error, receipt_error_code, provider
+             ), delivered AS (
+                 -- Sends recorded before migration V18 named no provider.
+                 SELECT add_to_stats(array_agg(ROW(
+                            v.created_at, coalesce(v.risk ->> 'country', 'unknown'),
+                            coalesce(v.template_id, 0), coalesce(c.provider, 'unknown'),
+                            0, 0, 1, 0, 0, NULL, NULL
+                        )::stats_event))
+                 FROM changed c
+                 JOIN verifications v ON v.id = c.verification_id
+                 WHERE c.status = 'delivered'
+                 HAVING count(*) > 0
              ), webhooks AS (
                  INSERT INTO webhook_deliveries
                      (id, endpoint_id, event_type, payload, verification_id)
@@ -729,7 +775,8 @@ pub async fn record_receipt(pool: &Pool, receipt: &Receipt) -> Result<ReceiptRec
                  WHERE NOT EXISTS (SELECT FROM changed) AND NOT EXISTS (SELECT FROM known)
                  ON CONFLICT (provider_message_id) DO NOTHING
              )
-             SELECT true AS changed, id, verification_id, status FROM changed
+             SELECT true AS changed, c.id, c.verification_id, c.status
+             FROM changed c LEFT JOIN delivered ON true
              UNION ALL
              SELECT false, id, verification_id, status FROM known",
         )

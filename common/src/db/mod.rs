@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod notifications;
 mod rows;
 pub mod starts;
+pub mod stats;
 pub mod templates;
 pub mod verifications;
 pub mod webhooks;
@@ -294,6 +295,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         17,
         "announce_revocations",
         include_str!("../../../migrations/V17__announce_revocations.sql"),
+    ),
+    (
+        18,
+        "stats_rollups",
+        include_str!("../../../migrations/V18__stats_rollups.sql"),
     ),
 ];
 

@@ -199,6 +199,7 @@ mod tests {
     use crate::db::api_keys::ApiKeyRow;
     use crate::db::deliveries::{DeliveryRow, HeldReceiptRow};
     use crate::db::idempotency::IdempotencyKeyRow;
+    use crate::db::stats::StatsRollupRow;
     use crate::db::templates::TemplateRow;
     use crate::db::verifications::VerificationRow;
     use crate::db::webhooks::{WebhookAttemptRow, WebhookDeliveryRow, WebhookEndpointRow};
@@ -234,6 +235,7 @@ mod tests {
             declared::<WebhookEndpointRow>(),
             declared::<WebhookDeliveryRow>(),
             declared::<WebhookAttemptRow>(),
+            declared::<StatsRollupRow>(),
         ];
 
         let client = pool.get().await.unwrap();

@@ -184,14 +184,28 @@ fn velocity_refusal(row: &Row) -> Result<Option<(usize, Duration)>, DbError> {
 /// velocity verdict (`velocity_refused`, `velocity_retry_after_secs`,
 /// `velocity_counted`), the key's verdicts (`key_reused`, `replay_of`,
 /// `replay_response`), then the verification's columns prefixed `v_` and the send's
-/// prefixed `d_`.
+/// prefixed `d_`. The verifications it created are counted in the stats rollups
+/// (migration V18) by the same statement, one upsert per key for the batch.
 static START_VERIFICATIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT s.ord, s.retry_after_secs, s.velocity_refused, s.velocity_retry_after_secs,
+        "WITH s AS (
+             SELECT * FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                                               $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                                               $21, $22, $23, $24, $25, $26, $27, $28, $29)
+         ), started AS (
+             SELECT add_to_stats(array_agg(ROW(
+                        (s.verification).created_at,
+                        coalesce((s.verification).risk ->> 'country', 'unknown'),
+                        coalesce((s.verification).template_id, 0), '', 1, 0, 0, 0, 0, NULL, NULL
+                    )::stats_event))
+             FROM s
+             WHERE (s.verification).id IS NOT NULL
+             HAVING count(*) > 0
+         )
+         SELECT s.ord, s.retry_after_secs, s.velocity_refused, s.velocity_retry_after_secs,
                 s.velocity_counted, s.key_reused, s.replay_of, s.replay_response, {}, {}
-         FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                  $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
-                                  $27, $28, $29) s",
+         FROM s LEFT JOIN started ON true
+         ORDER BY s.ord",
         prefixed_columns::<VerificationRow>("(s.verification)", "v_"),
         prefixed_columns::<DeliveryRow>("(s.delivery)", "d_"),
     )

@@ -204,7 +204,7 @@ pub struct GuessCheck {
 /// the number, and the one that reaches the budget locks it. Without `guess` (no such
 /// rule) nothing of that happens. A check that approves or uses up the last attempt
 /// records its webhooks (`verification.approved`, `verification.max_attempts_reached`) in
-/// the same statement (migration V15).
+/// the same statement (migration V15), and an approval its stats (V18).
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -219,8 +219,19 @@ pub async fn record_check(
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT c.status, c.checks_made, c.max_checks, c.lock, c.locked_now
-             FROM check_verification($1, $2, $3, $4, $5, $6) c",
+            // An approval adds to the stats rollups (migration V18) in the same statement.
+            "WITH c AS (SELECT * FROM check_verification($1, $2, $3, $4, $5, $6)),
+             approval AS (
+                 SELECT add_to_stats(ARRAY[ROW(
+                            v.created_at, coalesce(v.risk ->> 'country', 'unknown'),
+                            coalesce(v.template_id, 0), '', 0, 0, 0, 1, 0, NULL,
+                            extract(epoch FROM now() - v.created_at)::float8 * 1000
+                        )::stats_event])
+                 FROM c JOIN verifications v ON v.id = $1
+                 WHERE c.status = 'approved'
+             )
+             SELECT c.status, c.checks_made, c.max_checks, c.lock, c.locked_now
+             FROM c LEFT JOIN approval ON true",
         )
         .await?;
     let Some(row) = client

@@ -9,6 +9,7 @@ pub mod phone_number;
 pub mod receipt;
 pub mod sender;
 pub mod sms;
+pub mod stats;
 pub mod template;
 pub mod variables;
 pub mod verification;
@@ -21,6 +22,10 @@ pub use phone_number::{PhoneNumber, PhoneNumberError};
 pub use receipt::{MessageId, Receipt, ReceiptError, ReceiptErrorCode, ReceiptStatus};
 pub use sender::{Sender, SenderError};
 pub use sms::{SegmentCap, SegmentCapError, SmsEncoding, SmsShape, SmsTooLong};
+pub use stats::{
+    DurationHistogram, HistogramError, StatsGroupBy, StatsGroupByError, StatsWindow,
+    StatsWindowError,
+};
 pub use template::{
     InvalidTemplateId, TemplateBody, TemplateDescription, TemplateError, TemplateId,
     TemplateLocale, TemplateName, default_template_text, new_template_engine,
