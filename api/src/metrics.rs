@@ -36,6 +36,9 @@ pub(crate) const ABUSE_DECISIONS: &str = "verify_abuse_decisions_total";
 /// Sends the outbox relay's last round found unpublished past their due time.
 pub(crate) const OUTBOX_BACKLOG: &str = "verify_outbox_backlog";
 
+/// Delivery receipts received, by `provider` and `outcome`.
+pub(crate) const RECEIPTS: &str = "verify_receipts_total";
+
 /// The `route` label of a request whose path is no route's.
 pub(crate) const UNMATCHED: &str = "unmatched";
 
@@ -83,6 +86,42 @@ impl CheckResult {
             Self::Expired => "expired",
             Self::Closed => "closed",
             Self::NotFound => "not_found",
+        }
+    }
+}
+
+/// Who sent a delivery receipt, as `verify_receipts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReceiptSource {
+    /// Twilio's signed status callback.
+    Twilio,
+    /// The generic JSON receipt.
+    Http,
+}
+
+/// What a delivery receipt did, as `verify_receipts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReceiptOutcome {
+    /// It moved its send to `delivered`.
+    Delivered,
+    /// It moved its send to `undelivered`.
+    Undelivered,
+    /// Its send already had a final status (a duplicate, or one arriving late).
+    Unchanged,
+    /// No send had its message id yet: held until one does.
+    Held,
+    /// Not a final status (`queued`, `sent`, …): nothing to record.
+    Ignored,
+}
+
+impl ReceiptOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Undelivered => "undelivered",
+            Self::Unchanged => "unchanged",
+            Self::Held => "held",
+            Self::Ignored => "ignored",
         }
     }
 }
@@ -146,6 +185,10 @@ impl ApiMetrics {
             (
                 OUTBOX_BACKLOG,
                 "Sends the outbox relay last found unpublished past their due time.",
+            ),
+            (
+                RECEIPTS,
+                "Delivery receipts received, by provider and what they did.",
             ),
         ] {
             registry.describe(name, help);
@@ -244,6 +287,22 @@ impl ApiMetrics {
                 ],
             )
             .increment(count);
+    }
+
+    /// Counts a delivery receipt from `source` that ended in `outcome`. Receipts that
+    /// failed their signature or token are not receipts: the HTTP metrics count them
+    /// as 403s of their route.
+    pub(crate) fn receipt(&self, source: ReceiptSource, outcome: ReceiptOutcome) {
+        let provider = match source {
+            ReceiptSource::Twilio => "twilio",
+            ReceiptSource::Http => "http",
+        };
+        self.registry
+            .counter(
+                RECEIPTS,
+                &[("provider", provider), ("outcome", outcome.as_str())],
+            )
+            .increment(1);
     }
 
     /// The registry these metrics are kept in.

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verify_common::config::{
     AbuseSettings, ApiSettings, DatabaseSettings, OtpSettings, RabbitSettings, ReceiptSettings,
-    SecretSettings, SmsSettings, WebhookSettings, redact_url,
+    SecretSettings, SmsSettings, WebhookDestinationSettings, redact_url,
 };
 use verify_common::db::starts::SendLimit;
 use verify_common::db::{self, DbError};
@@ -50,7 +50,7 @@ pub struct ApiConfig {
     pub receipts: ReceiptSettings,
     /// The API reads only whether internal destinations are allowed; the workers deliver.
     #[command(flatten)]
-    pub webhooks: WebhookSettings,
+    pub webhooks: WebhookDestinationSettings,
 }
 
 /// A bound, ready-to-run API.
@@ -253,5 +253,29 @@ impl Application {
         // Its last counter write, which began when the shutdown did.
         let _ = abuse.await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, Command};
+
+    use super::ApiConfig;
+
+    #[test]
+    fn the_api_offers_only_the_webhook_setting_it_reads() {
+        let help = ApiConfig::augment_args(Command::new("verify-api"))
+            .render_long_help()
+            .to_string();
+
+        assert!(help.contains("--webhook-allow-private"), "{help}");
+        for worker_only in [
+            "--webhook-concurrency",
+            "--webhook-timeout-ms",
+            "--webhook-retry-delays-ms",
+            "--webhook-relay-interval-ms",
+        ] {
+            assert!(!help.contains(worker_only), "{worker_only} in:\n{help}");
+        }
     }
 }

@@ -613,14 +613,22 @@ impl AbuseSettings {
     }
 }
 
-/// Webhooks to producers: which destinations are allowed, and how workers deliver them.
+/// Which webhook destinations are allowed: the API checks them when an endpoint is saved,
+/// workers again when they deliver.
 #[derive(Debug, Clone, Args)]
-pub struct WebhookSettings {
+pub struct WebhookDestinationSettings {
     /// Accept endpoints on private, loopback and other internal addresses. Off in
     /// production, where it would let an API key reach the internal network (SSRF); on in
     /// local runs and tests, whose endpoints are on this machine.
     #[arg(long = "webhook-allow-private", env = "VERIFY_WEBHOOK_ALLOW_PRIVATE")]
     pub allow_private: bool,
+}
+
+/// How workers deliver webhooks to producers, and to which destinations.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookSettings {
+    #[command(flatten)]
+    pub destinations: WebhookDestinationSettings,
     /// Webhook requests in flight at once in one worker process (also their prefetch),
     /// apart from the sends: a slow endpoint uses these, never an SMS slot.
     #[arg(

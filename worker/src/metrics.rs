@@ -27,6 +27,12 @@ pub const SEND_RETRIES: &str = "verify_send_retries_total";
 pub const DEAD_LETTERS: &str = "verify_dead_letters_total";
 /// Jobs this worker is working on now.
 pub const SENDS_IN_FLIGHT: &str = "verify_sends_in_flight";
+/// Webhook delivery attempts, by `outcome`.
+pub const WEBHOOK_ATTEMPTS: &str = "verify_webhook_attempts_total";
+/// Webhook endpoints' answer times, by `outcome`.
+pub const WEBHOOK_ATTEMPT_DURATION: &str = "verify_webhook_attempt_duration_seconds";
+/// Recorded webhook events this worker handed to RabbitMQ.
+pub const WEBHOOKS_RELAYED: &str = "verify_webhooks_relayed_total";
 
 /// The content type of the text exposition format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -56,6 +62,39 @@ pub enum SendStatus {
     Skipped,
 }
 
+/// How a webhook attempt ended, as `verify_webhook_attempts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookAttemptOutcome {
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Another answer, or none; a retry is scheduled.
+    Retrying,
+    /// Another answer, or none, and the retry schedule has run out.
+    Failed,
+    /// The endpoint answered 410 Gone and is disabled.
+    Gone,
+}
+
+impl WebhookAttemptOutcome {
+    const ALL: [Self; 4] = [Self::Delivered, Self::Retrying, Self::Failed, Self::Gone];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+/// The handles of one webhook attempt outcome.
+#[derive(Clone)]
+struct WebhookAttemptHandles {
+    count: Counter,
+    duration: Histogram,
+}
+
 /// The worker's metrics. Cheap to clone: clones count into the same numbers.
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -69,6 +108,9 @@ pub struct WorkerMetrics {
     transient_duration: Histogram,
     permanent_duration: Histogram,
     in_flight: Gauge,
+    /// Indexed like [`WebhookAttemptOutcome::ALL`].
+    webhook_attempts: [WebhookAttemptHandles; 4],
+    webhooks_relayed: Counter,
 }
 
 impl WorkerMetrics {
@@ -92,6 +134,18 @@ impl WorkerMetrics {
                 "Jobs moved to the dead-letter queue, by reason.",
             ),
             (SENDS_IN_FLIGHT, "Jobs this worker is working on now."),
+            (
+                WEBHOOK_ATTEMPTS,
+                "Webhook delivery attempts: delivered, retrying, failed for good, gone (410).",
+            ),
+            (
+                WEBHOOK_ATTEMPT_DURATION,
+                "Seconds a webhook endpoint took to answer, or to fail, by outcome.",
+            ),
+            (
+                WEBHOOKS_RELAYED,
+                "Recorded webhook events this worker published to RabbitMQ.",
+            ),
         ] {
             registry.describe(name, help);
         }
@@ -113,6 +167,14 @@ impl WorkerMetrics {
             transient_duration: duration("transient_error"),
             permanent_duration: duration("permanent_error"),
             in_flight: registry.gauge(SENDS_IN_FLIGHT, &[]),
+            webhook_attempts: WebhookAttemptOutcome::ALL.map(|outcome| {
+                let labels = [("outcome", outcome.as_str())];
+                WebhookAttemptHandles {
+                    count: registry.counter(WEBHOOK_ATTEMPTS, &labels),
+                    duration: registry.histogram(WEBHOOK_ATTEMPT_DURATION, &labels),
+                }
+            }),
+            webhooks_relayed: registry.counter(WEBHOOKS_RELAYED, &[]),
             registry,
         }
     }
@@ -151,6 +213,20 @@ impl WorkerMetrics {
         self.registry
             .counter(DEAD_LETTERS, &[("reason", reason)])
             .increment(1);
+    }
+
+    /// Counts a webhook attempt that ended with `outcome` after `seconds`.
+    pub fn webhook_attempt(&self, outcome: WebhookAttemptOutcome, seconds: f64) {
+        // Declaration order is `ALL`'s order, the order the handles were taken in.
+        let handles = &self.webhook_attempts[outcome as usize];
+        handles.count.increment(1);
+        handles.duration.record(seconds);
+    }
+
+    /// Counts `count` webhook events published by the relay.
+    pub fn webhooks_relayed(&self, count: usize) {
+        self.webhooks_relayed
+            .increment(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     /// Counts a job as in flight until the returned guard is dropped.

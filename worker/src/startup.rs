@@ -119,7 +119,8 @@ impl Worker {
             WebhookPublisher::connect(&config.rabbit, config.webhooks.retry_delays_ms.len())
                 .await
                 .context("connecting the webhook publisher to RabbitMQ")?;
-        let webhook_deps = WebhookDeps::new(pool.clone(), &config.webhooks)
+        let metrics = WorkerMetrics::new(registry, config.provider.kind);
+        let webhook_deps = WebhookDeps::new(pool.clone(), &config.webhooks, metrics.clone())
             .context("building the webhook HTTP client")?;
         let metrics_listener = match config.worker.metrics_addr {
             Some(addr) => Some(
@@ -129,7 +130,6 @@ impl Worker {
             ),
             None => None,
         };
-        let metrics = WorkerMetrics::new(registry, config.provider.kind);
         let deps = Deps {
             ledger: GroupCommitLedger::start(
                 pool.clone(),
@@ -198,6 +198,7 @@ impl Worker {
         let relay = tokio::spawn(relay(
             self.webhooks.deps.pool.clone(),
             Arc::clone(&self.webhooks.publisher),
+            self.metrics.clone(),
             self.relay_interval,
             shutdown.clone(),
         ));

@@ -21,6 +21,8 @@ use verify_common::db::{DbError, Pool};
 use verify_common::domain::webhook::is_public_address;
 use verify_common::queue::webhooks::{DeliverWebhook, WebhookPublisher};
 
+use crate::metrics::{WebhookAttemptOutcome, WorkerMetrics};
+
 /// Deliveries a relay publishes per round.
 const RELAY_BATCH: i64 = 500;
 /// How long a relay's claim on unpublished deliveries lasts.
@@ -45,6 +47,7 @@ pub struct WebhookDeps {
     pub client: reqwest::Client,
     pub retry_delays: Vec<Duration>,
     pub allow_private: bool,
+    pub metrics: WorkerMetrics,
 }
 
 impl WebhookDeps {
@@ -54,21 +57,26 @@ impl WebhookDeps {
     ///
     /// # Errors
     /// When the client cannot be built.
-    pub fn new(pool: Pool, settings: &WebhookSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        pool: Pool,
+        settings: &WebhookSettings,
+        metrics: WorkerMetrics,
+    ) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout())
             .connect_timeout(settings.timeout().min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent("Verify-Webhooks/1");
-        if !settings.allow_private {
+        if !settings.destinations.allow_private {
             builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
         }
         Ok(Self {
             pool,
             client: builder.build()?,
             retry_delays: settings.retry_delays(),
-            allow_private: settings.allow_private,
+            allow_private: settings.destinations.allow_private,
+            metrics,
         })
     }
 }
@@ -112,10 +120,12 @@ pub async fn deliver_webhook(
         webhooks::abandon_delivery(&deps.pool, delivery.id).await?;
         return Ok(WebhookOutcome::Done);
     }
+    let started = std::time::Instant::now();
     let (status_code, error) = match post(&delivery, deps).await {
         Ok(status) => (Some(status), None),
         Err(error) => (None, Some(error)),
     };
+    let answered_in = started.elapsed().as_secs_f64();
     let step = usize::try_from(job.attempt).unwrap_or(usize::MAX);
     let retry_delay = deps.retry_delays.get(step.saturating_sub(1)).copied();
     let verdict = match status_code {
@@ -135,6 +145,15 @@ pub async fn deliver_webhook(
         },
     )
     .await?;
+    deps.metrics.webhook_attempt(
+        match verdict {
+            AttemptVerdict::Delivered => WebhookAttemptOutcome::Delivered,
+            AttemptVerdict::RetryLater => WebhookAttemptOutcome::Retrying,
+            AttemptVerdict::Failed => WebhookAttemptOutcome::Failed,
+            AttemptVerdict::Gone => WebhookAttemptOutcome::Gone,
+        },
+        answered_in,
+    );
     tracing::info!(
         webhook = %delivery.id,
         endpoint = delivery.endpoint_id,
@@ -222,14 +241,19 @@ fn describe(error: &reqwest::Error) -> String {
 pub async fn relay(
     pool: Pool,
     publisher: Arc<WebhookPublisher>,
+    metrics: WorkerMetrics,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
         match relay_once(&pool, &publisher).await {
-            // A full batch: more may be waiting.
-            Ok(published) if published as i64 >= RELAY_BATCH => continue,
-            Ok(_) => {}
+            Ok(published) => {
+                metrics.webhooks_relayed(published);
+                // A full batch: more may be waiting.
+                if published as i64 >= RELAY_BATCH {
+                    continue;
+                }
+            }
             Err(error) => tracing::warn!(%error, "could not relay webhook events"),
         }
         tokio::select! {

@@ -14,13 +14,14 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use verify_common::db::deliveries::ReceiptRecorded;
 use verify_common::domain::receipt::TWILIO_RECEIPT_PATH;
-use verify_common::domain::{MessageId, Receipt, ReceiptErrorCode};
+use verify_common::domain::{DeliveryStatus, MessageId, Receipt, ReceiptErrorCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::extract;
 use super::native::respond;
 use crate::error::ApiError;
+use crate::metrics::{ReceiptOutcome, ReceiptSource};
 use crate::receipts::{accept, twilio_signature};
 use crate::state::{AppState, with_state};
 
@@ -125,9 +126,10 @@ async fn twilio_status(
                 .map_err(|e| ApiError::invalid("invalid_error_code", "ErrorCode", e))?,
         ),
         // queued, sending, sent, accepted, read…: not final, so nothing to record.
-        _ => return Ok(answer(None)),
+        _ => return Ok(answer(&state, ReceiptSource::Twilio, None)),
     };
-    Ok(answer(Some(accept(&state.pool, &receipt).await?)))
+    let recorded = accept(&state.pool, &receipt).await?;
+    Ok(answer(&state, ReceiptSource::Twilio, Some(recorded)))
 }
 
 /// Authenticates a generic receipt before its body is read: 401 without a bearer token,
@@ -169,12 +171,24 @@ async fn http_status(body: HttpReceiptBody, state: AppState) -> Result<Response,
                 .map_err(|e| ApiError::invalid("invalid_error_code", "error_code", e))?,
         ),
     };
-    Ok(answer(Some(accept(&state.pool, &receipt).await?)))
+    let recorded = accept(&state.pool, &receipt).await?;
+    Ok(answer(&state, ReceiptSource::Http, Some(recorded)))
 }
 
 /// 200 with what the receipt did: `changed`, `unchanged` (with the send's status),
-/// `held` (no send has its message id yet) or `ignored` (not a final status).
-fn answer(recorded: Option<ReceiptRecorded>) -> Response {
+/// `held` (no send has its message id yet) or `ignored` (not a final status); counted.
+fn answer(state: &AppState, source: ReceiptSource, recorded: Option<ReceiptRecorded>) -> Response {
+    let outcome = match recorded {
+        None => ReceiptOutcome::Ignored,
+        Some(ReceiptRecorded::Changed {
+            status: DeliveryStatus::Delivered,
+            ..
+        }) => ReceiptOutcome::Delivered,
+        Some(ReceiptRecorded::Changed { .. }) => ReceiptOutcome::Undelivered,
+        Some(ReceiptRecorded::Unchanged { .. }) => ReceiptOutcome::Unchanged,
+        Some(ReceiptRecorded::Held) => ReceiptOutcome::Held,
+    };
+    state.metrics.receipt(source, outcome);
     let body = match recorded {
         None => json!({ "outcome": "ignored" }),
         Some(ReceiptRecorded::Changed { status, .. }) => {

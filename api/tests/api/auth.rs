@@ -12,7 +12,7 @@ use verify_api::keys::{create_key, list_keys, revoke_key};
 use verify_api::{ENDPOINTS, Endpoint, Family};
 use verify_common::db::notifications::LISTENER_APPLICATION_NAME;
 
-use crate::helpers::{API_KEY, ApiProcess, TestApp, WAIT, spawn_app};
+use crate::helpers::{API_KEY, ApiProcess, TestApp, WAIT, spawn_app, wait_until};
 
 /// `GET /v1/templates` with the given headers and no others.
 async fn list_templates_with(app: &TestApp, headers: &[(&str, &str)]) -> Response {
@@ -308,19 +308,6 @@ async fn keys_cached_before_the_revocation_session_was_lost_are_looked_up_again(
             == StatusCode::UNAUTHORIZED
     })
     .await;
-}
-
-/// Polls `condition` until it holds; fails the test after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, condition: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The status of `GET /v1/templates` with `key` on another API process.

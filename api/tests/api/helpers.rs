@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use verify_api::{ApiConfig, Application};
 use verify_common::config::{
     AbuseSettings, ApiSettings, FromFlags, OtpSettings, ProviderSettings, RabbitSettings,
-    ReceiptSettings, SecretSettings, SmsSettings, WebhookSettings, WorkerSettings,
+    ReceiptSettings, SecretSettings, SmsSettings, WebhookDestinationSettings, WebhookSettings,
+    WorkerSettings,
 };
 use verify_common::db::Pool;
 use verify_common::domain::abuse::RuleMode;
@@ -62,7 +63,7 @@ pub(crate) struct TestOptions {
     /// Send through the generic JSON provider (the sink's `/send`) instead of Twilio's.
     pub generic_provider: bool,
     /// The API's webhook settings (it reads whether internal destinations are allowed).
-    pub api_webhooks: WebhookSettings,
+    pub api_webhooks: WebhookDestinationSettings,
     /// The worker's webhook settings: how it delivers and retries.
     pub webhooks: WebhookSettings,
 }
@@ -106,7 +107,7 @@ impl Default for TestOptions {
             receipts: false,
             generic_provider: false,
             // Test endpoints listen on this machine; retries come after milliseconds.
-            api_webhooks: WebhookSettings::from_flags(&["--webhook-allow-private"])
+            api_webhooks: WebhookDestinationSettings::from_flags(&["--webhook-allow-private"])
                 .expect("the test webhook flags parse"),
             webhooks: WebhookSettings::from_flags(&[
                 "--webhook-allow-private",
@@ -465,9 +466,18 @@ impl TestApp {
     /// The API's metrics, scraped over HTTP without a key as a Prometheus server does,
     /// and parsed; fails the test unless the answer is valid text format.
     pub(crate) async fn scrape(&self) -> Exposition {
+        self.scrape_url(&self.url("/metrics")).await
+    }
+
+    /// The workers' metrics, scraped and parsed like [`TestApp::scrape`]'s.
+    pub(crate) async fn scrape_workers(&self) -> Exposition {
+        self.scrape_url(self.workers.metrics_url()).await
+    }
+
+    async fn scrape_url(&self, url: &str) -> Exposition {
         let response = self
             .client
-            .get(self.url("/metrics"))
+            .get(url)
             .send()
             .await
             .expect("scraping /metrics");
@@ -540,6 +550,35 @@ async fn listening_address(stderr: ChildStderr, log: Arc<Mutex<Vec<String>>>) ->
         }
     }
     None
+}
+
+/// Polls `probe` until it finds something and returns it; fails the test after `limit`,
+/// saying what never happened.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, limit: Duration, probe: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after `limit`.
+pub(crate) async fn wait_until<F, Fut>(what: &str, limit: Duration, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, limit, || async { condition().await.then_some(()) }).await;
 }
 
 /// The first run of 4–10 digits in an SMS body: the code.

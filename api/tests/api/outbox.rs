@@ -6,23 +6,16 @@ use std::time::Duration;
 use serde_json::json;
 use verify_common::db::deliveries::{self, ClaimOutcome};
 
-use crate::helpers::{TestApp, TestOptions, WAIT, phone_number, spawn_app_with};
+use crate::helpers::{TestApp, TestOptions, WAIT, phone_number, spawn_app_with, wait_until};
 
 async fn wait_until_published(app: &TestApp) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_until("the send is marked published", WAIT, || async {
         let rows = app
             .sql("SELECT count(*) FROM sms_deliveries WHERE published_at IS NULL")
             .await;
-        if rows[0].get::<_, i64>(0) == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the send was never marked published"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        rows[0].get::<_, i64>(0) == 0
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -251,6 +251,41 @@ async fn an_undelivered_or_failed_receipt_records_twilios_error_code_and_shows_i
 }
 
 #[tokio::test]
+async fn receipts_are_counted_by_provider_and_by_what_they_did() {
+    let app = spawn_app().await;
+    let (_, delivered) = app.sent_verification(1).await;
+    let (_, undelivered) = app.sent_verification(2).await;
+
+    for params in [
+        status_params(&delivered, "sent"),
+        status_params(&delivered, "delivered"),
+        status_params(&delivered, "delivered"),
+        status_params(&undelivered, "undelivered"),
+        status_params("SMnobodyeversentthis", "delivered"),
+    ] {
+        let (status, body) = app.post_twilio_receipt(&params).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    let metrics = app.scrape().await;
+    let count = |outcome| {
+        metrics.value(
+            "verify_receipts_total",
+            &[("provider", "twilio"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("ignored"), Some(1.0));
+    assert_eq!(count("delivered"), Some(1.0));
+    assert_eq!(count("unchanged"), Some(1.0));
+    assert_eq!(count("undelivered"), Some(1.0));
+    assert_eq!(count("held"), Some(1.0));
+    assert_eq!(
+        metrics.sum("verify_receipts_total", &[("provider", "http")]),
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn a_receipt_for_an_unknown_message_id_answers_200_and_is_held() {
     let app = spawn_app().await;
     let (id, _) = app.sent_verification(1).await;

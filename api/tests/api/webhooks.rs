@@ -5,10 +5,12 @@ use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use verify_common::config::{FromFlags, WebhookSettings};
+use verify_common::queue::webhooks::WebhookPublisher;
+use verify_common::testing::exposition::Exposition;
 
 use crate::helpers::{
-    Answer, TestApp, TestOptions, WebhookReceiver, phone_number, spawn_app, spawn_app_with,
-    verify_with_standardwebhooks, wrong_code,
+    Answer, TestApp, TestOptions, WAIT, WebhookReceiver, eventually, phone_number, spawn_app,
+    spawn_app_with, verify_with_standardwebhooks, wait_until, wrong_code,
 };
 
 const VERIFICATION_EVENTS: [&str; 3] = [
@@ -33,6 +35,21 @@ async fn approve_one(app: &TestApp, to: &str) -> String {
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
     app.sql(sql).await[0].get(0)
+}
+
+const ATTEMPTS: &str = "verify_webhook_attempts_total";
+
+/// The workers' metrics once one attempt ending in `outcome` is counted.
+async fn attempts_counted(app: &TestApp, outcome: &str) -> Exposition {
+    eventually(
+        &format!("an attempt counted as {outcome}"),
+        WAIT,
+        || async {
+            let metrics = app.scrape_workers().await;
+            (metrics.sum(ATTEMPTS, &[("outcome", outcome)]) == 1.0).then_some(metrics)
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -167,7 +184,7 @@ fn no_private_destinations() -> WebhookSettings {
 #[tokio::test]
 async fn internal_destinations_are_refused_unless_private_addresses_are_allowed() {
     let app = spawn_app_with(TestOptions {
-        api_webhooks: no_private_destinations(),
+        api_webhooks: no_private_destinations().destinations,
         ..TestOptions::default()
     })
     .await;
@@ -229,24 +246,25 @@ async fn a_destination_that_turned_internal_is_refused_when_delivering() {
 
     approve_one(&app, &phone_number(1)).await;
 
-    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
-    let errors = loop {
-        let rows = app
-            .sql(
-                "SELECT a.error FROM webhook_attempts a
+    let errors = eventually(
+        "both first attempts recorded without an answer",
+        WAIT,
+        || async {
+            let rows = app
+                .sql(
+                    "SELECT a.error FROM webhook_attempts a
                  JOIN webhook_deliveries d ON d.id = a.delivery_id
                  WHERE a.attempt = 1 AND a.status_code IS NULL",
-            )
-            .await;
-        if rows.len() == 2 {
-            break rows
-                .iter()
-                .map(|row| row.get::<_, String>(0))
-                .collect::<Vec<_>>();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "attempts: {rows:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+                )
+                .await;
+            (rows.len() == 2).then(|| {
+                rows.iter()
+                    .map(|row| row.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+            })
+        },
+    )
+    .await;
     assert!(
         errors
             .iter()
@@ -362,20 +380,15 @@ async fn a_failing_endpoint_is_retried_with_the_same_webhook_id_until_it_recover
         "{received:#?}"
     );
     assert!(received.iter().all(|r| r.body == received[0].body));
-    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
-    while count(
-        &app,
-        "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered'",
-    )
-    .await
-        == 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never marked delivered"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until("the delivery is marked delivered", WAIT, || async {
+        count(
+            &app,
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered'",
+        )
+        .await
+            > 0
+    })
+    .await;
     let attempts: Vec<(i32, Option<i32>)> = app
         .sql("SELECT attempt, status_code FROM webhook_attempts ORDER BY attempt")
         .await
@@ -383,6 +396,17 @@ async fn a_failing_endpoint_is_retried_with_the_same_webhook_id_until_it_recover
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     assert_eq!(attempts, [(1, Some(500)), (2, Some(503)), (3, Some(200))]);
+    // The attempt is counted just after it is recorded.
+    let metrics = attempts_counted(&app, "delivered").await;
+    let attempts_ending = |outcome| metrics.sum(ATTEMPTS, &[("outcome", outcome)]);
+    assert_eq!(attempts_ending("retrying"), 2.0);
+    assert_eq!(attempts_ending("delivered"), 1.0);
+    assert_eq!(attempts_ending("failed"), 0.0);
+    assert_eq!(
+        metrics.sum("verify_webhook_attempt_duration_seconds_count", &[]),
+        3.0
+    );
+    assert_eq!(metrics.sum("verify_webhooks_relayed_total", &[]), 1.0);
 }
 
 #[tokio::test]
@@ -396,25 +420,40 @@ async fn a_delivery_fails_for_good_when_the_schedule_runs_out() {
 
     // Three delays in the test schedule: four attempts in all.
     receiver.wait_for(4).await;
-    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
-    while count(
-        &app,
-        "SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'",
-    )
-    .await
-        == 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never marked failed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until("the delivery is marked failed", WAIT, || async {
+        count(
+            &app,
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'",
+        )
+        .await
+            > 0
+    })
+    .await;
     assert_eq!(
         count(&app, "SELECT count(*) FROM webhook_attempts").await,
         4
     );
     assert_eq!(receiver.received().len(), 4);
+    let metrics = attempts_counted(&app, "failed").await;
+    assert_eq!(metrics.sum(ATTEMPTS, &[("outcome", "retrying")]), 3.0);
+    assert_eq!(metrics.sum(ATTEMPTS, &[("outcome", "failed")]), 1.0);
+}
+
+#[tokio::test]
+async fn an_unreadable_webhook_job_is_parked_with_its_reason_not_dropped() {
+    let app = spawn_app().await;
+    // The test workers' schedule has three retry delays: the same topology.
+    let publisher = WebhookPublisher::connect(&app.rabbit, 3).await.unwrap();
+    let body = b"\xffnot a webhook job".to_vec();
+
+    publisher.publish_raw(&body).await.unwrap();
+
+    let (parked, reason) = eventually("the job is parked", WAIT, || async {
+        publisher.take_parked().await.unwrap()
+    })
+    .await;
+    assert_eq!(parked, body);
+    assert!(reason.contains("unreadable webhook job"), "{reason}");
 }
 
 #[tokio::test]
@@ -428,18 +467,11 @@ async fn an_endpoint_answering_410_is_disabled_and_gets_nothing_more() {
 
     approve_one(&app, &phone_number(1)).await;
     receiver.wait_for(1).await;
-    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
-    let disabled = loop {
+    let disabled = eventually("the endpoint is disabled", WAIT, || async {
         let current: Value = app.get(&path).await.json().await.unwrap();
-        if current["enabled"] == false {
-            break current;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never disabled: {current}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        (current["enabled"] == false).then_some(current)
+    })
+    .await;
     approve_one(&app, &phone_number(2)).await;
 
     assert!(

@@ -5,6 +5,7 @@
 //! {p}.webhooks (direct) ──"deliver"──► {p}.webhooks.deliver ──(worker)──► ack
 //!      ▲ dead-letter on expiry
 //! {p}.webhooks.retry.{n} ◄── the n-th retry, with its own (jittered) expiration
+//! {p}.webhooks.dead      ◄── a job no worker can read, kept for an operator to look at
 //! ```
 //! One delay queue per step of the retry schedule: the messages of one queue all wait
 //! about as long, so one rarely waits behind another (a message expires only at the
@@ -23,6 +24,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::connection::{BROKER_TIMEOUT, QueueError, connect};
+use super::headers::REASON_HEADER;
 use super::messages::MessageError;
 use super::publisher::{PERSISTENT, publish_confirmed};
 use crate::config::RabbitSettings;
@@ -83,6 +85,8 @@ impl DeliverWebhook {
 pub struct WebhookQueueNames {
     pub exchange: String,
     pub deliver_queue: String,
+    /// Jobs no worker can read: parked here with the reason, not dropped.
+    pub dead_queue: String,
     retry_prefix: String,
 }
 
@@ -91,6 +95,7 @@ impl WebhookQueueNames {
         Self {
             exchange: format!("{prefix}.webhooks"),
             deliver_queue: format!("{prefix}.webhooks.deliver"),
+            dead_queue: format!("{prefix}.webhooks.dead"),
             retry_prefix: format!("{prefix}.webhooks.retry"),
         }
     }
@@ -105,7 +110,8 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-/// Declares the exchange, the work queue and `retry_steps` delay queues (idempotent).
+/// Declares the exchange, the work queue, the dead queue and `retry_steps` delay queues
+/// (idempotent).
 /// `expires` deletes unused queues after that long, for test deployments only.
 ///
 /// # Errors
@@ -156,6 +162,13 @@ pub async fn declare_webhooks(
             DELIVER_ROUTING_KEY.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            names.dead_queue.as_str().into(),
+            durable_queue,
+            arguments(&[]),
         )
         .await?;
     for step in 1..=retry_steps {
@@ -261,9 +274,76 @@ impl WebhookPublisher {
                 (String::new(), self.names.retry_queue(step))
             }
         };
+        self.send_confirmed(&exchange, &routing_key, &job.encode(), properties)
+            .await
+    }
+
+    /// Parks a job no worker can read in the dead queue, body unchanged, with `reason`
+    /// in its headers: acknowledging it without this would lose the only trace of it.
+    ///
+    /// # Errors
+    /// As [`WebhookPublisher::publish`]; the caller then leaves the job where it was.
+    pub async fn park_unreadable(&self, body: &[u8], reason: &str) -> Result<(), QueueError> {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), text(reason));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers);
+        let queue = self.names.dead_queue.clone();
+        self.send_confirmed("", &queue, body, properties).await
+    }
+
+    /// Publishes `body` to the work queue exactly as given, as a broken or foreign
+    /// producer would: for tests of unreadable jobs.
+    ///
+    /// # Errors
+    /// As [`WebhookPublisher::publish`].
+    #[cfg(feature = "test-support")]
+    pub async fn publish_raw(&self, body: &[u8]) -> Result<(), QueueError> {
+        let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+        let exchange = self.names.exchange.clone();
+        self.send_confirmed(&exchange, DELIVER_ROUTING_KEY, body, properties)
+            .await
+    }
+
+    /// Takes the next parked job off the dead queue: its body and the reason it was
+    /// parked. For tests; operators read the queue with RabbitMQ's own tools.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the broker cannot be reached.
+    #[cfg(feature = "test-support")]
+    pub async fn take_parked(&self) -> Result<Option<(Vec<u8>, String)>, QueueError> {
+        let channel = self.channel().await?;
+        let message = channel
+            .basic_get(
+                self.names.dead_queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await?;
+        Ok(message.map(|message| {
+            let delivery = message.delivery;
+            let reason = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| super::headers::string(headers, REASON_HEADER))
+                .unwrap_or_default();
+            (delivery.data, reason)
+        }))
+    }
+
+    /// Publishes and waits for the confirm; forgets the link after a failure, so the
+    /// next publish reconnects.
+    async fn send_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), QueueError> {
         let result = tokio::time::timeout(BROKER_TIMEOUT, async {
             let channel = self.channel().await?;
-            publish_confirmed(&channel, &exchange, &routing_key, &job.encode(), properties).await
+            publish_confirmed(&channel, exchange, routing_key, body, properties).await
         })
         .await
         .map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))
@@ -292,5 +372,6 @@ mod tests {
         let names = WebhookQueueNames::new("p");
         assert_eq!(names.deliver_queue, "p.webhooks.deliver");
         assert_eq!(names.retry_queue(3), "p.webhooks.retry.3");
+        assert_eq!(names.dead_queue, "p.webhooks.dead");
     }
 }

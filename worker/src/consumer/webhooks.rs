@@ -145,8 +145,18 @@ async fn settle(delivery: Delivery, deps: &WebhookDeps, publisher: &WebhookPubli
     let job = match DeliverWebhook::decode(&delivery.data) {
         Ok(job) => job,
         Err(error) => {
-            tracing::error!(%error, "dropped an unreadable webhook job");
-            ack(&delivery).await;
+            let reason = format!("unreadable webhook job: {error}");
+            match publisher.park_unreadable(&delivery.data, &reason).await {
+                Ok(()) => {
+                    tracing::error!(%error, queue = %publisher.names().dead_queue, "parked an unreadable webhook job");
+                    ack(&delivery).await;
+                }
+                Err(park_error) => {
+                    tracing::warn!(%error, %park_error, "could not park an unreadable webhook job; requeueing");
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    nack(&delivery).await;
+                }
+            }
             return;
         }
     };
