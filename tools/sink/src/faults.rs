@@ -163,6 +163,8 @@ pub(crate) struct ControlUpdate {
     pub(crate) failure_mode: Option<FailureMode>,
     pub(crate) retry_after_secs: Option<u64>,
     pub(crate) hang_ms: Option<u64>,
+    /// Not a failure, but a knob of the same document: how late receipts leave.
+    pub(crate) receipt_delay_ms: Option<u64>,
 }
 
 /// Why a `PUT /control` body was refused; the message names the offending field.
@@ -204,6 +206,9 @@ impl ControlUpdate {
                     update.retry_after_secs = Some(whole_number("retry_after_secs", value)?);
                 }
                 "hang_ms" => update.hang_ms = Some(whole_number("hang_ms", value)?),
+                "receipt_delay_ms" => {
+                    update.receipt_delay_ms = Some(whole_number("receipt_delay_ms", value)?);
+                }
                 "failure_rate" => update.failure_rate = Some(failure_rate(value)?),
                 "failure_status" => update.failure_status = Some(failure_status(value)?),
                 "failure_mode" => update.failure_mode = Some(failure_mode(value)?),

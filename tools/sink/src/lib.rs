@@ -17,6 +17,10 @@
 //! `callback_url`) get them, after a delay, signed as Twilio signs them; shares of them can
 //! be undelivered, duplicated or out of order.
 //!
+//! It is also a producer's webhook endpoint (`POST /webhooks`), which counts Verify's
+//! events by id and type, checks their signatures once given the secret, and can be
+//! taken down and brought back through `PUT /webhooks/control`.
+//!
 //! What it is not: it delivers nothing, checks no number for validity, keeps nothing
 //! across restarts, and is not hardened for exposure beyond a test network. Message bodies carry one-time codes, so it never logs them, and
 //! logs recipients only masked and only at debug level.
@@ -51,6 +55,7 @@ mod routes;
 mod settings;
 mod store;
 mod twilio;
+mod webhooks;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -68,6 +73,7 @@ use crate::provider::Provider;
 use crate::receipts::{ReceiptSettings, Receipts};
 use crate::routes::AppState;
 use crate::twilio::Credentials;
+use crate::webhooks::WebhookInbox;
 
 /// How long shutdown waits for open connections once injected waits have been cut short;
 /// only a client stalling mid-request can use it up.
@@ -107,6 +113,7 @@ impl Sink {
             provider: Arc::new(provider),
             twilio: Arc::new(Credentials::from_settings(&settings)),
             receipts: Arc::new(receipts),
+            webhooks: Arc::new(WebhookInbox::default()),
         });
         Ok(Sink {
             listener,

@@ -111,6 +111,8 @@ struct Scheduled {
 #[derive(Debug)]
 pub(crate) struct Receipts {
     settings: ReceiptSettings,
+    /// The delay, changeable at run time through `PUT /control` (`receipt_delay_ms`).
+    delay_ms: AtomicU64,
     queue: mpsc::Sender<Scheduled>,
     stats: Arc<ReceiptStats>,
 }
@@ -129,10 +131,23 @@ impl Receipts {
         let stats = Arc::new(ReceiptStats::default());
         tokio::spawn(send_when_due(waiting, client, Arc::clone(&stats), stopping));
         Ok(Receipts {
+            delay_ms: AtomicU64::new(u64::try_from(settings.delay.as_millis()).unwrap_or(u64::MAX)),
             settings,
             queue,
             stats,
         })
+    }
+
+    /// The delay between accepting a send and posting its receipt.
+    pub(crate) fn delay_ms(&self) -> u64 {
+        self.delay_ms.load(Ordering::Relaxed)
+    }
+
+    /// Changes the delay for receipts scheduled from now on. The queue is sent in order,
+    /// so after a shorter delay is set, new receipts still leave only after those queued
+    /// under the longer one.
+    pub(crate) fn set_delay_ms(&self, delay_ms: u64) {
+        self.delay_ms.store(delay_ms, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> ReceiptStatsSnapshot {
@@ -224,7 +239,7 @@ impl Receipts {
         duplicate: impl FnOnce() -> Callback,
         out_of_order: impl FnOnce() -> Callback,
     ) {
-        let due = Instant::now() + self.settings.delay;
+        let due = Instant::now() + Duration::from_millis(self.delay_ms());
         self.enqueue(due, last);
         if roll(self.settings.duplicate_rate) {
             self.enqueue(due + FOLLOW_UP_DELAY, duplicate());

@@ -18,6 +18,7 @@ use crate::provider::Provider;
 use crate::receipts::Receipts;
 use crate::reply;
 use crate::twilio::{self, Credentials};
+use crate::webhooks::{self as inbox, InboxControl, WebhookInbox};
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ pub(crate) struct AppState {
     pub(crate) provider: Arc<Provider>,
     pub(crate) twilio: Arc<Credentials>,
     pub(crate) receipts: Arc<Receipts>,
+    pub(crate) webhooks: Arc<WebhookInbox>,
 }
 
 /// The whole service. Every answer with a body is JSON: unmatched paths and methods are
@@ -79,11 +81,13 @@ pub(crate) fn all(
     let get_control = warp::path!("control")
         .and(warp::get())
         .and(provider.clone())
+        .and(receipts.clone())
         .then(get_control);
 
     let put_control = warp::path!("control")
         .and(warp::put())
         .and(provider.clone())
+        .and(receipts.clone())
         .and(body::limited(body::LIMIT))
         .then(put_control);
 
@@ -92,6 +96,28 @@ pub(crate) fn all(
         .and(provider)
         .and(receipts)
         .then(stats);
+
+    let webhooks = {
+        let webhooks = Arc::clone(&state.webhooks);
+        warp::any().map(move || Arc::clone(&webhooks))
+    };
+    let receive_webhook = warp::path!("webhooks")
+        .and(warp::post())
+        .and(webhooks.clone())
+        .and(optional_header("webhook-id"))
+        .and(optional_header("webhook-timestamp"))
+        .and(optional_header("webhook-signature"))
+        .and(body::limited(body::LIMIT))
+        .then(receive_webhook);
+    let webhook_stats = warp::path!("webhooks" / "stats")
+        .and(warp::get())
+        .and(webhooks.clone())
+        .map(|webhooks: Arc<WebhookInbox>| reply::json(StatusCode::OK, &webhooks.stats()));
+    let webhook_control = warp::path!("webhooks" / "control")
+        .and(warp::put())
+        .and(webhooks)
+        .and(body::limited(body::LIMIT))
+        .then(control_webhooks);
 
     twilio_send
         .or(generic_send)
@@ -108,6 +134,12 @@ pub(crate) fn all(
         .unify()
         .or(stats)
         .unify()
+        .or(receive_webhook)
+        .unify()
+        .or(webhook_stats)
+        .unify()
+        .or(webhook_control)
+        .unify()
         .recover(rejection_to_json)
         .unify()
 }
@@ -117,6 +149,15 @@ pub(crate) fn all(
 fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
     warp::header::value("authorization")
         .map(|value: HeaderValue| value.to_str().ok().map(str::to_owned))
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// A header's value if present and readable text.
+fn optional_header(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>(name)
         .or(warp::any().map(|| None))
         .unify()
 }
@@ -155,23 +196,29 @@ struct ControlView {
     #[serde(flatten)]
     settings: FaultSettings,
     fail_first_remaining: u64,
+    receipt_delay_ms: u64,
 }
 
-fn control_view(provider: &Provider, settings: FaultSettings) -> Response {
+fn control_view(provider: &Provider, receipts: &Receipts, settings: FaultSettings) -> Response {
     reply::json(
         StatusCode::OK,
         &ControlView {
             settings,
             fail_first_remaining: provider.faults.fail_first_remaining(),
+            receipt_delay_ms: receipts.delay_ms(),
         },
     )
 }
 
-async fn get_control(provider: Arc<Provider>) -> Response {
-    control_view(&provider, provider.faults.current())
+async fn get_control(provider: Arc<Provider>, receipts: Arc<Receipts>) -> Response {
+    control_view(&provider, &receipts, provider.faults.current())
 }
 
-async fn put_control(provider: Arc<Provider>, body: Result<Bytes, BodyError>) -> Response {
+async fn put_control(
+    provider: Arc<Provider>,
+    receipts: Arc<Receipts>,
+    body: Result<Bytes, BodyError>,
+) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(e) => return reply::error(e.status(), e.to_string()),
@@ -181,9 +228,16 @@ async fn put_control(provider: Arc<Provider>, body: Result<Bytes, BodyError>) ->
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let settings = provider.faults.apply(&update);
+    if let Some(delay_ms) = update.receipt_delay_ms {
+        receipts.set_delay_ms(delay_ms);
+    }
     // At info because a chaos run's log should show when each outage window opened.
-    tracing::info!(?settings, "failure injection changed");
-    control_view(&provider, settings)
+    tracing::info!(
+        ?settings,
+        receipt_delay_ms = receipts.delay_ms(),
+        "failure injection changed"
+    );
+    control_view(&provider, &receipts, settings)
 }
 
 /// The send counters, and the receipt counters under `receipts`.
@@ -202,6 +256,55 @@ async fn stats(provider: Arc<Provider>, receipts: Arc<Receipts>) -> Response {
             receipts: receipts.snapshot(),
         },
     )
+}
+
+async fn receive_webhook(
+    webhooks: Arc<WebhookInbox>,
+    id: Option<String>,
+    timestamp: Option<String>,
+    signature: Option<String>,
+    body: Result<Bytes, BodyError>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return reply::error(e.status(), e.to_string()),
+    };
+    let delivery = inbox::Delivery {
+        id: id.as_deref(),
+        timestamp: timestamp.as_deref(),
+        signature: signature.as_deref(),
+    };
+    match webhooks.receive(&delivery, &body) {
+        inbox::Answer::Accepted => warp::Reply::into_response(StatusCode::NO_CONTENT),
+        inbox::Answer::Down => reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this webhook endpoint is down",
+        ),
+        inbox::Answer::BadSignature => reply::error(
+            StatusCode::UNAUTHORIZED,
+            "webhook-signature is missing or does not match the secret",
+        ),
+    }
+}
+
+async fn control_webhooks(webhooks: Arc<WebhookInbox>, body: Result<Bytes, BodyError>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return reply::error(e.status(), e.to_string()),
+    };
+    match InboxControl::parse(&body) {
+        Ok(control) => {
+            let stats = webhooks.apply(control);
+            // At info because a chaos run's log should show when the endpoint went down.
+            tracing::info!(
+                down = stats.down,
+                checking_signatures = stats.checking_signatures,
+                "webhook endpoint changed"
+            );
+            reply::json(StatusCode::OK, &stats)
+        }
+        Err(e) => reply::error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 async fn rejection_to_json(rejection: Rejection) -> Result<Response, Infallible> {
