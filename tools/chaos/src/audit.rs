@@ -73,6 +73,9 @@ pub struct Figures {
     pub server_errors: usize,
     /// Slowest answer while a dependency was down, in milliseconds.
     pub slowest_answer_during_fault_ms: u64,
+    /// The 99th percentile of the time from request to SMS, in milliseconds, for the
+    /// verifications requested while the fault lasted (none without a fault window).
+    pub sms_p99_during_fault_ms: Option<u64>,
     /// Longest time, after a dependency came back, until requests were accepted and SMS
     /// delivered again, in seconds.
     pub recovery_secs: Option<f64>,
@@ -140,6 +143,7 @@ pub async fn audit(
         ..Figures::default()
     };
     let still_valid = faults_ended + STILL_VALID;
+    let mut sms_delays_during_fault = Vec::new();
     for (submission, id, expires_at) in &accepted {
         let received = by_recipient
             .get(submission.to.as_str())
@@ -161,12 +165,28 @@ pub async fn audit(
             continue;
         }
         figures.delivered += 1;
+        if fault_window.is_some_and(|window| in_window(submission, window)) {
+            let first = received.iter().map(|m| m.received_at).min();
+            if let Some(first) = first {
+                let ms = (first - submission.sent_at).num_milliseconds().max(0);
+                sms_delays_during_fault.push(u64::try_from(ms).unwrap_or(0));
+            }
+        }
         figures.duplicates += received.len() - 1;
         figures.sent_after_expiry += received
             .iter()
             .filter(|m| m.received_at > *expires_at)
             .count();
     }
+
+    sms_delays_during_fault.sort_unstable();
+    figures.sms_p99_during_fault_ms = sms_delays_during_fault
+        .get(
+            (sms_delays_during_fault.len() * 99)
+                .div_ceil(100)
+                .saturating_sub(1),
+        )
+        .copied();
 
     for submission in submissions {
         match &submission.answer {
@@ -184,8 +204,7 @@ pub async fn audit(
             Answer::Refused { .. } | Answer::Accepted { .. } => {}
         }
         let answered = !matches!(submission.answer, Answer::Unanswered(_));
-        let in_window = fault_window
-            .is_some_and(|(from, to)| submission.sent_at >= from && submission.sent_at <= to);
+        let in_window = fault_window.is_some_and(|window| in_window(submission, window));
         if answered && in_window {
             let ms = u64::try_from(submission.latency.as_millis()).unwrap_or(u64::MAX);
             figures.slowest_answer_during_fault_ms = figures.slowest_answer_during_fault_ms.max(ms);
@@ -249,6 +268,14 @@ async fn send_state(stack: &Stack, id: &str) -> anyhow::Result<SendState> {
             .and_then(|send| send["attempts"].as_i64())
             .unwrap_or_default(),
     })
+}
+
+/// Whether `submission` was sent within the window, both ends included.
+pub(crate) fn in_window(
+    submission: &Submission,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> bool {
+    submission.sent_at >= from && submission.sent_at <= to
 }
 
 async fn sink_messages(stack: &Stack) -> anyhow::Result<Vec<SinkMessage>> {

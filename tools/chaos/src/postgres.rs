@@ -120,6 +120,23 @@ impl PrivatePostgres {
         Ok(u64::try_from(terminated).unwrap_or(0))
     }
 
+    /// The whole numbers in the one row `sql` returns, read from the system under test's
+    /// database: for audits of what only Postgres knows (webhook deliveries).
+    ///
+    /// # Errors
+    /// When the server cannot be reached or the query fails.
+    pub async fn counts(&self, sql: &str) -> anyhow::Result<Vec<i64>> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(DATABASE), tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let row = client.query_one(sql, &[]).await?;
+        drop(client);
+        let _ = driver.await;
+        (0..row.len())
+            .map(|at| Ok(row.try_get::<_, i64>(at)?))
+            .collect()
+    }
+
     /// Stops the server if it runs; used on the way out, errors only reported.
     pub async fn shut_down(&self) {
         if self.data.join("postmaster.pid").exists()

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::time::sleep;
 
-use crate::audit::{Figures, audit};
+use crate::audit::{Figures, audit, in_window};
 use crate::harness::{Harness, SEND_LEASE};
 use crate::pumping::{self, PumpingFigures};
 use crate::settings::ScenarioName;
@@ -25,6 +25,15 @@ const DRAIN: Duration = Duration::from_secs(60);
 const WORKER_CONCURRENCY: usize = 1024;
 /// How long a SIGTERMed process may take to drain and exit.
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+/// How late the sink's delivery receipts come while the webhook endpoint is down, and
+/// after (its default).
+const RECEIPT_DELAY_DURING_OUTAGE_MS: u64 = 20_000;
+const RECEIPT_DELAY_MS: u64 = 1_000;
+/// How long webhook events may take to arrive once the endpoint is back: the chaos
+/// stack's retry schedule (106 s in all) plus the receipts' delay.
+const EVENTS_DRAIN: Duration = Duration::from_secs(150);
+/// The SMS requested while the webhook endpoint is down must arrive as fast as ever.
+const SMS_P99_BOUND: Duration = Duration::from_secs(1);
 
 /// One guarantee checked against the figures.
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +109,7 @@ pub async fn run(name: ScenarioName, harness: &mut Harness) -> ScenarioReport {
         ScenarioName::GracefulShutdown => graceful_shutdown(harness, &mut run).await,
         ScenarioName::ColdStart => cold_start(harness, &mut run).await,
         ScenarioName::Pumping => pumping(harness, &mut run).await,
+        ScenarioName::WebhookOutage => webhook_outage(harness, &mut run).await,
     };
     let (figures, error) = match result {
         Ok(figures) => (figures, None),
@@ -174,10 +184,6 @@ fn answered_in_time_check(run: &mut Run, f: &Figures) {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn in_window(s: &Submission, (from, to): (DateTime<Utc>, DateTime<Utc>)) -> bool {
-    s.sent_at >= from && s.sent_at <= to
 }
 
 /// The dependency an outage scenario stops.
@@ -537,4 +543,133 @@ fn report_pumping(run: &mut Run, found: &PumpingFigures) {
             found.legitimate_approved, found.legitimate_checked
         ),
     );
+}
+
+/// What the producer's endpoint and Postgres say of one webhook endpoint's events.
+#[derive(Debug, Default)]
+struct EventFigures {
+    recorded: i64,
+    delivered: i64,
+    failed: i64,
+    unique: u64,
+    refused: u64,
+    bad_signatures: u64,
+    sent: u64,
+    receipts: u64,
+}
+
+impl EventFigures {
+    async fn read(h: &Harness, endpoint: i64) -> anyhow::Result<Self> {
+        let counts = h
+            .postgres
+            .counts(&format!(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'delivered'), \
+                 count(*) FILTER (WHERE status = 'failed') \
+                 FROM webhook_deliveries WHERE endpoint_id = {endpoint}"
+            ))
+            .await?;
+        let stats = h.stack.sink_webhook_stats().await?;
+        let number = |value: &serde_json::Value| value.as_u64().unwrap_or_default();
+        let of_type = |kind: &str| number(&stats["by_type"][kind]);
+        Ok(Self {
+            recorded: counts[0],
+            delivered: counts[1],
+            failed: counts[2],
+            unique: number(&stats["unique"]),
+            refused: number(&stats["refused"]),
+            bad_signatures: number(&stats["bad_signatures"]),
+            sent: of_type("send.sent"),
+            receipts: of_type("send.delivered") + of_type("send.undelivered"),
+        })
+    }
+
+    /// Every recorded event settled and at the endpoint, and an event for each of the
+    /// `delivered_sms` sends and their receipts.
+    fn complete(&self, delivered_sms: usize) -> bool {
+        let sms = u64::try_from(delivered_sms).unwrap_or(u64::MAX);
+        self.delivered + self.failed == self.recorded
+            && u64::try_from(self.recorded) == Ok(self.unique)
+            && self.sent >= sms
+            && self.receipts >= sms
+    }
+}
+
+/// The producer's webhook endpoint answers 503 for the length of an outage while the
+/// provider's delivery receipts come 20 s late; once it is back, every event recorded
+/// meanwhile reaches it, signed, and the SMS requested during the outage were not slowed.
+async fn webhook_outage(h: &mut Harness, run: &mut Run) -> anyhow::Result<Figures> {
+    let endpoint = h.stack.subscribe_sink_to_every_event().await?;
+    run.event("the sink's webhook endpoint subscribed to every event");
+    let traffic = h.traffic(0);
+    sleep(h.settings.calm()).await;
+    h.stack
+        .control_sink_webhooks(json!({ "down": true }))
+        .await?;
+    h.stack
+        .control_sink(json!({ "receipt_delay_ms": RECEIPT_DELAY_DURING_OUTAGE_MS }))
+        .await?;
+    let down = run.event("webhook endpoint answers 503; receipts 20 s late");
+    sleep(h.settings.outage()).await;
+    h.stack
+        .control_sink_webhooks(json!({ "down": false }))
+        .await?;
+    h.stack
+        .control_sink(json!({ "receipt_delay_ms": RECEIPT_DELAY_MS }))
+        .await?;
+    let back = run.event("webhook endpoint back; receipts on time");
+    sleep(h.settings.calm() * 2).await;
+    let submissions = traffic.finish().await;
+    run.event("traffic stopped; auditing");
+    let figures = audit(&h.stack, &submissions, back, Some((down, back)), &[], DRAIN).await?;
+
+    let deadline = tokio::time::Instant::now() + EVENTS_DRAIN;
+    let events = loop {
+        let events = EventFigures::read(h, endpoint).await?;
+        if events.complete(figures.delivered) || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        sleep(Duration::from_secs(1)).await;
+    };
+    run.event("webhook events settled");
+    h.stack.delete_webhook(endpoint).await?;
+
+    run.check(
+        "the outage was felt: events were refused while the endpoint was down",
+        events.refused > 0,
+        format!("{} refused", events.refused),
+    );
+    run.check(
+        "every recorded event delivered once the endpoint was back",
+        events.recorded > 0 && events.delivered == events.recorded,
+        format!(
+            "{} of {} delivered, {} failed",
+            events.delivered, events.recorded, events.failed
+        ),
+    );
+    run.check(
+        "the endpoint received every event once, each correctly signed",
+        u64::try_from(events.recorded) == Ok(events.unique) && events.bad_signatures == 0,
+        format!(
+            "{} distinct received, {} badly signed",
+            events.unique, events.bad_signatures
+        ),
+    );
+    run.check(
+        "an event for every SMS sent and for its receipt",
+        events.complete(figures.delivered),
+        format!(
+            "{} SMS: {} send.sent, {} receipt events",
+            figures.delivered, events.sent, events.receipts
+        ),
+    );
+    run.check(
+        "SMS requested while the endpoint was down not slowed (p99 within 1 s)",
+        figures
+            .sms_p99_during_fault_ms
+            .is_some_and(|p99| p99 <= millis(SMS_P99_BOUND)),
+        figures
+            .sms_p99_during_fault_ms
+            .map_or_else(|| "none".to_owned(), |p99| format!("p99 {p99} ms")),
+    );
+    Ok(figures)
 }

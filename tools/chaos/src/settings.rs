@@ -132,6 +132,9 @@ pub enum ScenarioName {
     /// SMS pumping to one prefix from many addresses, mixed with legitimate sign-ups: the
     /// default abuse rules stop the attack and refuse no legitimate request.
     Pumping,
+    /// The producer's webhook endpoint down while receipts come late, under load: every
+    /// event delivered once it is back, no SMS slowed.
+    WebhookOutage,
 }
 
 impl ScenarioName {
@@ -147,6 +150,7 @@ impl ScenarioName {
             Self::GracefulShutdown => "graceful-shutdown",
             Self::ColdStart => "cold-start",
             Self::Pumping => "pumping",
+            Self::WebhookOutage => "webhook-outage",
         }
     }
 }

@@ -16,6 +16,20 @@ use crate::process::{Process, run_checked};
 pub const API_KEY: &str = "chaos-api-key";
 const TWILIO_SID: &str = "ACchaos0000000000000000000000000000";
 const TWILIO_TOKEN: &str = "chaos-auth-token";
+/// Webhook retry delays: 1 s doubling to 15 s, then every 15 s; 106 s in all.
+const WEBHOOK_RETRY_DELAYS_MS: &str = "1000,2000,4000,8000,15000,15000,15000,15000,15000,15000";
+/// Every event a webhook endpoint can subscribe to.
+const WEBHOOK_EVENTS: [&str; 9] = [
+    "verification.approved",
+    "verification.canceled",
+    "verification.expired",
+    "verification.max_attempts_reached",
+    "send.sent",
+    "send.failed",
+    "send.delivered",
+    "send.undelivered",
+    "abuse.blocked",
+];
 
 /// How a verify-* process learns where everything is.
 pub struct StackConfig {
@@ -110,7 +124,15 @@ impl Stack {
             .env("VERIFY_SINK_ADDR", format!("127.0.0.1:{}", c.sink_port))
             .env("VERIFY_SINK_TWILIO_ACCOUNT_SID", TWILIO_SID)
             .env("VERIFY_SINK_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
-            .env("VERIFY_SEND_LEASE_SECS", c.send_lease.as_secs().to_string());
+            .env("VERIFY_SEND_LEASE_SECS", c.send_lease.as_secs().to_string())
+            // Sends carry a StatusCallback, so the sink's receipts reach the API, as in
+            // scripts/run.
+            .env("VERIFY_PUBLIC_URL", self.api_url())
+            // The webhook scenario's endpoint is the sink, on this machine; its retries
+            // come within seconds (about two minutes in all), so an endpoint down for a
+            // minute gets every event within the scenario.
+            .env("VERIFY_WEBHOOK_ALLOW_PRIVATE", "true")
+            .env("VERIFY_WEBHOOK_RETRY_DELAYS_MS", WEBHOOK_RETRY_DELAYS_MS);
         command
     }
 
@@ -284,16 +306,18 @@ impl Stack {
         Ok(())
     }
 
-    /// Makes the sink a healthy, instant provider again.
+    /// Makes the sink a healthy, instant provider again, with receipts on time and its
+    /// webhook endpoint up.
     ///
     /// # Errors
     /// When the sink refuses the settings.
     pub async fn heal_sink(&self) -> anyhow::Result<()> {
         self.control_sink(json!({
             "latency_ms": 0, "failure_rate": 0.0, "fail_first": 0, "failure_mode": "status",
-            "failure_status": 500,
+            "failure_status": 500, "receipt_delay_ms": 1000,
         }))
-        .await
+        .await?;
+        self.control_sink_webhooks(json!({ "down": false })).await
     }
 
     /// Puts `prefix` on the abuse rules' allow list, so traffic to it skips the velocity
@@ -337,6 +361,84 @@ impl Stack {
             Some(id) if status.is_success() => Ok(id),
             _ => bail!("creating the template answered {status}: {body}"),
         }
+    }
+
+    /// Subscribes the sink's webhook endpoint to every event and hands it the secret, so
+    /// it checks each signature; returns the endpoint's id.
+    ///
+    /// # Errors
+    /// When the API or the sink refuses.
+    pub async fn subscribe_sink_to_every_event(&self) -> anyhow::Result<i64> {
+        let response = self
+            .http
+            .post(format!("{}/v1/webhooks", self.api_url()))
+            .header("X-Api-Key", API_KEY)
+            .json(
+                &json!({"url": format!("{}/webhooks", self.sink_url()), "events": WEBHOOK_EVENTS}),
+            )
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        let (Some(id), Some(secret)) = (
+            body.get("id").and_then(Value::as_i64),
+            body.get("secret").and_then(Value::as_str),
+        ) else {
+            bail!("creating the webhook answered {status}: {body}");
+        };
+        self.control_sink_webhooks(json!({ "down": false, "secret": secret }))
+            .await?;
+        Ok(id)
+    }
+
+    /// Deletes webhook endpoint `id`.
+    ///
+    /// # Errors
+    /// When the API does not answer 204.
+    pub async fn delete_webhook(&self, id: i64) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(format!("{}/v1/webhooks/{id}", self.api_url()))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("deleting webhook {id} answered {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// Changes the sink's webhook endpoint (`PUT /webhooks/control`): down or up, secret.
+    ///
+    /// # Errors
+    /// When the sink refuses.
+    pub async fn control_sink_webhooks(&self, control: Value) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .put(format!("{}/webhooks/control", self.sink_url()))
+            .json(&control)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("the sink refused {control}: {}", response.text().await?);
+        }
+        Ok(())
+    }
+
+    /// What the sink's webhook endpoint received (`GET /webhooks/stats`).
+    ///
+    /// # Errors
+    /// When the sink cannot be read.
+    pub async fn sink_webhook_stats(&self) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}/webhooks/stats", self.sink_url()))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("the sink's webhook stats answered {}", response.status());
+        }
+        Ok(response.json().await?)
     }
 
     /// Polls `url` until it answers 200.
