@@ -12,6 +12,8 @@
 //!   counters of what the rules did.
 //! - [`breaker`]: evaluates the conversion breaker in the background, one process at a
 //!   time.
+//! - [`expiry`]: notices expired verifications in the background, one process at a
+//!   time, announcing each (`verification.expired`) and counting it.
 //! - `receipts`: recording providers' delivery receipts (the one place a receipt changes
 //!   a send), those held until their send is recorded, and Twilio's callback signature.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
@@ -54,6 +56,7 @@ mod template_cache;
 mod views;
 
 pub mod breaker;
+pub mod expiry;
 pub mod keys;
 pub mod startup;
 

@@ -27,7 +27,7 @@ pub(crate) const VERIFICATIONS_STARTED: &str = "verify_verifications_started_tot
 pub(crate) const VERIFICATIONS_APPROVED: &str = "verify_verifications_approved_total";
 /// Verifications canceled through the API, by `country`.
 pub(crate) const VERIFICATIONS_CANCELED: &str = "verify_verifications_canceled_total";
-/// Checks that found their verification expired, by `country`.
+/// Verifications that expired unused, by `country`, counted by the expiry sweep.
 pub(crate) const VERIFICATIONS_EXPIRED: &str = "verify_verifications_expired_total";
 /// Code checks, by `outcome`.
 pub(crate) const CHECKS: &str = "verify_checks_total";
@@ -175,7 +175,7 @@ impl ApiMetrics {
             ),
             (
                 VERIFICATIONS_EXPIRED,
-                "Checks that found their verification expired.",
+                "Verifications that expired unused, by the number's country.",
             ),
             (CHECKS, "Code checks, by outcome."),
             (
@@ -259,7 +259,7 @@ impl ApiMetrics {
             .increment(1);
     }
 
-    /// Counts a check that found the verification to `to` expired.
+    /// Counts a verification to `to` that expired unused.
     pub(crate) fn verification_expired(&self, to: &PhoneNumber) {
         self.registry
             .counter(VERIFICATIONS_EXPIRED, &[("country", country_of(to))])

@@ -65,6 +65,7 @@ pub struct Application {
     abuse_refresh: std::time::Duration,
     breaker_interval: std::time::Duration,
     held_receipt_interval: std::time::Duration,
+    expiry_sweep_interval: std::time::Duration,
 }
 
 impl Application {
@@ -183,6 +184,7 @@ impl Application {
             abuse_refresh: config.abuse.refresh_interval(),
             breaker_interval: config.abuse.breaker_interval(),
             held_receipt_interval: config.receipts.held_receipt_interval(),
+            expiry_sweep_interval: config.api.expiry_sweep_interval(),
         })
     }
 
@@ -221,6 +223,12 @@ impl Application {
             Arc::clone(&self.state.abuse),
             self.state.pool.clone(),
             self.breaker_interval,
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::expiry::run(
+            self.state.pool.clone(),
+            Arc::clone(&self.state.metrics),
+            self.expiry_sweep_interval,
             shutdown.clone(),
         ));
         tokio::spawn(crate::receipts::run(

@@ -452,6 +452,14 @@ pub struct ApiSettings {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_connections: u32,
+    /// How often expired verifications are looked for, to announce them
+    /// (`verification.expired`) and count them. One API process sweeps at a time.
+    #[arg(
+        long = "expiry-sweep-interval-ms",
+        env = "VERIFY_EXPIRY_SWEEP_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub expiry_sweep_interval_ms: u64,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -467,6 +475,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("max_connections", &self.max_connections)
+            .field("expiry_sweep_interval_ms", &self.expiry_sweep_interval_ms)
             .finish_non_exhaustive()
     }
 }
@@ -498,6 +507,10 @@ impl ApiSettings {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn expiry_sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.expiry_sweep_interval_ms.max(1))
     }
 }
 

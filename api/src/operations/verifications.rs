@@ -479,7 +479,6 @@ async fn check_verification(
         VerificationStatus::Pending => {}
         VerificationStatus::Expired => {
             state.metrics.check(CheckResult::Expired);
-            state.metrics.verification_expired(&verification.to);
             return Ok(closed(&verification));
         }
         _ => {

@@ -25,6 +25,7 @@ use verify_common::config::{
 };
 use verify_common::db::Pool;
 use verify_common::domain::abuse::RuleMode;
+use verify_common::domain::{CodeSecret, OtpCode, OtpCodeLength};
 use verify_common::telemetry::init_test_tracing;
 use verify_common::testing::exposition::Exposition;
 use verify_common::testing::{TestDatabase, test_rabbit_settings};
@@ -499,6 +500,72 @@ impl TestApp {
     pub(crate) async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
         let client = self.pool.get().await.expect("a database connection");
         client.query(statement, &[]).await.expect("test SQL runs")
+    }
+
+    /// Scrapes until `name` with `labels` reaches `wanted`; for counts an API process adds
+    /// on a schedule. Fails the test after [`WAIT`], or at once if it goes past `wanted`.
+    pub(crate) async fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], wanted: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let value = self.scrape().await.sum(name, labels);
+            if value == wanted {
+                return;
+            }
+            assert!(value < wanted, "{name}{labels:?} is {value}, past {wanted}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}{labels:?} never reached {wanted}: {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The code of verification `id`, derived as the worker derives it, without waiting
+    /// for its SMS (for codes that live only seconds).
+    pub(crate) async fn code_of(&self, id: &str) -> String {
+        let rows = self
+            .sql(&format!(
+                "SELECT code_nonce, code_length::bigint FROM verifications WHERE id = '{id}'"
+            ))
+            .await;
+        let row = rows.first().expect("the verification exists");
+        let secret = CodeSecret::parse(SECRET.to_owned().into()).expect("the test secret");
+        let length = OtpCodeLength::parse(row.get(1)).expect("a stored length");
+        let id = uuid::Uuid::parse_str(id).expect("a verification id");
+        OtpCode::derive(&secret, id, row.get(0), length)
+            .expect("a stored nonce")
+            .expose()
+            .to_owned()
+    }
+
+    /// Waits until an expiry sweep has covered every verification's expiry and then
+    /// `after` (a moment in Postgres' clock); fails the test after [`WAIT`].
+    pub(crate) async fn wait_for_sweep_past(&self, after: chrono::DateTime<chrono::Utc>) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let rows = self
+                .sql(
+                    "SELECT s.swept_until FROM expiry_sweeps s
+                     WHERE s.swept_until >= (SELECT coalesce(max(expires_at), '-infinity')
+                                             FROM verifications)",
+                )
+                .await;
+            if let Some(row) = rows.first()
+                && row.get::<_, chrono::DateTime<chrono::Utc>>(0) >= after
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no expiry sweep got past every expiry and {after}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Postgres' clock now.
+    pub(crate) async fn database_now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.sql("SELECT now()").await[0].get(0)
     }
 }
 

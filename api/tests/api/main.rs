@@ -9,6 +9,7 @@ mod auth;
 mod bad_inputs;
 mod checks;
 mod connections;
+mod expiry;
 mod health;
 mod helpers;
 mod idempotency;

@@ -5,28 +5,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, WAIT, phone_number, spawn_app, wrong_code};
+use crate::helpers::{phone_number, spawn_app, wrong_code};
 
 const REQUESTS: &str = "verify_http_requests_total";
 const DURATION: &str = "verify_http_request_duration_seconds";
-
-/// Scrapes until `name` with `labels` reaches `wanted`; for counts an API process adds
-/// on a schedule. Fails the test after [`WAIT`], or at once if it goes past `wanted`.
-async fn wait_for_metric(app: &TestApp, name: &str, labels: &[(&str, &str)], wanted: f64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let value = app.scrape().await.sum(name, labels);
-        if value == wanted {
-            return;
-        }
-        assert!(value < wanted, "{name}{labels:?} is {value}, past {wanted}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}{labels:?} never reached {wanted}: {value}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn starting_verifications_counts_each_one_under_its_country() {
@@ -208,8 +190,7 @@ async fn a_refusal_by_an_abuse_rule_is_counted_with_its_rule_action_and_mode() {
         .await;
 
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    wait_for_metric(
-        &app,
+    app.wait_for_metric(
         "verify_abuse_decisions_total",
         &[
             ("rule", "number_type.premium_rate"),

@@ -301,6 +301,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "stats_rollups",
         include_str!("../../../migrations/V18__stats_rollups.sql"),
     ),
+    (
+        19,
+        "expiry_sweeps",
+        include_str!("../../../migrations/V19__expiry_sweeps.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.

@@ -201,7 +201,7 @@ mod tests {
     use crate::db::idempotency::IdempotencyKeyRow;
     use crate::db::stats::StatsRollupRow;
     use crate::db::templates::TemplateRow;
-    use crate::db::verifications::VerificationRow;
+    use crate::db::verifications::{ExpiryLifetimeRow, ExpirySweepRow, VerificationRow};
     use crate::db::webhooks::{WebhookAttemptRow, WebhookDeliveryRow, WebhookEndpointRow};
     use crate::db::{build_pool, migrate};
     use crate::testing::TestDatabase;
@@ -236,6 +236,8 @@ mod tests {
             declared::<WebhookDeliveryRow>(),
             declared::<WebhookAttemptRow>(),
             declared::<StatsRollupRow>(),
+            declared::<ExpirySweepRow>(),
+            declared::<ExpiryLifetimeRow>(),
         ];
 
         let client = pool.get().await.unwrap();

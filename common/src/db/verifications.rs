@@ -1,8 +1,9 @@
-//! Verification rows: reading them back, checks and cancel. They are created, with their
-//! sends, by [`super::starts`].
+//! Verification rows: reading them back, checks, cancel and the sweep that notices
+//! expiry. They are created, with their sends, by [`super::starts`].
 
 use std::net::IpAddr;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -78,6 +79,20 @@ table_row! {
         client_id: Option<String>,
         risk: Option<serde_json::Value>,
     }
+}
+
+#[cfg(test)]
+table_row! {
+    /// The `expiry_sweeps` row: only SQL reads it (`sweep_expired_verifications`).
+    pub(crate) struct ExpirySweepRow in "expiry_sweeps" {}
+    unread [singleton, swept_until, learned_until]
+}
+
+#[cfg(test)]
+table_row! {
+    /// An `expiry_lifetimes` row: only SQL reads it (`sweep_expired_verifications`).
+    pub(crate) struct ExpiryLifetimeRow in "expiry_lifetimes" {}
+    unread [lifetime, last_created_at]
 }
 
 impl TryFrom<VerificationRow> for VerificationRecord {
@@ -295,4 +310,31 @@ pub async fn cancel_verification(
     let client = pool.get().await?;
     let row = client.query_opt(CANCEL.as_str(), &[&id.as_uuid()]).await?;
     row.map(|row| read_verification(&row)).transpose()
+}
+
+/// Sweeps once for verifications that expired since the last sweep and at least `settle`
+/// ago: records `verification.expired` for every endpoint subscribed to it and moves the
+/// watermark past them, in one statement (`sweep_expired_verifications`, migration V19),
+/// so a crash neither emits twice nor skips. Returns the number of each verification
+/// found expired; empty when another process is sweeping.
+///
+/// The verifications are reached through the BRIN index on `created_at`, one narrow range
+/// per lifetime in use; approved, canceled and closed ones are left out, and stay out
+/// because nothing changes a verification after its expiry. `settle` must outlast the
+/// statements in flight when a verification expires (a check begun just before).
+///
+/// # Errors
+/// [`DbError`] on database failure; then nothing was recorded.
+pub async fn sweep_expired_verifications(
+    pool: &Pool,
+    settle: Duration,
+) -> Result<Vec<PhoneNumber>, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("SELECT s.to_number FROM sweep_expired_verifications($1) AS s (to_number)")
+        .await?;
+    let rows = client.query(&statement, &[&seconds(settle)]).await?;
+    rows.iter()
+        .map(|row| named::<String>(row, "to_number").map(PhoneNumber::from_trusted_storage))
+        .collect()
 }
