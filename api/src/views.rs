@@ -8,11 +8,14 @@ use verify_common::db::abuse::{AllowRecord, BlockRecord, RuleCount, RuleRecord};
 use verify_common::db::deliveries::DeliveryRecord;
 use verify_common::db::stats::{StatsFigures, StatsGroup};
 use verify_common::db::templates::TemplateRecord;
+use verify_common::db::timeline::{CheckResult, TimelineEvent, TimelineKind};
 use verify_common::db::verifications::VerificationRecord;
 use verify_common::db::webhooks::EndpointRecord;
 use verify_common::domain::abuse::{AllowKind, BlockScope, Outcome, RuleKind, RuleMode};
+use verify_common::domain::webhook::webhook_message_id;
 use verify_common::domain::{
-    AttemptLogEntry, DeliveryStatus, SmsEncoding, TemplateBody, TemplateId, VerificationStatus,
+    AttemptLogEntry, AttemptOutcome, DeliveryStatus, SmsEncoding, TemplateBody, TemplateId,
+    VerificationStatus,
     new_template_engine,
 };
 
@@ -371,6 +374,188 @@ impl StatsGroupView {
             delivery_rate: rate(figures.delivered, figures.sent),
             median_ms_to_sms: millis(figures.start_to_sms.median()),
             median_ms_to_approval: millis(figures.start_to_approval.median()),
+        }
+    }
+}
+
+/// A verification's timeline: every event of its life, oldest first.
+#[derive(Debug, Serialize)]
+pub(crate) struct TimelineView {
+    pub events: Vec<TimelineEventView>,
+}
+
+/// One event: its `type`, when it happened (`at`) and the facts recorded about it.
+#[derive(Debug, Serialize)]
+pub(crate) struct TimelineEventView {
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: TimelineEventKindView,
+}
+
+/// The event types of a timeline and their fields. The `type` names are stable.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+pub(crate) enum TimelineEventKindView {
+    #[serde(rename = "verification.created")]
+    Created {
+        expires_at: DateTime<Utc>,
+        max_checks: i32,
+    },
+    #[serde(rename = "send.queued")]
+    SendQueued { send_id: String, send_number: i32 },
+    #[serde(rename = "send.attempt")]
+    SendAttempt {
+        send_id: String,
+        send_number: i32,
+        attempt: i32,
+        outcome: AttemptOutcome,
+        provider_message_id: Option<String>,
+        error: Option<String>,
+        retry_at: Option<DateTime<Utc>>,
+        duration_ms: Option<u64>,
+    },
+    #[serde(rename = "send.receipt")]
+    SendReceipt {
+        send_id: String,
+        send_number: i32,
+        /// `delivered` or `undelivered`.
+        status: &'static str,
+        error_code: Option<String>,
+    },
+    /// A counted check: `outcome` is `approved`, `wrong_code` or `locked` (the number's
+    /// guess lock refused the code); `status` is the verification's after it.
+    #[serde(rename = "check")]
+    Check {
+        check_number: i32,
+        outcome: &'static str,
+        status: VerificationStatus,
+    },
+    #[serde(rename = "verification.canceled")]
+    Canceled,
+    #[serde(rename = "verification.expired")]
+    Expired,
+    #[serde(rename = "webhook.queued")]
+    WebhookQueued {
+        webhook_id: String,
+        event: String,
+        endpoint_id: i64,
+        /// Where its delivery stands now: `pending`, `delivered`, `failed`, `abandoned`.
+        status: String,
+        attempts: i32,
+    },
+    #[serde(rename = "webhook.attempt")]
+    WebhookAttempt {
+        webhook_id: String,
+        event: String,
+        attempt: i32,
+        /// `null` when no answer came (refused destination, connection error, timeout).
+        status_code: Option<i32>,
+        error: Option<String>,
+    },
+}
+
+impl TimelineView {
+    pub(crate) fn new(events: &[TimelineEvent]) -> Self {
+        Self {
+            events: events
+                .iter()
+                .map(|event| TimelineEventView {
+                    at: event.at,
+                    event: TimelineEventKindView::new(&event.kind),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TimelineEventKindView {
+    fn new(kind: &TimelineKind) -> Self {
+        match kind.clone() {
+            TimelineKind::Created {
+                expires_at,
+                max_checks,
+            } => Self::Created {
+                expires_at,
+                max_checks,
+            },
+            TimelineKind::SendQueued {
+                send_id,
+                send_number,
+            } => Self::SendQueued {
+                send_id: send_id.to_string(),
+                send_number,
+            },
+            TimelineKind::SendAttempt {
+                send_id,
+                send_number,
+                attempt,
+                outcome,
+                provider_message_id,
+                error,
+                retry_at,
+                duration_ms,
+            } => Self::SendAttempt {
+                send_id: send_id.to_string(),
+                send_number,
+                attempt,
+                outcome,
+                provider_message_id,
+                error,
+                retry_at,
+                duration_ms,
+            },
+            TimelineKind::SendReceipt {
+                send_id,
+                send_number,
+                status,
+                error_code,
+            } => Self::SendReceipt {
+                send_id: send_id.to_string(),
+                send_number,
+                status: status.as_str(),
+                error_code,
+            },
+            TimelineKind::Check {
+                check_number,
+                outcome,
+                status,
+            } => Self::Check {
+                check_number,
+                outcome: match outcome {
+                    CheckResult::Approved => "approved",
+                    CheckResult::WrongCode => "wrong_code",
+                    CheckResult::Locked => "locked",
+                },
+                status,
+            },
+            TimelineKind::Canceled => Self::Canceled,
+            TimelineKind::Expired => Self::Expired,
+            TimelineKind::WebhookQueued {
+                webhook_id,
+                event,
+                endpoint_id,
+                status,
+                attempts,
+            } => Self::WebhookQueued {
+                webhook_id: webhook_message_id(webhook_id),
+                event,
+                endpoint_id,
+                status,
+                attempts,
+            },
+            TimelineKind::WebhookAttempt {
+                webhook_id,
+                event,
+                attempt,
+                status_code,
+                error,
+            } => Self::WebhookAttempt {
+                webhook_id: webhook_message_id(webhook_id),
+                event,
+                attempt,
+                status_code,
+                error,
+            },
         }
     }
 }

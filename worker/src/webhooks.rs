@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use verify_common::config::WebhookSettings;
 use verify_common::db::webhooks::{self, AttemptRecord, AttemptVerdict, DeliveryToSend};
 use verify_common::db::{DbError, Pool};
-use verify_common::domain::webhook::is_public_address;
+use verify_common::domain::webhook::{is_public_address, webhook_message_id};
 use verify_common::queue::webhooks::{DeliverWebhook, WebhookPublisher};
 
 use crate::metrics::{WebhookAttemptOutcome, WorkerMetrics};
@@ -207,7 +207,7 @@ async fn post(delivery: &DeliveryToSend, deps: &WebhookDeps) -> Result<u16, Stri
 
 /// The `webhook-id` of every attempt of a delivery.
 pub fn message_id(delivery: &DeliveryToSend) -> String {
-    format!("msg_{}", delivery.id.simple())
+    webhook_message_id(delivery.id)
 }
 
 fn refused(ip: IpAddr) -> String {

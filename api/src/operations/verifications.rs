@@ -7,6 +7,7 @@ use chrono::Utc;
 use verify_common::db::deliveries::{self, DeliveryRecord};
 use verify_common::db::idempotency::{self, IdempotencyClaim};
 use verify_common::db::starts::{self, CreateOutcome, NewVerification, ResendOutcome, StartResult};
+use verify_common::db::timeline;
 use verify_common::db::verifications::{self, VerificationRecord};
 use verify_common::domain::abuse::{ClientIdError, ClientSignals, RuleId, VelocityCheck};
 use verify_common::domain::otp::generate_nonce;
@@ -20,7 +21,7 @@ use crate::metrics::{CheckResult, country_of};
 use crate::operations::templates::{placeholder_code, template_error, ttl_minutes};
 use crate::state::AppState;
 use crate::template_cache::LookupError;
-use crate::views::CheckView;
+use crate::views::{CheckView, TimelineView};
 
 /// A validated request to start a verification.
 #[derive(Debug)]
@@ -370,6 +371,20 @@ pub(crate) async fn find_verification(
         .ok_or_else(not_found)?;
     let sends = deliveries::list_deliveries(&state.pool, id).await?;
     Ok((verification, sends))
+}
+
+/// Every event of a verification, oldest first.
+///
+/// # Errors
+/// 404 for an unknown id.
+pub(crate) async fn timeline(
+    state: &AppState,
+    id: VerificationId,
+) -> Result<TimelineView, ApiError> {
+    let events = timeline::verification_timeline(&state.pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(TimelineView::new(&events))
 }
 
 /// Parses a typed code: 4–10 digits.

@@ -51,6 +51,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     route("POST", "/v1/verifications", Family::Native),
     route("POST", "/v1/verifications/check", Family::Native),
     route("GET", "/v1/verifications/{}", Family::Native),
+    route("GET", "/v1/verifications/{}/events", Family::Native),
     route("POST", "/v1/verifications/{}/check", Family::Native),
     route("POST", "/v1/verifications/{}/resend", Family::Native),
     route("POST", "/v1/verifications/{}/cancel", Family::Native),

@@ -75,6 +75,13 @@ pub(super) fn routes(
         .and(state.clone())
         .then(get)
         .map(respond);
+    let events = endpoint!(Native GET "v1" / "verifications" / String / "events")
+        .and(caller.clone())
+        .and_then(extract::verification_id)
+        .untuple_one()
+        .and(state.clone())
+        .then(events)
+        .map(respond);
     let check = endpoint!(Native POST "v1" / "verifications" / String / "check")
         .and(caller.clone())
         .and_then(extract::verification_id)
@@ -101,6 +108,8 @@ pub(super) fn routes(
         .or(check_by_number)
         .unify()
         .or(get)
+        .unify()
+        .or(events)
         .unify()
         .or(check)
         .unify()
@@ -205,6 +214,15 @@ fn view_json(
 async fn get(_caller: Caller, id: VerificationId, state: AppState) -> Result<impl Reply, ApiError> {
     let found = ops::find_verification(&state, id).await?;
     Ok(verification_reply(StatusCode::OK, found))
+}
+
+async fn events(
+    _caller: Caller,
+    id: VerificationId,
+    state: AppState,
+) -> Result<impl Reply, ApiError> {
+    let timeline = ops::timeline(&state, id).await?;
+    Ok(warp::reply::json(&timeline))
 }
 
 async fn check_by_id(

@@ -451,6 +451,16 @@ fn verification_cases(template_needing_brand: i64) -> Vec<Case> {
             "/v1/verifications/not-a-uuid",
         )
         .answers(BAD_REQUEST, "invalid_id", Some("id")),
+        Case::get(
+            "reading the events of a verification by a malformed id",
+            "/v1/verifications/not-a-uuid/events",
+        )
+        .answers(BAD_REQUEST, "invalid_id", Some("id")),
+        Case::get(
+            "reading the events of an unknown verification",
+            format!("/v1/verifications/{UNKNOWN_ID}/events"),
+        )
+        .answers(NOT_FOUND, "verification_not_found", None),
         Case::post(
             "resending an unknown verification",
             format!("/v1/verifications/{UNKNOWN_ID}/resend"),

@@ -14,7 +14,7 @@ use crate::helpers::{
 const LIFETIME_SECS: &str = "4";
 
 /// The system with short-lived codes and a sweep every 100 ms.
-async fn spawn_app_with_short_lifetimes() -> TestApp {
+pub(crate) async fn spawn_app_with_short_lifetimes() -> TestApp {
     spawn_app_with(TestOptions {
         otp: OtpSettings::from_flags(&["--otp-ttl-secs", LIFETIME_SECS])
             .expect("the OTP flags parse"),

@@ -22,5 +22,6 @@ mod receipts;
 mod startup;
 mod stats;
 mod templates;
+mod timeline;
 mod verifications;
 mod webhooks;

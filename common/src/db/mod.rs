@@ -5,7 +5,8 @@
 //! under an advisory lock, so several API replicas can start together. One sub-module per
 //! table holds its queries; every state change is a guarded `UPDATE` so concurrent API
 //! replicas and workers cannot step on each other. Rows are read by column name, from one
-//! column list per table (`rows`).
+//! column list per table (`rows`). `timeline` reads across tables: one query assembles a
+//! verification's life from the rows of all of them.
 
 pub mod abuse;
 pub mod api_keys;
@@ -16,6 +17,7 @@ mod rows;
 pub mod starts;
 pub mod stats;
 pub mod templates;
+pub mod timeline;
 pub mod verifications;
 pub mod webhooks;
 
@@ -305,6 +307,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         19,
         "expiry_sweeps",
         include_str!("../../../migrations/V19__expiry_sweeps.sql"),
+    ),
+    (
+        20,
+        "verification_checks",
+        include_str!("../../../migrations/V20__verification_checks.sql"),
     ),
 ];
 

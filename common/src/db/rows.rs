@@ -201,6 +201,7 @@ mod tests {
     use crate::db::idempotency::IdempotencyKeyRow;
     use crate::db::stats::StatsRollupRow;
     use crate::db::templates::TemplateRow;
+    use crate::db::timeline::VerificationCheckRow;
     use crate::db::verifications::{ExpiryLifetimeRow, ExpirySweepRow, VerificationRow};
     use crate::db::webhooks::{WebhookAttemptRow, WebhookDeliveryRow, WebhookEndpointRow};
     use crate::db::{build_pool, migrate};
@@ -238,6 +239,7 @@ mod tests {
             declared::<StatsRollupRow>(),
             declared::<ExpirySweepRow>(),
             declared::<ExpiryLifetimeRow>(),
+            declared::<VerificationCheckRow>(),
         ];
 
         let client = pool.get().await.unwrap();

@@ -103,7 +103,8 @@ impl ReceiptErrorCode {
 }
 
 /// The final status a receipt reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReceiptStatus {
     Delivered,
     Undelivered,

@@ -72,6 +72,12 @@ impl fmt::Display for WebhookEvent {
     }
 }
 
+/// The `webhook-id` of every attempt to deliver the recorded delivery `delivery`: what a
+/// producer deduplicates on, and what a verification's timeline names the delivery by.
+pub fn webhook_message_id(delivery: uuid::Uuid) -> String {
+    format!("msg_{}", delivery.simple())
+}
+
 /// Why an endpoint's URL, events or secret are refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
