@@ -15,8 +15,7 @@ use verify_common::domain::abuse::{AllowKind, BlockScope, Outcome, RuleKind, Rul
 use verify_common::domain::webhook::webhook_message_id;
 use verify_common::domain::{
     AttemptLogEntry, AttemptOutcome, DeliveryStatus, SmsEncoding, TemplateBody, TemplateId,
-    VerificationStatus,
-    new_template_engine,
+    VerificationStatus, new_template_engine,
 };
 
 /// A webhook endpoint. `secret` is present only in the answer that created it.
