@@ -39,9 +39,9 @@ pub(crate) fn record_starts(pool: Pool, outbox: Arc<Outbox>, limit: SendLimit) -
         let outbox = Arc::clone(&outbox);
         async move {
             let outcomes = starts::insert_verifications(&pool, &batch, limit).await?;
-            for result in &outcomes {
+            for (new, result) in batch.iter().zip(&outcomes) {
                 if let CreateOutcome::Created(created) = &result.outcome {
-                    outbox.publish(created.1.id);
+                    outbox.publish(created.1.id, new.trace);
                 }
             }
             Ok(outcomes)

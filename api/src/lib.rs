@@ -7,6 +7,8 @@
 //! - [`startup`]: builds the application from settings and serves until shutdown.
 //! - `server`: accepts and serves HTTP/1.1 connections under a cap, with header-read and
 //!   idle deadlines, and stops gracefully.
+//! - `trace`: each request's W3C trace (`traceparent` in and out) and the span its log
+//!   lines are written in, with the trace id and the verification id.
 //! - `abuse`: the abuse rules, allow list and blocks sends are judged by, cached and
 //!   refreshed from Postgres, the velocity limits each send is counted under, and the
 //!   counters of what the rules did.
@@ -53,6 +55,7 @@ mod routes;
 mod server;
 mod state;
 mod template_cache;
+mod trace;
 mod views;
 
 pub mod breaker;

@@ -15,6 +15,10 @@
 //! claiming one of those sends meanwhile does not wait for the broker. A crash after
 //! the confirm but before the mark re-publishes a job that is already queued; the
 //! worker's guarded claim makes that duplicate harmless.
+//!
+//! A job carries its request's trace in its `traceparent` header. The trace id is also
+//! kept with the send (written by the start statement), so a job the relay publishes
+//! stays in the same trace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use verify_common::db::{Pool, deliveries};
-use verify_common::domain::DeliveryId;
+use verify_common::domain::{DeliveryId, TraceParent};
 use verify_common::metrics::Gauge;
 use verify_common::queue::{QueueError, SendSms, SmsPublisher};
 
@@ -52,9 +56,11 @@ pub(crate) struct Outbox {
     dispatch: mpsc::Sender<Committed>,
 }
 
-/// A committed send waiting to be published, and since when.
+/// A committed send waiting to be published, the trace its job belongs to, and since
+/// when.
 struct Committed {
     id: DeliveryId,
+    trace: Option<TraceParent>,
     at: Instant,
 }
 
@@ -101,9 +107,10 @@ impl Outbox {
     /// Queues the job of a committed send for publishing and returns at once. A full
     /// backlog (the broker is down or slow) is not the caller's problem: the send is
     /// durable and the relay publishes it.
-    pub(crate) fn publish(&self, id: DeliveryId) {
+    pub(crate) fn publish(&self, id: DeliveryId, trace: Option<TraceParent>) {
         let committed = Committed {
             id,
+            trace,
             at: Instant::now(),
         };
         if self.dispatch.try_send(committed).is_err() {
@@ -175,7 +182,8 @@ async fn dispatch(
         let publisher = Arc::clone(&publisher);
         let marks = marks.clone();
         publishing.spawn(async move {
-            match publish_confirmed(&publisher, committed.id).await {
+            let job = SendSms::new(committed.id).traced(committed.trace);
+            match publish_confirmed(&publisher, &job).await {
                 Ok(()) => {
                     let confirmed = Confirmed {
                         id: committed.id,
@@ -186,7 +194,8 @@ async fn dispatch(
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(delivery = %committed.id, %error, "job not confirmed; left to the outbox relay");
+                    let trace_id = committed.trace.map(|trace| trace.trace_id().to_string());
+                    tracing::warn!(delivery = %committed.id, trace_id, %error, "job not confirmed; left to the outbox relay");
                 }
             }
             drop(slot);
@@ -196,8 +205,8 @@ async fn dispatch(
     while publishing.join_next().await.is_some() {}
 }
 
-async fn publish_confirmed(publisher: &SmsPublisher, id: DeliveryId) -> Result<(), QueueError> {
-    tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&SendSms::new(id)))
+async fn publish_confirmed(publisher: &SmsPublisher, job: &SendSms) -> Result<(), QueueError> {
+    tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(job))
         .await
         .map_err(|_| QueueError::Timeout(PUBLISH_TIMEOUT))?
 }
@@ -242,13 +251,17 @@ async fn relay(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(schedule.interval) => {}
         }
-        let result = deliveries::relay_unpublished(&pool, schedule.min_age, RELAY_BATCH, |id| {
+        let result = deliveries::relay_unpublished(&pool, schedule.min_age, RELAY_BATCH, |send| {
             let publisher = Arc::clone(&publisher);
+            // The request's span is not known any more, only its trace: the relay's
+            // publish is a span of its own in that trace.
+            let job = SendSms::new(send.id).traced(send.trace_id.map(TraceParent::continuing));
             async move {
-                match publisher.publish(&SendSms::new(id)).await {
+                match publisher.publish(&job).await {
                     Ok(()) => true,
                     Err(error) => {
-                        tracing::warn!(delivery = %id, %error, "relay could not publish");
+                        let trace_id = send.trace_id.map(|id| id.to_string());
+                        tracing::warn!(delivery = %send.id, trace_id, %error, "relay could not publish");
                         false
                     }
                 }

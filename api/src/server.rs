@@ -16,6 +16,9 @@
 //! Connection errors are the clients' doing (resets, half-sent requests, timeouts), so
 //! they are logged at debug: a client must not be able to flood the log.
 //!
+//! Every request is served in the span of its trace, and answered with its
+//! `traceparent` (see [`crate::trace`]).
+//!
 //! Only HTTP/1.1 is served: every client we support speaks it, and it keeps the
 //! deadlines simple (HTTP/2 belongs in a proxy in front).
 
@@ -37,7 +40,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use warp::{Filter, Reply};
+
+use crate::trace;
 
 /// The bounds every connection is served under.
 #[derive(Debug, Clone, Copy)]
@@ -186,12 +192,18 @@ where
     let routes = TowerToHyperService::new(warp::service(routes));
     let service = {
         let activity = Arc::clone(&activity);
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             activity.start_serving();
-            let answer = routes.call(request);
+            let trace = trace::of_request(request.headers());
+            request.extensions_mut().insert(trace);
+            let span = trace::request_span(&trace);
+            let answer = routes.call(request).instrument(span);
             let activity = Arc::clone(&activity);
             async move {
-                let response = answer.await;
+                let mut response = answer.await;
+                if let Ok(answered) = &mut response {
+                    trace::answer_with(answered.headers_mut(), &trace);
+                }
                 activity.start_idling();
                 // Hyper reads from the stream again only when woken, and the read it left
                 // pending while we served has no deadline: wake the connection so that

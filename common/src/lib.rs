@@ -4,7 +4,8 @@
 //! - [`telemetry`]: tracing set-up for the binaries.
 //! - [`domain`]: types that cannot hold invalid values (phone numbers, codes, templates,
 //!   verification and delivery states, delivery receipts, webhook endpoints and
-//!   signatures, stats windows and duration histograms) and the rules between them.
+//!   signatures, stats windows and duration histograms, W3C trace contexts) and the rules
+//!   between them.
 //! - [`dependency`]: waiting for Postgres and RabbitMQ at start-up instead of failing.
 //! - [`db`]: the only place that speaks SQL; pools, migrations and one module per table.
 //! - [`group_commit`]: many callers' writes recorded by one statement, each with its own

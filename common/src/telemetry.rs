@@ -156,6 +156,46 @@ mod tests {
         }
     }
 
+    /// What a subscriber in `format` writes for an event in a span whose second field is
+    /// recorded after the span was entered, as a request's verification id is.
+    fn logged_in_span(format: LogFormat) -> String {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = log_subscriber(format, "info", false, move || writer.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
+                verification_id = tracing::field::Empty
+            );
+            let _entered = span.enter();
+            span.record("verification_id", "0190c0de-0000-7000-8000-000000000000");
+            tracing::info!("verification started");
+        });
+        lines.text()
+    }
+
+    #[test]
+    fn both_formats_print_the_span_fields_of_every_line_including_late_ones() {
+        let text = logged_in_span(LogFormat::Text);
+        assert!(
+            text.contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"")
+                || text.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0190c0de-0000-7000-8000-000000000000"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(logged_in_span(LogFormat::Json).trim()).unwrap();
+        assert_eq!(json["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            json["span"]["verification_id"],
+            "0190c0de-0000-7000-8000-000000000000"
+        );
+    }
+
     #[test]
     fn a_quieter_directive_for_a_quiet_target_still_wins() {
         let text = logged("trace,tokio_postgres=warn");

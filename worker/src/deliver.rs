@@ -27,7 +27,7 @@ use verify_common::db::deliveries::{
 use verify_common::db::{DbError, Pool};
 use verify_common::domain::{
     AttemptLogEntry, AttemptOutcome, CodeSecret, DeliveryId, DeliveryStatus, PhoneNumber, SmsShape,
-    VerificationStatus,
+    TraceParent, VerificationStatus,
 };
 use verify_common::group_commit::{BatchLimits, GroupCommit};
 use verify_common::queue::SendSms;
@@ -140,7 +140,10 @@ pub async fn deliver_sms<L: SendLedger, P: SmsSender>(
     deps: &Deps<L, P>,
 ) -> Result<Outcome, DbError> {
     let send = match deps.ledger.claim(job.delivery_id).await? {
-        ClaimOutcome::Claimed(send) => send,
+        ClaimOutcome::Claimed(send) => {
+            name_in_span(job, &send);
+            send
+        }
         ClaimOutcome::AlreadyFinished(status) => {
             tracing::debug!(delivery = %job.delivery_id, ?status, "duplicate job for a finished send");
             return Ok(Outcome::Done);
@@ -162,7 +165,28 @@ pub async fn deliver_sms<L: SendLedger, P: SmsSender>(
         }
         ClaimOutcome::Unusable(send) => return refuse_unusable(&send, deps).await,
     };
-    attempt(&send, deps).await
+    // The provider call is a span of this attempt's own in the send's trace.
+    let trace = job
+        .trace
+        .map(|trace| trace.child())
+        .or_else(|| send.trace_id.map(TraceParent::continuing));
+    attempt(&send, trace, deps).await
+}
+
+/// Names the claimed send's verification in the current span (the consumer's `job` span)
+/// and, for a job that arrived without a trace (published before traces were carried),
+/// the trace kept with the send.
+fn name_in_span(job: &SendSms, send: &ClaimedSend) {
+    let span = tracing::Span::current();
+    span.record(
+        "verification_id",
+        tracing::field::display(send.verification_id),
+    );
+    if job.trace.is_none()
+        && let Some(trace_id) = send.trace_id
+    {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
 }
 
 /// Ends the attempt of a send whose verification holds a value this build cannot use, and
@@ -215,6 +239,7 @@ impl<'a> From<&'a UnusableSend> for Ending<'a> {
 
 async fn attempt<L: SendLedger, P: SmsSender>(
     send: &ClaimedSend,
+    trace: Option<TraceParent>,
     deps: &Deps<L, P>,
 ) -> Result<Outcome, DbError> {
     let ending = Ending::from(send);
@@ -257,6 +282,7 @@ async fn attempt<L: SendLedger, P: SmsSender>(
             to: send.to.as_str(),
             from,
             body: &text,
+            trace,
         })
         .await;
     let elapsed = started.elapsed();
@@ -564,6 +590,7 @@ mod tests {
             template_body: None,
             locale: None,
             sender: None,
+            trace_id: None,
         }
     }
 

@@ -126,6 +126,7 @@ mod tests {
             template_body: None,
             locale: locale.map(|tag| TemplateLocale::parse(tag).unwrap()),
             sender: None,
+            trace_id: None,
         }
     }
 

@@ -13,7 +13,8 @@ use verify_common::domain::abuse::{ClientIdError, ClientSignals, RuleId, Velocit
 use verify_common::domain::otp::generate_nonce;
 use verify_common::domain::{
     DeliveryId, OtpCode, OtpCodeLength, PhoneNumber, Sender, SmsEncoding, SmsShape, SmsTooLong,
-    TemplateBody, TemplateId, TemplateLocale, Variables, VerificationId, VerificationStatus,
+    TemplateBody, TemplateId, TemplateLocale, TraceParent, Variables, VerificationId,
+    VerificationStatus,
 };
 
 use crate::error::ApiError;
@@ -21,6 +22,7 @@ use crate::metrics::{CheckResult, country_of};
 use crate::operations::templates::{placeholder_code, template_error, ttl_minutes};
 use crate::state::AppState;
 use crate::template_cache::LookupError;
+use crate::trace;
 use crate::views::{CheckView, TimelineView};
 
 /// A validated request to start a verification.
@@ -38,6 +40,8 @@ pub(crate) struct StartRequest {
     /// The API key that asked, as the abuse rules name it
     /// ([`crate::auth::Caller::key_name`]).
     pub api_key: String,
+    /// The request's trace: kept with the send, and carried by its job.
+    pub trace: TraceParent,
 }
 
 /// Reads a request's `client_ip` and `client_id`.
@@ -194,8 +198,8 @@ fn message_too_long(request: &StartRequest, body: &TemplateBody, too_long: SmsTo
 
 /// Hands the job of a committed send to the outbox, which publishes it in the background;
 /// the send is durable already, so the answer does not wait for the broker.
-fn enqueue(state: &AppState, delivery: &DeliveryRecord) {
-    state.outbox.publish(delivery.id);
+fn enqueue(state: &AppState, delivery: &DeliveryRecord, trace: TraceParent) {
+    state.outbox.publish(delivery.id, Some(trace));
 }
 
 /// The result of a start request.
@@ -239,8 +243,10 @@ async fn start_verification(
     let country = country_of(&request.to);
     let risk = serde_json::to_value(&risk).map_err(|e| ApiError::Internal(e.into()))?;
     let nonce = generate_nonce().map_err(|e| ApiError::Internal(e.into()))?;
+    let id = VerificationId::generate();
+    trace::record_verification(id);
     let new = NewVerification {
-        id: VerificationId::generate(),
+        id,
         delivery_id: DeliveryId::generate(),
         to: request.to,
         template_id: request.template_id,
@@ -256,6 +262,7 @@ async fn start_verification(
         client_id: request.client.id,
         risk: Some(risk),
         velocity: velocity.clone(),
+        trace: Some(request.trace),
     };
     // The group commit hands the send's job to the outbox itself.
     let StartResult {
@@ -465,6 +472,7 @@ pub(crate) async fn check_by_number(
         state.metrics.check(CheckResult::NotFound);
         return Ok(NumberCheck::Refused);
     };
+    trace::record_verification(verification.id);
     let view = check_verification(state, verification, code).await?;
     Ok(if view.valid {
         NumberCheck::Approved(view)
@@ -566,6 +574,7 @@ pub(crate) async fn resend(
     state: &AppState,
     id: VerificationId,
     api_key: &str,
+    trace: TraceParent,
 ) -> Result<(VerificationRecord, Vec<DeliveryRecord>), ApiError> {
     // Read first, to judge the number in memory; resends are rare next to starts.
     let verification = verifications::find_verification(&state.pool, id)
@@ -589,7 +598,7 @@ pub(crate) async fn resend(
     state.abuse.count_velocity(&velocity, &counts);
     match outcome {
         ResendOutcome::Created(delivery) => {
-            enqueue(state, &delivery);
+            enqueue(state, &delivery, trace);
             find_verification(state, id).await
         }
         ResendOutcome::NotFound => Err(not_found()),

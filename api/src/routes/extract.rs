@@ -214,7 +214,8 @@ pub(super) fn idempotency_key()
 }
 
 /// A verification id from the path, parsed once the caller is known: chain it after
-/// [`caller`] with `.and_then(verification_id).untuple_one()`.
+/// [`caller`] with `.and_then(verification_id).untuple_one()`. The request's span names
+/// it from then on.
 ///
 /// # Errors
 /// 400 `invalid_id` when the segment is not a UUID.
@@ -223,7 +224,11 @@ pub(super) async fn verification_id(
     caller: Caller,
 ) -> Result<(Caller, VerificationId), Rejection> {
     Uuid::parse_str(&raw)
-        .map(|id| (caller, VerificationId::from_uuid(id)))
+        .map(|id| {
+            let id = VerificationId::from_uuid(id);
+            crate::trace::record_verification(id);
+            (caller, id)
+        })
         .map_err(|_| {
             refuse(ApiError::invalid(
                 "invalid_id",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use verify_common::domain::{PhoneNumber, Sender, TemplateId, Variables};
+use verify_common::domain::{PhoneNumber, Sender, TemplateId, TraceParent, Variables};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -27,6 +27,7 @@ use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{self as template_ops, TemplateInput, variable_error};
 use crate::operations::verifications::{self as ops, NumberCheck, StartRequest, client_signals};
 use crate::state::{AppState, with_state};
+use crate::trace;
 use crate::views::{TemplateView, VerificationView};
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +71,7 @@ pub(super) fn routes(
         .and(state.clone())
         .and(extract::lenient_json())
         .and(extract::idempotency_key())
+        .and(trace::current())
         .then(start)
         .map(respond);
     let check = endpoint!(PortaText GET "number_verify" / String)
@@ -193,6 +195,7 @@ async fn start(
     state: AppState,
     body: JsonBody<StartBody>,
     idempotency_key: Option<IdempotencyKey>,
+    trace: TraceParent,
 ) -> Result<Response, ApiError> {
     let claim = idempotency_key
         .map(|key| {
@@ -234,6 +237,7 @@ async fn start(
             ttl: None,
             client,
             api_key: caller.key_name(),
+            trace,
         },
         claim.as_ref(),
         start_body,

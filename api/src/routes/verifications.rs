@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Deserialize;
 use verify_common::domain::{
-    OtpPolicy, PhoneNumber, Sender, TemplateLocale, Variables, VerificationId,
+    OtpPolicy, PhoneNumber, Sender, TemplateLocale, TraceParent, Variables, VerificationId,
 };
 use warp::Filter;
 use warp::http::StatusCode;
@@ -21,6 +21,7 @@ use crate::operations::verifications::{
     self as ops, NumberCheck, StartRequest, client_signals, phone_error,
 };
 use crate::state::{AppState, with_state};
+use crate::trace;
 use crate::views::{RefusedCheckView, VerificationView};
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +61,7 @@ pub(super) fn routes(
         .and(state.clone())
         .and(extract::json_with_raw())
         .and(extract::idempotency_key())
+        .and(trace::current())
         .then(create)
         .map(respond);
     let check_by_number = endpoint!(Native POST "v1" / "verifications" / "check")
@@ -95,6 +97,7 @@ pub(super) fn routes(
         .and_then(extract::verification_id)
         .untuple_one()
         .and(state.clone())
+        .and(trace::current())
         .then(resend)
         .map(respond);
     let cancel = endpoint!(Native POST "v1" / "verifications" / String / "cancel")
@@ -125,6 +128,7 @@ fn start_request(
     body: CreateBody,
     otp: &OtpPolicy,
     caller: Caller,
+    trace: TraceParent,
 ) -> Result<StartRequest, ApiError> {
     Ok(StartRequest {
         to: PhoneNumber::parse(&body.to).map_err(|e| phone_error("to", &e))?,
@@ -160,6 +164,7 @@ fn start_request(
             .map_err(|e| ApiError::invalid("invalid_ttl", "ttl_seconds", e))?,
         client: client_signals(body.client_ip.as_deref(), body.client_id.as_deref())?,
         api_key: caller.key_name(),
+        trace,
     })
 }
 
@@ -194,8 +199,9 @@ async fn create(
     state: AppState,
     body: JsonBody<CreateBody>,
     idempotency_key: Option<IdempotencyKey>,
+    trace: TraceParent,
 ) -> Result<impl Reply, ApiError> {
-    let request = start_request(body.value, &state.otp, caller)?;
+    let request = start_request(body.value, &state.otp, caller, trace)?;
     let claim = idempotency_key
         .map(|key| idempotency::claim(caller, key, "v1/verifications", &body.raw))
         .transpose()?;
@@ -253,8 +259,9 @@ async fn resend(
     caller: Caller,
     id: VerificationId,
     state: AppState,
+    trace: TraceParent,
 ) -> Result<impl Reply, ApiError> {
-    let resent = ops::resend(&state, id, &caller.key_name()).await?;
+    let resent = ops::resend(&state, id, &caller.key_name(), trace).await?;
     Ok(verification_reply(StatusCode::ACCEPTED, resent))
 }
 

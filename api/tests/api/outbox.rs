@@ -94,7 +94,8 @@ async fn a_worker_claims_a_send_while_the_relay_is_publishing_its_job() {
     let claims = Arc::new(Mutex::new(Vec::new()));
 
     // The relay's publish of the job does not return until a claim of its send has.
-    let relayed = deliveries::relay_unpublished(&app.pool, RELAY_AGE, 10, |id| {
+    let relayed = deliveries::relay_unpublished(&app.pool, RELAY_AGE, 10, |send| {
+        let id = send.id;
         let pool = app.pool.clone();
         let claims = Arc::clone(&claims);
         async move {

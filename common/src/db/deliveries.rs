@@ -16,8 +16,8 @@ use super::verifications::VerificationRow;
 use super::{DbError, seconds};
 use crate::domain::{
     AttemptLogEntry, DeliveryId, DeliveryStatus, MessageId, OtpCodeLength, PhoneNumber, Receipt,
-    ReceiptErrorCode, ReceiptStatus, TemplateId, TemplateLocale, Variables, VerificationId,
-    VerificationStatus,
+    ReceiptErrorCode, ReceiptStatus, TemplateId, TemplateLocale, TraceId, Variables,
+    VerificationId, VerificationStatus,
 };
 
 /// A delivery row.
@@ -61,9 +61,10 @@ table_row! {
         receipt_error_code: Option<String>,
     }
     // The number is the verification's; the lease, the publish time and the relay's claim
-    // are the claim's and the outbox's bookkeeping, which their own statements read; the
-    // provider is read by the receipt's statement, for the stats.
-    unread [to_number, lease_until, published_at, relayed_at, provider]
+    // are the claim's and the outbox's bookkeeping, which their own statements read, as
+    // they read the trace id for the job; the provider is read by the receipt's statement,
+    // for the stats.
+    unread [to_number, lease_until, published_at, relayed_at, provider, trace_id]
 }
 
 impl TryFrom<DeliveryRow> for DeliveryRecord {
@@ -133,6 +134,8 @@ pub struct ClaimedSend {
     pub template_body: Option<String>,
     pub locale: Option<TemplateLocale>,
     pub sender: Option<String>,
+    /// The trace of the request that asked for the send, if it was kept.
+    pub trace_id: Option<TraceId>,
 }
 
 /// A send claimed for an attempt that cannot be made, because its verification holds a
@@ -202,9 +205,10 @@ pub async fn claim_deliveries(
                  FROM unnest($1::uuid[]) AS job (id)
                  WHERE d.id = job.id
                    AND (d.status = ANY($3) OR (d.status = 'sending' AND d.lease_until < now()))
-                 RETURNING d.id, d.attempts, d.verification_id
+                 RETURNING d.id, d.attempts, d.verification_id, d.trace_id
              )
-             SELECT c.id AS delivery_id, c.attempts AS attempt, t.body AS template_body, {}
+             SELECT c.id AS delivery_id, c.attempts AS attempt, c.trace_id,
+                    t.body AS template_body, {}
              FROM claimed c
              JOIN verifications v ON v.id = c.verification_id
              LEFT JOIN templates t ON t.id = v.template_id",
@@ -322,8 +326,16 @@ fn claimed_send(
         template_body: named(row, "template_body")?,
         locale: verification.locale,
         sender: verification.sender,
+        trace_id: stored_trace_id(row)?,
     };
     Ok((delivery_id, ClaimOutcome::Claimed(Box::new(send))))
+}
+
+/// The `trace_id` column of a row. The column holds 16 bytes or nothing; an all-zero id
+/// (written by hand) reads as none: a send is never failed over its trace.
+fn stored_trace_id(row: &Row) -> Result<Option<TraceId>, DbError> {
+    Ok(named::<Option<Vec<u8>>>(row, "trace_id")?
+        .and_then(|bytes| TraceId::from_bytes(&bytes).ok()))
 }
 
 /// How one claimed attempt ended, as recorded in the row.
@@ -518,20 +530,21 @@ pub async fn relay_unpublished<F, Fut>(
     mut publish: F,
 ) -> Result<RelayRound, DbError>
 where
-    F: FnMut(DeliveryId) -> Fut,
+    F: FnMut(UnpublishedSend) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let taken = take_unpublished(pool, older_than, limit).await?;
     let mut published = 0;
-    for id in &taken {
-        if publish(*id).await {
+    for send in &taken {
+        if publish(*send).await {
             published += 1;
         } else {
             // The broker is still unhappy; the rest can wait for the next round.
             break;
         }
     }
-    let (confirmed, left) = taken.split_at(published);
+    let ids: Vec<DeliveryId> = taken.iter().map(|send| send.id).collect();
+    let (confirmed, left) = ids.split_at(published);
     if !confirmed.is_empty() {
         mark_published(pool, confirmed).await?;
     }
@@ -542,6 +555,13 @@ where
         due: taken.len(),
         published,
     })
+}
+
+/// A send whose job the relay publishes: its id, and the trace its job belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpublishedSend {
+    pub id: DeliveryId,
+    pub trace_id: Option<TraceId>,
 }
 
 /// What one round of the outbox relay did.
@@ -560,7 +580,7 @@ async fn take_unpublished(
     pool: &Pool,
     older_than: Duration,
     limit: i64,
-) -> Result<Vec<DeliveryId>, DbError> {
+) -> Result<Vec<UnpublishedSend>, DbError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
@@ -573,7 +593,7 @@ async fn take_unpublished(
                    ORDER BY created_at LIMIT $2
                    FOR UPDATE SKIP LOCKED) AS due
              WHERE d.id = due.id
-             RETURNING d.id, d.created_at",
+             RETURNING d.id, d.created_at, d.trace_id",
         )
         .await?;
     let mut taken = client
@@ -583,11 +603,15 @@ async fn take_unpublished(
         .map(|row| {
             let id: uuid::Uuid = named(row, "id")?;
             let created_at: DateTime<Utc> = named(row, "created_at")?;
-            Ok((created_at, DeliveryId::from_uuid(id)))
+            let send = UnpublishedSend {
+                id: DeliveryId::from_uuid(id),
+                trace_id: stored_trace_id(row)?,
+            };
+            Ok((created_at, send))
         })
         .collect::<Result<Vec<_>, DbError>>()?;
     taken.sort_unstable_by_key(|(created_at, _)| *created_at);
-    Ok(taken.into_iter().map(|(_, id)| id).collect())
+    Ok(taken.into_iter().map(|(_, send)| send).collect())
 }
 
 /// Clears the relay's stamp on sends it took but did not publish, so the next round takes

@@ -313,6 +313,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "verification_checks",
         include_str!("../../../migrations/V20__verification_checks.sql"),
     ),
+    (
+        21,
+        "send_traces",
+        include_str!("../../../migrations/V21__send_traces.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.

@@ -1,7 +1,7 @@
 //! New sends: starting verifications (in batches, each with its first send, some under an
 //! idempotency key) and resending a verification's code, each under the per-number send
-//! limit and the velocity limits. Both call one SQL function each (migration V10, and V12
-//! for `start_verifications`), and both apply the limits through the same ones,
+//! limit and the velocity limits. Both call one SQL function each (migration V10, and V12 and
+//! V19 for `start_verifications`), and both apply the limits through the same ones,
 //! `send_limit_waits` and `judge_velocity`.
 //!
 //! A request's velocity checks become counters (one per rule and key, shared by the
@@ -24,8 +24,8 @@ use super::{DbError, seconds};
 use crate::domain::abuse::{ClientId, VelocityCheck};
 use crate::domain::otp::NONCE_LEN;
 use crate::domain::{
-    DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateId, TemplateLocale, Variables,
-    VerificationId, VerificationStatus,
+    DeliveryId, OtpCodeLength, PhoneNumber, Sender, TemplateId, TemplateLocale, TraceParent,
+    Variables, VerificationId, VerificationStatus,
 };
 
 /// Everything needed to record a new verification and its first send.
@@ -52,6 +52,9 @@ pub struct NewVerification {
     pub risk: Option<serde_json::Value>,
     /// The velocity limits the request is counted under.
     pub velocity: Vec<VelocityCheck>,
+    /// The trace of the request. Its id is kept with the send, so a job re-published
+    /// from Postgres stays in the trace.
+    pub trace: Option<TraceParent>,
 }
 
 /// At most `max_sends` SMS to one number per `window`.
@@ -177,7 +180,7 @@ fn velocity_refusal(row: &Row) -> Result<Option<(usize, Duration)>, DbError> {
     Ok(Some((index, retry_after_from(wait))))
 }
 
-/// The call of the `start_verifications` function (migrations V10 and V12), which writes the
+/// The call of the `start_verifications` function (migrations V10, V12 and V19), which writes the
 /// idempotency keys, applies the send limit and the velocity limits, cancels the numbers'
 /// earlier open verifications and inserts the rows of a whole batch in one statement. Its
 /// rows are the request's position (`ord`), the limit's wait (`retry_after_secs`), the
@@ -191,7 +194,8 @@ static START_VERIFICATIONS: LazyLock<String> = LazyLock::new(|| {
         "WITH s AS (
              SELECT * FROM start_verifications($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                                                $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                                               $21, $22, $23, $24, $25, $26, $27, $28, $29)
+                                               $21, $22, $23, $24, $25, $26, $27, $28, $29,
+                                               $30)
          ), started AS (
              SELECT add_to_stats(array_agg(ROW(
                         (s.verification).created_at,
@@ -265,6 +269,10 @@ pub async fn insert_verifications(
     let request_hashes: Vec<Option<&[u8]>> = claims()
         .map(|claim| claim.map(|c| c.request_hash.as_slice()))
         .collect();
+    let trace_ids: Vec<Option<Vec<u8>>> = batch
+        .iter()
+        .map(|new| new.trace.map(|trace| trace.trace_id().as_bytes().to_vec()))
+        .collect();
     let velocity = VelocityArrays::new(batch.iter().map(|new| new.velocity.as_slice()));
     let window = seconds(limit.window);
     let max_sends = i64::from(limit.max_sends);
@@ -292,6 +300,7 @@ pub async fn insert_verifications(
         &max_sends,
     ];
     params.extend(velocity.params());
+    params.push(&trace_ids);
     let rows = client.query(&statement, &params).await?;
     if rows.len() != batch.len() {
         return Err(DbError::Corrupt(format!(
@@ -501,6 +510,7 @@ mod tests {
             client_id: None,
             risk: None,
             velocity: Vec::new(),
+            trace: None,
         }
     }
 
@@ -738,6 +748,55 @@ mod tests {
             (stored.client_ip, stored.client_id, stored.risk),
             (None, None, None)
         );
+    }
+
+    #[tokio::test]
+    async fn a_starts_trace_id_is_kept_with_its_send_for_the_relay_and_the_claim() {
+        let pool = database().await;
+        let trace = crate::domain::TraceParent::start();
+        let traced = NewVerification {
+            trace: Some(trace),
+            ..new_start("+14155550100")
+        };
+        let untraced = new_start("+14155550101");
+        insert_verifications(&pool, &[traced.clone(), untraced.clone()], LIMIT)
+            .await
+            .unwrap();
+
+        let mut relayed = Vec::new();
+        crate::db::deliveries::relay_unpublished(&pool, Duration::ZERO, 10, |send| {
+            relayed.push(send);
+            async { true }
+        })
+        .await
+        .unwrap();
+        relayed.sort_by_key(|send| send.id != traced.delivery_id);
+        assert_eq!(
+            relayed
+                .iter()
+                .map(|send| (send.id, send.trace_id))
+                .collect::<Vec<_>>(),
+            [
+                (traced.delivery_id, Some(trace.trace_id())),
+                (untraced.delivery_id, None)
+            ]
+        );
+
+        let claims = crate::db::deliveries::claim_deliveries(
+            &pool,
+            &[traced.delivery_id, untraced.delivery_id],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let claimed: Vec<_> = claims
+            .iter()
+            .map(|claim| match claim {
+                crate::db::deliveries::ClaimOutcome::Claimed(send) => send.trace_id,
+                other => panic!("not claimed: {other:?}"),
+            })
+            .collect();
+        assert_eq!(claimed, [Some(trace.trace_id()), None]);
     }
 
     #[tokio::test]

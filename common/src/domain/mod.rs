@@ -11,6 +11,7 @@ pub mod sender;
 pub mod sms;
 pub mod stats;
 pub mod template;
+pub mod trace;
 pub mod variables;
 pub mod verification;
 pub mod webhook;
@@ -30,6 +31,7 @@ pub use template::{
     InvalidTemplateId, TemplateBody, TemplateDescription, TemplateError, TemplateId,
     TemplateLocale, TemplateName, default_template_text, new_template_engine,
 };
+pub use trace::{SpanId, TraceId, TraceParent, TraceParentError};
 pub use variables::{VariableError, Variables};
 pub use verification::{CheckOutcome, VerificationId, VerificationStatus};
 pub use webhook::{WebhookError, WebhookEvent, WebhookSecret, WebhookUrl};

@@ -19,11 +19,12 @@ use lapin::{Acker, BasicProperties, Channel, Connection};
 use super::connection::{QueueError, bounded, connect};
 use super::headers::{
     DEAD_AT_HEADER, JobHistory, ORIGINAL_ROUTING_KEY_HEADER, REASON_CODE_HEADER, REASON_HEADER,
-    WORKER_HEADER, broker_deaths, string,
+    WORKER_HEADER, broker_deaths, string, trace_parent, write_trace,
 };
 use super::publisher::{PERSISTENT, publish_confirmed};
 use super::topology::{QueueNames, SEND_ROUTING_KEY, declare};
 use crate::config::RabbitSettings;
+use crate::domain::TraceParent;
 
 /// One message read from the dead-letter queue, not yet acknowledged. Dropping it
 /// leaves it to return to the queue when its browser closes.
@@ -40,6 +41,8 @@ pub struct DeadLetter {
     pub worker: Option<String>,
     pub original_routing_key: Option<String>,
     pub history: JobHistory,
+    /// The trace of the request that asked for the send; a replay keeps it.
+    pub trace: Option<TraceParent>,
     acker: Acker,
 }
 
@@ -80,6 +83,7 @@ impl DeadLetter {
             original_routing_key: string(headers, ORIGINAL_ROUTING_KEY_HEADER)
                 .or_else(|| (!routing_key.is_empty()).then(|| routing_key.to_owned())),
             history: JobHistory::from_properties(properties),
+            trace: trace_parent(properties),
             acker,
         }
     }
@@ -192,10 +196,12 @@ impl DeadLetterBrowser {
             replayed: letter.history.replayed.saturating_add(1),
             ..letter.history
         };
+        let mut headers = history.to_headers();
+        write_trace(&mut headers, letter.trace);
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type(ShortString::from("application/json"))
-            .with_headers(history.to_headers());
+            .with_headers(headers);
         bounded(publish_confirmed(
             &self.channel,
             &self.names.exchange,

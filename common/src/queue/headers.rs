@@ -1,5 +1,9 @@
 //! What travels in a job's headers through retries, dead-letterings and replays.
 //!
+//! The job's W3C `traceparent` ([`TRACEPARENT_HEADER`]) is written by the API's
+//! publisher and copied onto every republished copy, so the worker's log lines of a
+//! retried or replayed job carry the trace of the request that started it.
+//!
 //! A worker that gives up on a job writes a [`DeadLetterNote`] (why, when, by whom) on
 //! the copy it dead-letters. [`JobHistory`] counts dead-letterings and replays; it is
 //! carried along every time the job is republished (a retry, a dead letter, a replay),
@@ -9,6 +13,11 @@
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use crate::domain::TraceParent;
+
+/// The job's W3C trace context, in the header name (and format) of HTTP.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Why the job was dead-lettered, for people.
 pub const REASON_HEADER: &str = "x-verify-reason";
@@ -69,6 +78,19 @@ impl JobHistory {
                 headers.insert(name.into(), AMQPValue::LongLongInt(i64::from(value)));
             }
         }
+    }
+}
+
+/// The trace a message belongs to: its `traceparent` header, if it has one that parses.
+pub fn trace_parent(properties: &BasicProperties) -> Option<TraceParent> {
+    let headers = properties.headers().as_ref()?;
+    TraceParent::parse(&string(headers, TRACEPARENT_HEADER)?).ok()
+}
+
+/// Adds `trace` (if any) to `headers` as the `traceparent` header.
+pub(super) fn write_trace(headers: &mut FieldTable, trace: Option<TraceParent>) {
+    if let Some(trace) = trace {
+        headers.insert(TRACEPARENT_HEADER.into(), text(&trace.to_string()));
     }
 }
 
@@ -182,6 +204,21 @@ mod tests {
             JobHistory::default()
         );
         assert!(JobHistory::default().to_headers().inner().is_empty());
+    }
+
+    #[test]
+    fn a_trace_round_trips_through_headers_and_a_bad_one_reads_as_none() {
+        let trace = crate::domain::TraceParent::start();
+        let mut headers = FieldTable::default();
+        super::write_trace(&mut headers, Some(trace));
+        let properties = BasicProperties::default().with_headers(headers);
+        assert_eq!(super::trace_parent(&properties), Some(trace));
+
+        let mut headers = FieldTable::default();
+        headers.insert(super::TRACEPARENT_HEADER.into(), super::text("00-nope"));
+        let properties = BasicProperties::default().with_headers(headers);
+        assert_eq!(super::trace_parent(&properties), None);
+        assert_eq!(super::trace_parent(&BasicProperties::default()), None);
     }
 
     #[test]

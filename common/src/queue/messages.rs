@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, TraceParent};
 
 /// The payload format version this build writes and reads.
 pub const SEND_SMS_VERSION: u8 = 1;
@@ -22,6 +22,11 @@ pub enum MessageError {
 pub struct SendSms {
     pub v: u8,
     pub delivery_id: DeliveryId,
+    /// The trace of the request that asked for the send. It travels in the message's
+    /// `traceparent` header, not in the body: the publisher writes it, the consumer reads
+    /// it back ([`crate::queue::headers::trace_parent`]).
+    #[serde(skip)]
+    pub trace: Option<TraceParent>,
 }
 
 impl SendSms {
@@ -30,7 +35,14 @@ impl SendSms {
         Self {
             v: SEND_SMS_VERSION,
             delivery_id,
+            trace: None,
         }
+    }
+
+    /// This job, as part of the trace `trace`.
+    #[must_use]
+    pub fn traced(self, trace: Option<TraceParent>) -> Self {
+        Self { trace, ..self }
     }
 
     /// The JSON body.
@@ -38,7 +50,7 @@ impl SendSms {
         serde_json::to_vec(self).expect("a struct of an integer and a UUID always serialises")
     }
 
-    /// Reads a JSON body.
+    /// Reads a JSON body (without its trace: see [`SendSms::traced`]).
     ///
     /// # Errors
     /// [`MessageError`] for malformed JSON or an unknown version.
@@ -54,12 +66,21 @@ impl SendSms {
 #[cfg(test)]
 mod tests {
     use super::{MessageError, SendSms};
-    use crate::domain::DeliveryId;
+    use crate::domain::{DeliveryId, TraceParent};
 
     #[test]
     fn a_job_round_trips_through_its_json_form() {
         let job = SendSms::new(DeliveryId::generate());
         assert_eq!(SendSms::decode(&job.encode()).unwrap(), job);
+    }
+
+    #[test]
+    fn the_trace_stays_out_of_the_body() {
+        let trace = TraceParent::start();
+        let job = SendSms::new(DeliveryId::generate()).traced(Some(trace));
+        let body = String::from_utf8(job.encode()).unwrap();
+        assert!(!body.contains(&trace.trace_id().to_string()), "{body}");
+        assert_eq!(SendSms::decode(body.as_bytes()).unwrap().trace, None);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! - [`topology`]: exchange and queue names (with the deployment's prefix) and their
 //!   declaration, including the retry delay queues and the dead-letter queue.
 //! - [`messages`]: the job payload, versioned JSON that carries ids only, never a code.
-//! - [`headers`]: what travels in a job's headers: how often it was dead-lettered and
-//!   replayed, and why, when and by whom it was dead-lettered.
+//! - [`headers`]: what travels in a job's headers: its W3C `traceparent`, how often it
+//!   was dead-lettered and replayed, and why, when and by whom it was dead-lettered.
 //! - [`publisher`]: publishes jobs, retries and dead letters and waits for the broker's
 //!   confirm, reconnecting after a lost connection.
 //! - [`dead_letters`]: a browser that reads, replays or discards dead letters for

@@ -15,7 +15,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{Mutex, RwLock};
 
 use super::connection::{BROKER_TIMEOUT, QueueError, connect};
-use super::headers::{DeadLetterNote, JobHistory};
+use super::headers::{DeadLetterNote, JobHistory, trace_parent, write_trace};
 use super::messages::SendSms;
 use super::topology::{QueueNames, SEND_ROUTING_KEY, declare};
 use crate::config::RabbitSettings;
@@ -103,7 +103,8 @@ impl SmsPublisher {
         *self.link.write().await = None;
     }
 
-    /// Publishes a job to the work queue and waits for the broker's confirm.
+    /// Publishes a job to the work queue, its trace in the `traceparent` header, and
+    /// waits for the broker's confirm.
     ///
     /// # Errors
     /// [`QueueError`] when the broker is unreachable, refuses the message or does not
@@ -113,14 +114,14 @@ impl SmsPublisher {
             &self.names.exchange,
             SEND_ROUTING_KEY,
             &job.encode(),
-            job_properties(job),
+            job_properties(job).with_headers(job_headers(job, JobHistory::default())),
         )
         .await
     }
 
     /// Publishes a job to the delay queue for `delay`; it reaches the work queue when the
-    /// delay has passed. `history` travels with it, so a replayed job that is retried
-    /// still counts its replays.
+    /// delay has passed. `history` and the job's trace travel with it, so a replayed job
+    /// that is retried still counts its replays and stays in its trace.
     ///
     /// # Errors
     /// As [`SmsPublisher::publish`].
@@ -133,14 +134,14 @@ impl SmsPublisher {
         let queue = self.names.retry_queue_for(delay);
         let properties = job_properties(job)
             .with_expiration(delay.as_millis().to_string().into())
-            .with_headers(history.to_headers());
+            .with_headers(job_headers(job, history));
         self.publish_to("", &queue, &job.encode(), properties).await
     }
 
     /// Publishes a message the worker gives up on to the dead-letter queue, its body
     /// byte for byte (it may be unreadable, and must stay inspectable) and `note` in its
-    /// headers. `original` are the message's own properties: its id, content type and
-    /// history are kept.
+    /// headers. `original` are the message's own properties: its id, content type,
+    /// history and trace are kept.
     ///
     /// # Errors
     /// As [`SmsPublisher::publish`]; the caller then lets RabbitMQ dead-letter the
@@ -151,9 +152,11 @@ impl SmsPublisher {
         original: &BasicProperties,
         note: &DeadLetterNote<'_>,
     ) -> Result<(), QueueError> {
+        let mut headers = note.to_headers(JobHistory::from_properties(original));
+        write_trace(&mut headers, trace_parent(original));
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
-            .with_headers(note.to_headers(JobHistory::from_properties(original)));
+            .with_headers(headers);
         if let Some(content_type) = original.content_type() {
             properties = properties.with_content_type(content_type.clone());
         }
@@ -219,6 +222,13 @@ pub(super) fn job_properties(job: &SendSms) -> BasicProperties {
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
         .with_message_id(job.delivery_id.to_string().into())
+}
+
+/// The headers of a job message: its history and its trace.
+fn job_headers(job: &SendSms, history: JobHistory) -> lapin::types::FieldTable {
+    let mut headers = history.to_headers();
+    write_trace(&mut headers, job.trace);
+    headers
 }
 
 /// Publishes on a confirm-mode channel and waits for the broker's confirm (no timeout of

@@ -16,6 +16,10 @@
 //!   itself (without the reason, but not lost);
 //! - a database error → nack with requeue after a pause: nothing was recorded.
 //!
+//! Each job is handled in a span of its own (`job`) carrying its trace id, verification
+//! id and send id, so every line logged while handling it (the provider call and the
+//! recording of the outcome included) can be found by any of them.
+//!
 //! A lost connection ends the session; the worker reconnects with backoff. Messages
 //! in flight on the old channel are redelivered by the broker.
 //!
@@ -42,11 +46,14 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use verify_common::config::RabbitSettings;
 use verify_common::domain::DeliveryId;
+use verify_common::domain::TraceParent;
+use verify_common::queue::headers::trace_parent;
 use verify_common::queue::topology::declare;
 use verify_common::queue::{
-    DeadLetterNote, JobHistory, QueueNames, SendSms, SmsPublisher, connect,
+    DeadLetterNote, JobHistory, MessageError, QueueNames, SendSms, SmsPublisher, connect,
 };
 
 use crate::deliver::{Deps, deliver_sms};
@@ -217,8 +224,42 @@ pub(crate) async fn settle(
     publisher: &SmsPublisher,
     identity: &str,
 ) {
+    let trace = trace_parent(&delivery.properties);
+    let decoded = SendSms::decode(&delivery.data).map(|job| job.traced(trace));
+    let span = job_span(trace, decoded.as_ref().ok().map(|job| job.delivery_id));
+    settle_job(delivery, decoded, deps, publisher, identity)
+        .instrument(span)
+        .await;
+}
+
+/// The span every log line of one job is written in: its trace (from the job's
+/// `traceparent`, else from its send once claimed), its verification (once claimed) and
+/// its send.
+fn job_span(trace: Option<TraceParent>, delivery_id: Option<DeliveryId>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        trace_id = tracing::field::Empty,
+        verification_id = tracing::field::Empty,
+        delivery_id = tracing::field::Empty,
+    );
+    if let Some(trace) = trace {
+        span.record("trace_id", tracing::field::display(trace.trace_id()));
+    }
+    if let Some(id) = delivery_id {
+        span.record("delivery_id", tracing::field::display(id));
+    }
+    span
+}
+
+async fn settle_job(
+    delivery: Delivery,
+    decoded: Result<SendSms, MessageError>,
+    deps: &Arc<Deps>,
+    publisher: &SmsPublisher,
+    identity: &str,
+) {
     let _in_flight = deps.metrics.in_flight();
-    let job = match SendSms::decode(&delivery.data) {
+    let job = match decoded {
         Ok(job) => job,
         Err(error) => {
             let reason = DeadLetterReason::UnreadablePayload(error.to_string());

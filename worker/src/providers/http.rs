@@ -42,6 +42,9 @@ impl HttpProvider {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose_secret());
         }
+        if let Some(trace) = sms.trace {
+            request = request.header("traceparent", trace.to_string());
+        }
         let response = request
             .send()
             .await

@@ -209,6 +209,7 @@ pub(crate) fn new_verification(to: &str) -> NewVerification {
         client_id: None,
         risk: None,
         velocity: Vec::new(),
+        trace: None,
     }
 }
 
