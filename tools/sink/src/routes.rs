@@ -119,11 +119,10 @@ pub(crate) fn all(
         .and(body::limited(body::LIMIT))
         .then(control_webhooks);
 
-    twilio_send
-        .or(generic_send)
-        .unify()
-        .or(list_messages)
-        .unify()
+    // Each group is boxed: one chain of every route nests deeply enough to overflow the
+    // compiler's recursion limit in release builds.
+    let sends = twilio_send.or(generic_send).unify().boxed();
+    let inspection = list_messages
         .or(clear_messages)
         .unify()
         .or(healthz)
@@ -134,11 +133,17 @@ pub(crate) fn all(
         .unify()
         .or(stats)
         .unify()
-        .or(receive_webhook)
-        .unify()
+        .boxed();
+    let webhooks = receive_webhook
         .or(webhook_stats)
         .unify()
         .or(webhook_control)
+        .unify()
+        .boxed();
+    sends
+        .or(inspection)
+        .unify()
+        .or(webhooks)
         .unify()
         .recover(rejection_to_json)
         .unify()
