@@ -1,12 +1,14 @@
 //! Periodic clean-up the API does in the background: expired idempotency keys, velocity
 //! counts older than every window that reads them, failed checks older than any guess
-//! budget's window, and delivery receipts held for a day without their send appearing.
+//! budget's window, and delivery receipts held for a day without their send appearing;
+//! and folding the stats rollups' shards of closed hours and days, which keeps
+//! `GET /v1/stats` reading one row per key and period.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use verify_common::db::{Pool, abuse, deliveries, idempotency};
+use verify_common::db::{Pool, abuse, deliveries, idempotency, stats};
 
 use crate::abuse::AbuseControls;
 
@@ -51,6 +53,11 @@ pub(crate) async fn run(pool: Pool, controls: Arc<AbuseControls>, shutdown: Canc
                 "deleted delivery receipts whose message id no send recorded within a day"
             ),
             Err(error) => tracing::warn!(%error, "could not delete stale held receipts"),
+        }
+        match stats::fold_closed_shards(&pool).await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "folded stats rollup shards"),
+            Err(error) => tracing::warn!(%error, "could not fold stats rollup shards"),
         }
     }
 }

@@ -291,6 +291,83 @@ async fn concurrent_starts_are_each_counted_once() {
     assert_eq!(report["groups"][0]["started"], 24);
 }
 
+/// The rollup rows by shard: (shard, rows).
+async fn rollup_rows_by_shard(app: &TestApp) -> Vec<(i16, i64)> {
+    app.sql("SELECT shard, count(*) FROM stats_rollups GROUP BY 1 ORDER BY 1")
+        .await
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn folding_closed_periods_keeps_every_figure_and_skips_shards_a_writer_holds() {
+    let KnownTraffic { app, .. } = known_traffic().await;
+    // The traffic's cohort moved two days back, so its hour and day are closed, and
+    // spread over shards 1 and 2 twice over, as concurrent writers leave it.
+    app.sql("UPDATE stats_rollups SET period_start = period_start - interval '2 days', shard = 2")
+        .await;
+    app.sql(
+        "INSERT INTO stats_rollups SELECT period, period_start, country, template_id, provider,
+                1, started, sent, delivered, approved, segments, start_to_sms,
+                start_to_approval
+         FROM stats_rollups",
+    )
+    .await;
+    let [(_, rows_per_shard), _] = rollup_rows_by_shard(&app).await[..] else {
+        panic!("two shards")
+    };
+    let two_days_ago = Utc::now() - TimeDelta::days(2);
+    let window = (
+        rfc3339(two_days_ago - TimeDelta::hours(1)),
+        rfc3339(two_days_ago + TimeDelta::hours(1)),
+    );
+    let query = |group_by| {
+        vec![
+            ("from", window.0.clone()),
+            ("to", window.1.clone()),
+            ("group_by", group_by),
+        ]
+    };
+    let read = |group_by: &'static str| {
+        let app = &app;
+        let query = query(group_by.to_owned());
+        async move {
+            let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (status, body) = app.stats(&query).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let before = (read("country").await, read("provider").await);
+    assert_eq!(counts(group(&before.0, &json!("US"))), [4, 2, 2, 2, 2]);
+
+    // A writer holds shard 1 while the rollups are folded: only shard 2 moves.
+    let mut writer = app.pool.get().await.unwrap();
+    let holding = writer.transaction().await.unwrap();
+    holding
+        .execute("SELECT pg_advisory_xact_lock(1447383625, 1)", &[])
+        .await
+        .unwrap();
+    let folded = verify_common::db::stats::fold_closed_shards(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(folded, u64::try_from(rows_per_shard).unwrap());
+    assert_eq!(
+        rollup_rows_by_shard(&app).await,
+        [(0, rows_per_shard), (1, rows_per_shard)]
+    );
+    holding.rollback().await.unwrap();
+
+    let folded = verify_common::db::stats::fold_closed_shards(&app.pool)
+        .await
+        .unwrap();
+
+    assert_eq!(folded, u64::try_from(rows_per_shard).unwrap());
+    assert_eq!(rollup_rows_by_shard(&app).await, [(0, rows_per_shard)]);
+    assert_eq!((read("country").await, read("provider").await), before);
+}
+
 /// A refused query: what it is, its parameters, and the code and field of the refusal.
 type Refusal<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
 

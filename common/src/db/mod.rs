@@ -318,6 +318,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "send_traces",
         include_str!("../../../migrations/V21__send_traces.sql"),
     ),
+    (
+        22,
+        "stats_folding",
+        include_str!("../../../migrations/V22__stats_folding.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.
