@@ -24,7 +24,7 @@ table_row! {
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
     }
-    // Read only by the worker that signs a delivery (`find_delivery_to_send`).
+    // Read only by the worker that signs a delivery (`find_deliveries_to_send`).
     unread [secret]
 }
 
@@ -266,35 +266,40 @@ pub struct DeliveryToSend {
     pub open: bool,
 }
 
-/// The delivery with this id and its endpoint. `None` when either was deleted.
+/// The deliveries with these ids and their endpoints, one answer per id in the order
+/// given: `None` where the delivery or its endpoint was deleted. One statement for the
+/// jobs of a whole batch.
 ///
 /// # Errors
 /// [`DbError`] on database failure.
-pub async fn find_delivery_to_send(
+pub async fn find_deliveries_to_send(
     pool: &Pool,
-    id: Uuid,
-) -> Result<Option<DeliveryToSend>, DbError> {
+    ids: &[Uuid],
+) -> Result<Vec<Option<DeliveryToSend>>, DbError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
             "SELECT d.id, d.endpoint_id, e.url, e.secret, d.payload,
                     d.status = 'pending' AND e.disabled_at IS NULL AS open
              FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-             WHERE d.id = $1",
+             WHERE d.id = ANY($1)",
         )
         .await?;
-    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
-        return Ok(None);
-    };
     let corrupt = |e: crate::domain::WebhookError| DbError::Corrupt(e.to_string());
-    Ok(Some(DeliveryToSend {
-        id: named(&row, "id")?,
-        endpoint_id: named(&row, "endpoint_id")?,
-        url: WebhookUrl::from_trusted_storage(&named::<String>(&row, "url")?).map_err(corrupt)?,
-        secret: WebhookSecret::parse(&named::<String>(&row, "secret")?).map_err(corrupt)?,
-        payload: named(&row, "payload")?,
-        open: named(&row, "open")?,
-    }))
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for row in client.query(&statement, &[&ids]).await? {
+        let delivery = DeliveryToSend {
+            id: named(&row, "id")?,
+            endpoint_id: named(&row, "endpoint_id")?,
+            url: WebhookUrl::from_trusted_storage(&named::<String>(&row, "url")?)
+                .map_err(corrupt)?,
+            secret: WebhookSecret::parse(&named::<String>(&row, "secret")?).map_err(corrupt)?,
+            payload: named(&row, "payload")?,
+            open: named(&row, "open")?,
+        };
+        found.insert(delivery.id, delivery);
+    }
+    Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
 }
 
 /// What an attempt decided for its delivery.
@@ -310,62 +315,95 @@ pub enum AttemptVerdict {
     Gone,
 }
 
+impl AttemptVerdict {
+    /// The delivery's status after this verdict.
+    fn delivery_status(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::RetryLater => "pending",
+            Self::Failed => "failed",
+            Self::Gone => "abandoned",
+        }
+    }
+}
+
 /// One attempt's result.
 #[derive(Debug, Clone)]
-pub struct AttemptRecord<'a> {
+pub struct WebhookAttempt {
     pub delivery_id: Uuid,
     pub attempt: i32,
     pub status_code: Option<u16>,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     pub verdict: AttemptVerdict,
 }
 
-/// Records an attempt and what it decided, in one statement: the attempt row, the
-/// delivery's status and, after a 410, the endpoint disabled. A repeated attempt (a job
-/// redelivered after a crash) is recorded once.
+/// Records attempts and what they decided, in one statement for a whole batch: the
+/// attempt rows, their deliveries' status and, after a 410, the endpoint disabled. A
+/// repeated attempt (a job redelivered after a crash) is recorded once; should a batch
+/// hold two attempts of one delivery, the later attempt decides its status. The batch's
+/// deliveries are locked in id order first, so concurrent batches never wait for each
+/// other in a circle, and a delivery deleted meanwhile (its endpoint was) is skipped
+/// instead of failing the batch.
 ///
 /// # Errors
-/// [`DbError`] on database failure.
-pub async fn record_attempt(pool: &Pool, attempt: &AttemptRecord<'_>) -> Result<(), DbError> {
-    let status = match attempt.verdict {
-        AttemptVerdict::Delivered => "delivered",
-        AttemptVerdict::RetryLater => "pending",
-        AttemptVerdict::Failed => "failed",
-        AttemptVerdict::Gone => "abandoned",
-    };
+/// [`DbError`] on database failure: nothing of the batch was recorded.
+pub async fn record_attempts(pool: &Pool, attempts: &[WebhookAttempt]) -> Result<(), DbError> {
+    let ids: Vec<Uuid> = attempts.iter().map(|a| a.delivery_id).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
+    let status_codes: Vec<Option<i32>> = attempts
+        .iter()
+        .map(|a| a.status_code.map(i32::from))
+        .collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    let statuses: Vec<&str> = attempts
+        .iter()
+        .map(|a| a.verdict.delivery_status())
+        .collect();
+    let gone: Vec<bool> = attempts
+        .iter()
+        .map(|a| a.verdict == AttemptVerdict::Gone)
+        .collect();
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "WITH attempt AS (
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::int4[], $3::int4[], $4::text[],
+                                      $5::text[], $6::bool[])
+                      AS i (delivery_id, attempt, status_code, error, status, gone)
+             ), locked AS (
+                 SELECT d.id FROM webhook_deliveries d
+                 WHERE d.id = ANY($1)
+                 ORDER BY d.id
+                 FOR UPDATE
+             ), attempt AS (
                  INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error)
-                 VALUES ($1, $2, $3, $4)
+                 SELECT delivery_id, attempt, status_code, error FROM input
+                 WHERE delivery_id IN (SELECT id FROM locked)
+                 ORDER BY delivery_id, attempt
                  ON CONFLICT (delivery_id, attempt) DO NOTHING
-                 RETURNING delivery_id
+             ), latest AS (
+                 SELECT DISTINCT ON (delivery_id) * FROM input
+                 ORDER BY delivery_id, attempt DESC
              ), delivery AS (
                  UPDATE webhook_deliveries d
-                 SET status = $5, attempts = greatest(d.attempts, $2),
-                     finished_at = CASE WHEN $5 = 'pending' THEN NULL ELSE now() END
-                 WHERE d.id = $1 AND d.status = 'pending'
-                 RETURNING d.endpoint_id
+                 SET status = l.status, attempts = greatest(d.attempts, l.attempt),
+                     finished_at = CASE WHEN l.status = 'pending' THEN NULL ELSE now() END
+                 FROM latest l
+                 WHERE d.id = l.delivery_id AND d.id IN (SELECT id FROM locked)
+                   AND d.status = 'pending'
+                 RETURNING d.endpoint_id, l.gone
              )
              UPDATE webhook_endpoints e
              SET disabled_at = now(), updated_at = now(),
                  disabled_reason = 'the endpoint answered 410 Gone'
-             FROM delivery
-             WHERE $6 AND e.id = delivery.endpoint_id AND e.disabled_at IS NULL",
+             FROM (SELECT DISTINCT endpoint_id FROM delivery WHERE gone) g
+             WHERE e.id = g.endpoint_id AND e.disabled_at IS NULL",
         )
         .await?;
     client
         .execute(
             &statement,
-            &[
-                &attempt.delivery_id,
-                &attempt.attempt,
-                &attempt.status_code.map(i32::from),
-                &attempt.error,
-                &status,
-                &(attempt.verdict == AttemptVerdict::Gone),
-            ],
+            &[&ids, &numbers, &status_codes, &errors, &statuses, &gone],
         )
         .await?;
     Ok(())
