@@ -412,6 +412,8 @@ pub(crate) enum TimelineEventKindView {
         error: Option<String>,
         retry_at: Option<DateTime<Utc>>,
         duration_ms: Option<u64>,
+        /// The provider the attempt went to (`twilio`, `http`, `log`).
+        provider: Option<String>,
     },
     #[serde(rename = "send.receipt")]
     SendReceipt {
@@ -493,6 +495,7 @@ impl TimelineEventKindView {
                 error,
                 retry_at,
                 duration_ms,
+                provider,
             } => Self::SendAttempt {
                 send_id: send_id.to_string(),
                 send_number,
@@ -502,6 +505,7 @@ impl TimelineEventKindView {
                 error,
                 retry_at,
                 duration_ms,
+                provider,
             },
             TimelineKind::SendReceipt {
                 send_id,

@@ -372,6 +372,7 @@ fn log_entry(attempt: i32, at: DateTime<Utc>, outcome: AttemptOutcome) -> Attemp
         error: None,
         retry_at: None,
         duration_ms: None,
+        provider: None,
     }
 }
 

@@ -355,6 +355,7 @@ async fn a_receipt_that_beats_the_workers_record_of_the_send_is_applied_once_it_
                     error: None,
                     retry_at: None,
                     duration_ms: Some(1),
+                    provider: None,
                 },
                 segments: Some(1),
             },

@@ -128,6 +128,7 @@ async fn a_whole_life_reads_back_in_order_with_its_facts() {
     assert_eq!(attempt["attempt"], 1);
     assert_eq!(attempt["outcome"], "sent");
     assert_eq!(attempt["provider_message_id"], send["provider_message_id"]);
+    assert_eq!(attempt["provider"], "twilio");
     assert_eq!(receipt["send_id"], send["id"]);
     assert_eq!(receipt["status"], "delivered");
     assert_eq!(receipt["at"], send["receipt_at"]);

@@ -79,6 +79,7 @@ async fn the_verification_shows_a_send_the_provider_refused_as_failed_with_its_e
     assert_eq!(send["status"], "failed");
     assert_eq!(send["attempts"], 1);
     assert_eq!(send["attempt_log"][0]["outcome"], "permanent_error");
+    assert_eq!(send["attempt_log"][0]["provider"], "twilio");
     let error = send["last_error"].as_str().unwrap();
     assert!(error.contains("400"), "{error}");
     assert!(send["provider_message_id"].is_null());

@@ -420,7 +420,8 @@ pub async fn finish_attempts(
                  provider = CASE WHEN f.status = 'sent' THEN $9 ELSE d.provider END,
                  lease_until = NULL,
                  updated_at = now(),
-                 attempt_log = d.attempt_log || jsonb_build_array(f.log_entry)
+                 attempt_log = d.attempt_log
+                               || jsonb_build_array(f.log_entry || jsonb_build_object('provider', $9::text))
              FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::text[],
                          $6::float8[], $7::jsonb[], $8::text[], $10::integer[])
                   AS f (id, attempt, status, provider_message_id, last_error, retry_in_secs,

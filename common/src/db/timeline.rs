@@ -47,6 +47,8 @@ pub enum TimelineKind {
         retry_at: Option<DateTime<Utc>>,
         #[serde(default)]
         duration_ms: Option<u64>,
+        #[serde(default)]
+        provider: Option<String>,
     },
     /// The provider's final delivery receipt for a send.
     #[serde(rename = "send.receipt")]

@@ -156,6 +156,11 @@ pub struct AttemptLogEntry {
     /// How long the provider took, for attempts that called it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// The provider the attempt went to. Added by the statement that logs the attempt
+    /// (`finish_attempts`), which knows the worker's provider; entries logged before
+    /// providers were recorded have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// How one attempt ended.
