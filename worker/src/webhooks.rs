@@ -27,8 +27,6 @@ use crate::metrics::{WebhookAttemptOutcome, WorkerMetrics};
 
 /// Deliveries a relay publishes per round.
 const RELAY_BATCH: i64 = 500;
-/// How long a relay's claim on unpublished deliveries lasts.
-const RELAY_LEASE: Duration = Duration::from_secs(30);
 
 /// What an attempt decided for its job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,11 +272,11 @@ fn describe(error: &reqwest::Error) -> String {
     text
 }
 
-/// Publishes recorded deliveries until `shutdown`: every `interval`, claims those not
-/// yet published, publishes their first jobs (waiting for the confirms) and marks them.
-/// Several workers can relay at once; a claim keeps them from publishing one delivery
-/// together, and a job published twice is harmless (the second finds it finished or
-/// delivers it again with the same `webhook-id`).
+/// Publishes recorded deliveries until `shutdown`: every `interval`, takes those not yet
+/// published, publishes their first jobs (waiting for the confirms) and marks them, in
+/// one transaction. Several workers can relay at once; the transaction's row locks keep
+/// them from publishing one delivery together, and a job published twice is harmless
+/// (the second finds it finished or delivers it again with the same `webhook-id`).
 pub async fn relay(
     pool: Pool,
     publisher: Arc<WebhookPublisher>,
@@ -307,30 +305,16 @@ pub async fn relay(
 /// One round of [`relay`]; how many deliveries it published.
 ///
 /// # Errors
-/// When Postgres or the broker fails; unpublished claims are taken again after their
-/// lease.
+/// When Postgres or the broker fails; nothing of the round is marked published then, so
+/// the next round publishes it again.
 pub async fn relay_once(pool: &Pool, publisher: &WebhookPublisher) -> anyhow::Result<usize> {
-    let claimed = webhooks::claim_unpublished(pool, RELAY_BATCH, RELAY_LEASE).await?;
-    if claimed.is_empty() {
-        return Ok(0);
-    }
-    let jobs: Vec<DeliverWebhook> = claimed
-        .iter()
-        .map(|id| DeliverWebhook::first(*id))
-        .collect();
-    let results =
-        futures_util::future::join_all(jobs.iter().map(|job| publisher.publish(job, None))).await;
-    let mut published = Vec::with_capacity(claimed.len());
-    let mut failure = None;
-    for (id, result) in claimed.into_iter().zip(results) {
-        match result {
-            Ok(()) => published.push(id),
-            Err(error) => failure = Some(error),
-        }
-    }
-    webhooks::mark_published(pool, &published).await?;
-    match failure {
-        Some(error) => Err(error.into()),
-        None => Ok(published.len()),
-    }
+    Ok(
+        webhooks::relay_unpublished(pool, RELAY_BATCH, |ids| async move {
+            let jobs: Vec<DeliverWebhook> = ids.into_iter().map(DeliverWebhook::first).collect();
+            futures_util::future::try_join_all(jobs.iter().map(|job| publisher.publish(job, None)))
+                .await
+                .map(drop)
+        })
+        .await?,
+    )
 }

@@ -323,6 +323,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "stats_folding",
         include_str!("../../../migrations/V22__stats_folding.sql"),
     ),
+    (
+        23,
+        "webhook_relay_transaction",
+        include_str!("../../../migrations/V23__webhook_relay_transaction.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.

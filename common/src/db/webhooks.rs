@@ -2,15 +2,15 @@
 //! statements that change what an event reports, migration V15), the relay's claims on
 //! unpublished deliveries, and each delivery attempt.
 
+use std::future::Future;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
+use super::DbError;
 use super::rows::{columns, named, read_all, read_one, table_row};
-use super::{DbError, seconds};
 use crate::domain::{WebhookEvent, WebhookSecret, WebhookUrl};
 
 table_row! {
@@ -33,7 +33,7 @@ table_row! {
     /// `webhook_deliveries`: only the statements below read it.
     pub(crate) struct WebhookDeliveryRow in "webhook_deliveries" {}
     unread [id, endpoint_id, event_type, payload, verification_id, status, attempts,
-            published_at, relay_lease, created_at, finished_at]
+            published_at, created_at, finished_at]
 }
 
 #[cfg(test)]
@@ -210,47 +210,63 @@ pub async fn delete_endpoint(pool: &Pool, id: i64) -> Result<bool, DbError> {
         > 0)
 }
 
-/// Claims up to `limit` deliveries not yet published, oldest first, for `lease`: another
-/// relay skips them until it runs out, so a relay that dies mid-publish only delays them.
+/// Why a relay round published nothing for good.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError<E> {
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// The broker did not confirm every job; none of the round is marked published.
+    #[error("publishing webhook jobs failed: {0}")]
+    Publish(E),
+}
+
+/// Takes up to `limit` deliveries not yet published, oldest first, hands their ids to
+/// `publish`, and marks them published once it succeeded: one transaction, whose row
+/// locks keep other relays off these deliveries meanwhile (they skip locked rows and take
+/// the next ones). If `publish` fails or the relay dies, nothing is marked and the next
+/// round publishes them again; a job published twice is harmless. One row version per
+/// delivery instead of a lease and then a mark. Returns how many were published.
 ///
 /// # Errors
-/// [`DbError`] on database failure.
-pub async fn claim_unpublished(
+/// [`RelayError`]: a database failure, or `publish`'s own error.
+pub async fn relay_unpublished<F, Fut, E>(
     pool: &Pool,
     limit: i64,
-    lease: Duration,
-) -> Result<Vec<Uuid>, DbError> {
-    let client = pool.get().await?;
-    let statement = client
+    publish: F,
+) -> Result<usize, RelayError<E>>
+where
+    F: FnOnce(Vec<Uuid>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let transaction = client.transaction().await.map_err(DbError::from)?;
+    let statement = transaction
         .prepare_cached(
-            "UPDATE webhook_deliveries SET relay_lease = now() + make_interval(secs => $2)
+            "UPDATE webhook_deliveries SET published_at = now()
              WHERE id IN (
                  SELECT id FROM webhook_deliveries
-                 WHERE published_at IS NULL AND (relay_lease IS NULL OR relay_lease < now())
+                 WHERE published_at IS NULL
                  ORDER BY created_at
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
              RETURNING id",
         )
-        .await?;
-    let rows = client.query(&statement, &[&limit, &seconds(lease)]).await?;
-    rows.iter().map(|row| named(row, "id")).collect()
-}
-
-/// Marks deliveries whose first job the broker confirmed.
-///
-/// # Errors
-/// [`DbError`] on database failure.
-pub async fn mark_published(pool: &Pool, ids: &[Uuid]) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "UPDATE webhook_deliveries SET published_at = now(), relay_lease = NULL
-             WHERE id = ANY ($1)",
-        )
-        .await?;
-    client.execute(&statement, &[&ids]).await?;
-    Ok(())
+        .await
+        .map_err(DbError::from)?;
+    let ids: Vec<Uuid> = transaction
+        .query(&statement, &[&limit])
+        .await
+        .map_err(DbError::from)?
+        .iter()
+        .map(|row| named(row, "id"))
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let count = ids.len();
+    publish(ids).await.map_err(RelayError::Publish)?;
+    transaction.commit().await.map_err(DbError::from)?;
+    Ok(count)
 }
 
 /// What a worker needs to make one attempt.
