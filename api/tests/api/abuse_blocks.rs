@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use verify_api::keys::create_key;
 
 use crate::abuse::{
-    RULE_DELAY, error_of, hit, hits, rule, rules, set_rule, start_until, verifications_recorded,
-    wait_for_count,
+    RULE_DELAY, add_allow, error_of, hit, hits, key_id, rule, rules, set_rule, start_until,
+    verifications_recorded, wait_for_count,
 };
 use crate::helpers::{TestApp, TestOptions, code_in, phone_number, spawn_app_with, wrong_code};
 
@@ -565,4 +565,36 @@ async fn the_allow_list_lets_a_blocked_prefix_through_but_not_a_locked_number() 
     spend_the_guess_budget(&app, &to).await;
     let locked = app.post_verification(&json!({ "to": to })).await;
     error_of(locked, StatusCode::TOO_MANY_REQUESTS, "number_locked").await;
+}
+
+#[tokio::test]
+async fn the_breaker_leaves_out_the_traffic_of_an_allow_listed_api_key() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    small_prefix_breaker(&app, "enforce").await;
+    let qa_key = create_key(&app.database.settings, "qa").await.unwrap();
+    let allowed = add_allow(
+        &app,
+        &json!({"kind": "api_key", "value": key_id(&app, "qa").await}),
+    )
+    .await;
+    assert_eq!(allowed.status(), StatusCode::CREATED);
+    for n in 0..5 {
+        let started = app
+            .client
+            .post(app.url("/v1/verifications"))
+            .header("x-api-key", &qa_key)
+            .json(&json!({ "to": phone_number(100 + n) }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), StatusCode::ACCEPTED);
+    }
+
+    let written_for_qa_traffic = app.evaluate_breaker().await;
+    pump(&app, 5).await;
+    let written_for_the_same_traffic_unlisted = app.evaluate_breaker().await;
+
+    assert_eq!(written_for_qa_traffic, 0);
+    assert_eq!(written_for_the_same_traffic_unlisted, 1);
+    assert_eq!(the_block(&app).await["counts"]["sends"], 5);
 }

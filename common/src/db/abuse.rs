@@ -589,6 +589,11 @@ WITH rules AS (
     -- The widest window as one bound, so the index is used for all rules at once.
     WHERE v.created_at > (SELECT now() - make_interval(secs => max(w.window_secs))
                           FROM rules w)
+      -- Allow-listed traffic is not judged: numbers and prefixes listed now, and starts
+      -- the allow list exempted when they were made (an allowed API key's QA traffic
+      -- that never checks its codes would otherwise trip the breaker for everyone).
+      AND NOT coalesce(v.risk -> 'notes'
+                       @> jsonb_build_array(jsonb_build_object('code', 'allow_listed')), false)
       AND NOT EXISTS (
         SELECT 1 FROM abuse_allow a
         WHERE (a.kind = 'number' AND a.value = v.to_number)
