@@ -593,6 +593,7 @@ pub(crate) async fn resend(
         state.api.resend_interval(),
         state.send_limit,
         &velocity,
+        Some(trace),
     )
     .await?;
     state.abuse.count_velocity(&velocity, &counts);

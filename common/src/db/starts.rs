@@ -399,7 +399,10 @@ static RESEND_VERIFICATION: LazyLock<String> = LazyLock::new(|| {
 /// of one verification, to the per-number send limit and to the velocity limits
 /// `velocity` (those exceeded without refusing join the verification's risk). Returns the
 /// outcome and the figures the velocity checks counted (empty when not judged). The check
-/// counter is untouched: resending never buys more guesses.
+/// counter is untouched: resending never buys more guesses. The send keeps `trace`'s
+/// trace id, as a start's does, so an outbox re-publish of it still carries the trace;
+/// it is written in the same transaction (one more statement, on the rare resend path,
+/// rather than a new signature for `resend_verification`).
 ///
 /// # Errors
 /// [`DbError`] on database failure.
@@ -410,6 +413,7 @@ pub async fn insert_resend(
     min_interval: Duration,
     limit: SendLimit,
     velocity: &[VelocityCheck],
+    trace: Option<TraceParent>,
 ) -> Result<(ResendOutcome, Vec<u64>), DbError> {
     let arrays = VelocityArrays::new([velocity]);
     let (id_uuid, delivery_uuid) = (id.as_uuid(), delivery_id.as_uuid());
@@ -421,15 +425,26 @@ pub async fn insert_resend(
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         vec![&id_uuid, &delivery_uuid, &interval, &window, &max_sends];
     params.extend(arrays.params());
-    let client = pool.get().await?;
-    let Some(row) = client
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let Some(row) = transaction
         .query_opt(RESEND_VERIFICATION.as_str(), &params)
         .await?
     else {
         return Ok((ResendOutcome::NotFound, Vec::new()));
     };
     let counts = velocity_counts(&row)?;
-    Ok((resend_outcome(&row)?, counts))
+    let outcome = resend_outcome(&row)?;
+    if let (ResendOutcome::Created(send), Some(trace)) = (&outcome, trace) {
+        transaction
+            .execute(
+                "UPDATE sms_deliveries SET trace_id = $2 WHERE id = $1",
+                &[&send.id.as_uuid(), &trace.trace_id().as_bytes().as_slice()],
+            )
+            .await?;
+    }
+    transaction.commit().await?;
+    Ok((outcome, counts))
 }
 
 /// Reads the outcome of a resend from its `resend_verification` row.
@@ -800,6 +815,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resends_trace_id_is_kept_with_its_send_for_the_relay() {
+        let pool = database().await;
+        let start = new_start("+14155550100");
+        insert_verifications(&pool, std::slice::from_ref(&start), LIMIT)
+            .await
+            .unwrap();
+        crate::db::deliveries::relay_unpublished(&pool, Duration::ZERO, 10, |_| async { true })
+            .await
+            .unwrap();
+        let trace = crate::domain::TraceParent::start();
+
+        let resent = insert_resend(
+            &pool,
+            start.id,
+            DeliveryId::generate(),
+            Duration::ZERO,
+            LIMIT,
+            &[],
+            Some(trace),
+        )
+        .await
+        .unwrap()
+        .0;
+
+        let ResendOutcome::Created(send) = resent else {
+            panic!("not resent: {resent:?}")
+        };
+        let mut relayed = Vec::new();
+        crate::db::deliveries::relay_unpublished(&pool, Duration::ZERO, 10, |send| {
+            relayed.push((send.id, send.trace_id));
+            async { true }
+        })
+        .await
+        .unwrap();
+        assert_eq!(relayed, [(send.id, Some(trace.trace_id()))]);
+    }
+
+    #[tokio::test]
     async fn a_new_start_cancels_the_numbers_earlier_pending_verification_and_no_other() {
         let pool = database().await;
         let earlier = new_start("+14155550100");
@@ -969,6 +1022,7 @@ mod tests {
                 Duration::ZERO,
                 LIMIT,
                 &[],
+                None,
             )
         };
         assert!(matches!(
@@ -1011,6 +1065,7 @@ mod tests {
             Duration::ZERO,
             LIMIT,
             &[],
+            None,
         )
         .await
         .unwrap()
@@ -1022,6 +1077,7 @@ mod tests {
             Duration::ZERO,
             LIMIT,
             &[],
+            None,
         )
         .await
         .unwrap()
