@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use verify_common::db::DbError;
 use verify_common::domain::abuse::{BlockScope, Refusal, RefusalReason, RuleId};
 use verify_common::queue::QueueError;
@@ -304,15 +305,21 @@ impl From<QueueError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The native error answer: `{"error": {code, message, field}}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
+/// What went wrong. Refusals by the abuse rules also name the `rule` and what it judged
+/// (`number_type`, `country`, or the `scope` of a block or velocity limit).
+#[derive(Serialize, ToSchema)]
 struct ErrorDetail<'a> {
+    /// Stable and machine-readable: match on this, not on the message.
     code: &'a str,
     message: String,
+    /// The body field, query parameter or header the error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
     #[serde(flatten)]

@@ -19,8 +19,8 @@
 //! - `receipts`: recording providers' delivery receipts (the one place a receipt changes
 //!   a send), those held until their send is recorded, and Twilio's callback signature.
 //! - `routes`: the native `/v1` API, PortaText-compatible routes, health probes, the
-//!   table of every route ([`ENDPOINTS`]) and the extractors they share (caller, bodies,
-//!   ids).
+//!   table of every route ([`ENDPOINTS`]), the extractors they share (caller, bodies,
+//!   ids) and the OpenAPI document of the native API ([`openapi_document`]).
 //! - `operations`: what each request does, shared by both route shapes.
 //! - `group_commit`: records concurrent start requests together, one statement per batch.
 //! - `outbox`: publishing jobs after commit, and re-publishing any the broker never
@@ -63,5 +63,5 @@ pub mod expiry;
 pub mod keys;
 pub mod startup;
 
-pub use routes::{ENDPOINTS, Endpoint, Family};
+pub use routes::{ENDPOINTS, Endpoint, Family, openapi_document};
 pub use startup::{ApiConfig, Application};

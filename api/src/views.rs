@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 use verify_common::db::abuse::{AllowRecord, BlockRecord, RuleCount, RuleRecord};
 use verify_common::db::deliveries::DeliveryRecord;
 use verify_common::db::stats::{StatsFigures, StatsGroup};
@@ -19,10 +20,11 @@ use verify_common::domain::{
 };
 
 /// A webhook endpoint. `secret` is present only in the answer that created it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct WebhookView {
     pub id: i64,
     pub url: String,
+    /// The event types it receives (`verification.approved`, …).
     pub events: Vec<&'static str>,
     pub enabled: bool,
     pub disabled_at: Option<DateTime<Utc>>,
@@ -50,9 +52,12 @@ impl WebhookView {
 }
 
 /// A verification with its sends.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct VerificationView {
+    #[schema(format = Uuid)]
     pub id: String,
+    /// In E.164: `+`, a country code and 8 to 15 digits in all.
+    #[schema(pattern = r"^\+[1-9][0-9]{7,14}$")]
     pub to: String,
     pub status: VerificationStatus,
     /// Status of the newest send: `delivered` or `undelivered` once its provider's
@@ -77,8 +82,9 @@ pub(crate) struct VerificationView {
 }
 
 /// One send of the code, with its attempt history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SendView {
+    #[schema(format = Uuid)]
     pub id: String,
     pub send_number: i32,
     pub status: DeliveryStatus,
@@ -160,8 +166,9 @@ impl SendView {
 }
 
 /// The answer to a check by id (any outcome) or by number (an approval).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CheckView {
+    #[schema(format = Uuid)]
     pub id: String,
     pub status: VerificationStatus,
     pub valid: bool,
@@ -171,16 +178,44 @@ pub(crate) struct CheckView {
 /// The answer to every check by number that did not approve, whatever the reason: the
 /// fields of [`CheckView`], each `null` but `valid: false`, so clients read one shape and
 /// nothing tells whether the number has a verification.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub(crate) struct RefusedCheckView {
+    #[schema(schema_with = always_null)]
     id: Option<String>,
+    #[schema(schema_with = always_null)]
     status: Option<VerificationStatus>,
+    #[schema(schema_with = always_false)]
     valid: bool,
+    #[schema(schema_with = always_null)]
     attempts_remaining: Option<u32>,
 }
 
+/// The answer to a check by number: an approval, or the one refusal.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum NumberCheckView {
+    Approved(CheckView),
+    Refused(RefusedCheckView),
+}
+
+/// The schema of a refusal's fields that are always `null`: saying so keeps an approval
+/// and a refusal apart for clients that pick a shape by validating.
+fn always_null() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Null)
+        .build()
+}
+
+/// The schema of a refusal's `valid`: always `false`.
+fn always_false() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Boolean)
+        .enum_values(Some([false]))
+        .build()
+}
+
 /// A stored template.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TemplateView {
     pub id: TemplateId,
     pub name: String,
@@ -215,8 +250,14 @@ impl TemplateView {
     }
 }
 
+/// One page of templates, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TemplateListView {
+    pub templates: Vec<TemplateView>,
+}
+
 /// A rendered preview of a template text.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PreviewView {
     pub text: String,
     pub encoding: SmsEncoding,
@@ -227,7 +268,7 @@ pub(crate) struct PreviewView {
 
 /// One abuse rule as stored, how it applies under the process-wide mode, and how often it
 /// matched, by outcome (`block`, `shadow_block`, `monitor`; totals of every API process).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RuleView {
     pub id: String,
     pub kind: RuleKind,
@@ -262,8 +303,33 @@ impl RuleView {
     }
 }
 
+/// Every abuse rule, and the mode all rules apply under (`VERIFY_ABUSE_MODE`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RuleListView {
+    pub mode: RuleMode,
+    pub rules: Vec<RuleView>,
+}
+
+/// The allow list.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AllowListView {
+    pub entries: Vec<AllowView>,
+}
+
+/// The blocks in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BlockListView {
+    pub blocks: Vec<BlockView>,
+}
+
+/// Every webhook endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WebhookListView {
+    pub webhooks: Vec<WebhookView>,
+}
+
 /// An allow-list entry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AllowView {
     pub id: i64,
     pub kind: AllowKind,
@@ -285,7 +351,7 @@ impl AllowView {
 }
 
 /// A block in force.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BlockView {
     pub id: i64,
     pub scope: BlockScope,
@@ -319,7 +385,7 @@ impl BlockView {
 
 /// A stats report: the window as covered (whole hours), the grouping and one row per
 /// group.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct StatsView {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -329,7 +395,7 @@ pub(crate) struct StatsView {
 
 /// The figures of one group. Rates are `null` when their denominator is 0, medians when
 /// no duration was recorded.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct StatsGroupView {
     /// The group's value: a country, a template id (`null` for the built-in text), a
     /// provider (`null` for starts and approvals), a `YYYY-MM-DD` day; `null` ungrouped.
@@ -378,13 +444,13 @@ impl StatsGroupView {
 }
 
 /// A verification's timeline: every event of its life, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TimelineView {
     pub events: Vec<TimelineEventView>,
 }
 
 /// One event: its `type`, when it happened (`at`) and the facts recorded about it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TimelineEventView {
     pub at: DateTime<Utc>,
     #[serde(flatten)]
@@ -392,7 +458,7 @@ pub(crate) struct TimelineEventView {
 }
 
 /// The event types of a timeline and their fields. The `type` names are stable.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "type")]
 pub(crate) enum TimelineEventKindView {
     #[serde(rename = "verification.created")]
@@ -401,9 +467,14 @@ pub(crate) enum TimelineEventKindView {
         max_checks: i32,
     },
     #[serde(rename = "send.queued")]
-    SendQueued { send_id: String, send_number: i32 },
+    SendQueued {
+        #[schema(format = Uuid)]
+        send_id: String,
+        send_number: i32,
+    },
     #[serde(rename = "send.attempt")]
     SendAttempt {
+        #[schema(format = Uuid)]
         send_id: String,
         send_number: i32,
         attempt: i32,
@@ -417,6 +488,7 @@ pub(crate) enum TimelineEventKindView {
     },
     #[serde(rename = "send.receipt")]
     SendReceipt {
+        #[schema(format = Uuid)]
         send_id: String,
         send_number: i32,
         /// `delivered` or `undelivered`.

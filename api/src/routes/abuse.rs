@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::json;
-use verify_common::domain::abuse::{AllowEntry, RuleId, RuleMode, RuleParams};
+use utoipa::ToSchema;
+use verify_common::domain::abuse::{AllowEntry, AllowKind, RuleId, RuleMode, RuleParams};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -14,21 +14,33 @@ use super::extract;
 use super::native::respond;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::operations::abuse::{self as ops, RuleChange};
 use crate::state::{AppState, with_state};
+use crate::views::{AllowListView, AllowView, BlockListView, RuleListView, RuleView};
 
-#[derive(Debug, Deserialize)]
+/// A change of a rule: each field optional, each present one valid.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RuleBody {
+#[schema(as = RuleChange)]
+pub(super) struct RuleBody {
+    #[schema(value_type = Option<RuleMode>)]
     mode: Option<String>,
+    /// The rule's parameters, of the shape its kind reads.
+    #[schema(value_type = Option<Object>)]
     params: Option<serde_json::Value>,
+    /// Why the rule is set this way: at most 300 characters.
     reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new allow-list entry.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AllowBody {
+#[schema(as = NewAllowEntry)]
+pub(super) struct AllowBody {
+    #[schema(value_type = AllowKind)]
     kind: String,
+    /// A number in E.164, a prefix of one, or a stored API key's id, as `kind` says.
     value: String,
     note: Option<String>,
 }
@@ -105,9 +117,17 @@ pub(super) fn routes(
         .unify()
 }
 
+/// Every abuse rule, how it applies and how often it matched.
+#[utoipa::path(
+    get,
+    path = "/v1/abuse/rules",
+    operation_id = "list_abuse_rules",
+    tag = "abuse",
+    responses((status = 200, description = "The rules", body = RuleListView)),
+)]
 async fn list_rules(_caller: Caller, state: AppState) -> Result<impl Reply, ApiError> {
     let (mode, rules) = ops::list_rules(&state).await?;
-    Ok(warp::reply::json(&json!({ "mode": mode, "rules": rules })))
+    Ok(warp::reply::json(&RuleListView { mode, rules }))
 }
 
 /// Longest reason kept with a rule.
@@ -146,6 +166,22 @@ fn rule_change(id: RuleId, body: RuleBody) -> Result<RuleChange, ApiError> {
     })
 }
 
+/// Creates or changes a rule. A new rule needs its `params`; its mode defaults to
+/// `enforce`.
+#[utoipa::path(
+    put,
+    path = "/v1/abuse/rules/{id}",
+    operation_id = "put_abuse_rule",
+    tag = "abuse",
+    params(("id" = String, Path, description = "The rule's id: its kind and what it \
+        judges (`number_type.voip`, `country.default`, `country.NG`, a velocity rule's name)")),
+    request_body = RuleBody,
+    responses(
+        (status = 200, description = "The rule as now stored", body = RuleView),
+        (status = 422, description = "`invalid_rule_mode`, `invalid_rule_params`, \
+            `invalid_rule_reason`", body = ErrorBody),
+    ),
+)]
 async fn put_rule(
     _caller: Caller,
     id: RuleId,
@@ -156,16 +192,53 @@ async fn put_rule(
     Ok(warp::reply::json(&view))
 }
 
+/// Deletes a rule. `country.default` stays: it decides for every country without a
+/// rule of its own.
+#[utoipa::path(
+    delete,
+    path = "/v1/abuse/rules/{id}",
+    operation_id = "delete_abuse_rule",
+    tag = "abuse",
+    params(("id" = String, Path, description = "The rule's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`rule_not_found`", body = ErrorBody),
+        (status = 409, description = "`rule_required`: change its mode instead",
+            body = ErrorBody),
+    ),
+)]
 async fn delete_rule(_caller: Caller, id: RuleId, state: AppState) -> Result<impl Reply, ApiError> {
     ops::delete_rule(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The allow list: numbers, prefixes and API keys the abuse rules never refuse.
+#[utoipa::path(
+    get,
+    path = "/v1/abuse/allow",
+    operation_id = "list_allow_entries",
+    tag = "abuse",
+    responses((status = 200, description = "The allow list", body = AllowListView)),
+)]
 async fn list_allow(_caller: Caller, state: AppState) -> Result<impl Reply, ApiError> {
     let entries = ops::list_allow(&state).await?;
-    Ok(warp::reply::json(&json!({ "entries": entries })))
+    Ok(warp::reply::json(&AllowListView { entries }))
 }
 
+/// Adds an entry to the allow list.
+#[utoipa::path(
+    post,
+    path = "/v1/abuse/allow",
+    operation_id = "add_allow_entry",
+    tag = "abuse",
+    request_body = AllowBody,
+    responses(
+        (status = 201, description = "The new entry", body = AllowView),
+        (status = 409, description = "`allow_entry_exists`", body = ErrorBody),
+        (status = 422, description = "`invalid_allow_entry`, or an API key id that names \
+            no stored key", body = ErrorBody),
+    ),
+)]
 async fn add_allow(
     _caller: Caller,
     state: AppState,
@@ -180,16 +253,48 @@ async fn add_allow(
     ))
 }
 
+/// Removes an allow-list entry.
+#[utoipa::path(
+    delete,
+    path = "/v1/abuse/allow/{id}",
+    operation_id = "delete_allow_entry",
+    tag = "abuse",
+    params(("id" = i64, Path, minimum = 1, description = "The entry's id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "`allow_entry_not_found`", body = ErrorBody),
+    ),
+)]
 async fn delete_allow(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
     ops::delete_allow(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The blocks in force, written by the rules.
+#[utoipa::path(
+    get,
+    path = "/v1/abuse/blocks",
+    operation_id = "list_blocks",
+    tag = "abuse",
+    responses((status = 200, description = "The blocks", body = BlockListView)),
+)]
 async fn list_blocks(_caller: Caller, state: AppState) -> Result<impl Reply, ApiError> {
     let blocks = ops::list_blocks(&state).await?;
-    Ok(warp::reply::json(&json!({ "blocks": blocks })))
+    Ok(warp::reply::json(&BlockListView { blocks }))
 }
 
+/// Lifts a block before its end.
+#[utoipa::path(
+    delete,
+    path = "/v1/abuse/blocks/{id}",
+    operation_id = "lift_block",
+    tag = "abuse",
+    params(("id" = i64, Path, minimum = 1, description = "The block's id")),
+    responses(
+        (status = 204, description = "Lifted"),
+        (status = 404, description = "`block_not_found`", body = ErrorBody),
+    ),
+)]
 async fn lift_block(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
     ops::lift_block(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)

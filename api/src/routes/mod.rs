@@ -7,7 +7,8 @@
 //!   allow list, blocks), `webhooks` (producers' endpoints) and `stats` (traffic
 //!   figures from rollups) are its routes.
 //! - `portatext`: PortaText's routes and answer shape; `health`: the probes;
-//!   `metrics`: the Prometheus scrape.
+//!   `metrics`: the Prometheus scrape; `openapi`: the native API's OpenAPI document,
+//!   derived from the routes' types.
 //! - `receipts`: providers' delivery receipts, authenticated by the provider's signature
 //!   or token instead of an API key.
 //!
@@ -22,6 +23,7 @@ mod extract;
 mod health;
 mod metrics;
 mod native;
+mod openapi;
 mod portatext;
 mod receipts;
 mod stats;
@@ -34,6 +36,7 @@ use std::sync::Arc;
 use warp::Filter;
 use warp::reply::Reply;
 
+pub use openapi::openapi_document;
 pub use table::{ENDPOINTS, Endpoint, Family};
 
 use crate::error::handle_rejection;
@@ -57,6 +60,8 @@ pub(crate) fn routes(
         .unify();
     health::routes(state.clone())
         .or(metrics::routes(Arc::clone(&state.metrics)))
+        .unify()
+        .or(openapi::routes())
         .unify()
         .or(extract::answering_refusals(native, native::error_response))
         .unify()

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use utoipa::IntoParams;
 use verify_common::domain::{StatsGroupBy, StatsWindow, StatsWindowError};
 use warp::Filter;
 use warp::reply::{Reply, Response};
@@ -12,6 +13,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::operations::stats as ops;
 use crate::state::{AppState, with_state};
+use crate::views::StatsView;
 
 pub(super) fn routes(
     state: AppState,
@@ -25,13 +27,30 @@ pub(super) fn routes(
 }
 
 /// The query's parameters, as given.
-#[derive(Debug, Default)]
-struct StatsQuery {
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct StatsQuery {
+    /// The window's start (RFC 3339), rounded down to the hour.
+    #[param(required = true, value_type = String, format = DateTime)]
     from: Option<String>,
+    /// The window's end (RFC 3339), rounded up to the hour; at most 400 days after `from`.
+    #[param(required = true, value_type = String, format = DateTime)]
     to: Option<String>,
+    /// One row per country, template, provider or day; a single row when absent.
+    #[param(value_type = Option<StatsGroupBy>)]
     group_by: Option<String>,
 }
 
+/// Traffic figures of a window: starts, sends, deliveries, approvals, conversion and
+/// delivery rates, median times; optionally one row per group.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    operation_id = "get_stats",
+    tag = "stats",
+    params(StatsQuery),
+    responses((status = 200, description = "The report", body = StatsView)),
+)]
 async fn report(_caller: Caller, state: AppState, query: String) -> Result<impl Reply, ApiError> {
     let query = parse_query(&query)?;
     let window = StatsWindow::parse(query.from.as_deref(), query.to.as_deref()).map_err(|e| {

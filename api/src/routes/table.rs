@@ -10,7 +10,8 @@ pub enum Family {
     Native,
     /// PortaText's paths: errors are `{success: false, error_description: […]}`; needs a key.
     PortaText,
-    /// Liveness and readiness probes: open to everyone.
+    /// Liveness and readiness probes, the metrics scrape and the API's OpenAPI document:
+    /// open to everyone.
     Probe,
     /// Providers' delivery receipts: native error shape, but no API key (a provider
     /// cannot send one); a signature or token of the provider's is required instead.
@@ -46,6 +47,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     route("GET", "/healthz", Family::Probe),
     route("GET", "/readyz", Family::Probe),
     route("GET", "/metrics", Family::Probe),
+    route("GET", "/openapi.json", Family::Probe),
     route("POST", "/callbacks/twilio/status", Family::Receipt),
     route("POST", "/callbacks/http/status", Family::Receipt),
     route("POST", "/v1/verifications", Family::Native),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use verify_common::domain::{TemplateId, Variables};
 use warp::Filter;
 use warp::http::StatusCode;
@@ -13,21 +13,29 @@ use super::extract;
 use super::native::respond;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::operations::templates::{self as ops, TemplateInput, variable_error};
 use crate::state::{AppState, with_state};
-use crate::views::TemplateView;
+use crate::views::{PreviewView, TemplateListView, TemplateView};
 
 /// Templates per page when the client does not say, and at most.
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1_000;
 
-#[derive(Debug, Deserialize)]
+/// A template's fields. Creating one needs `name` and `text`; a change gives only the
+/// fields it changes.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TemplateBodyJson {
+#[schema(as = TemplateFields)]
+pub(super) struct TemplateBodyJson {
     name: Option<String>,
     description: Option<String>,
+    /// `null` clears it; absent keeps it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     locale: Option<Option<String>>,
+    /// The message: must use `{{ code }}`; may use `ttl_minutes`, `app_name` and its own
+    /// variables.
     text: Option<String>,
 }
 
@@ -36,17 +44,26 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+/// A template text to render with a placeholder code, without storing it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PreviewBody {
+#[schema(as = TemplatePreviewRequest)]
+pub(super) struct PreviewBody {
     text: String,
+    /// Values for the text's own variables: an object of strings.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     variables: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A page of templates.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only templates with a greater id: the last id of the previous page.
     after: Option<i64>,
+    /// Templates per page: 1 to 1000, 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -127,6 +144,17 @@ fn template_reply(
     warp::reply::with_status(warp::reply::json(&TemplateView::new(record)), status).into_response()
 }
 
+/// Stored templates, by id.
+#[utoipa::path(
+    get,
+    path = "/v1/templates",
+    operation_id = "list_templates",
+    tag = "templates",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of templates", body = TemplateListView),
+    ),
+)]
 async fn list(_caller: Caller, state: AppState, query: String) -> Result<impl Reply, ApiError> {
     let query: ListQuery = serde_urlencoded_query(&query)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
@@ -139,7 +167,7 @@ async fn list(_caller: Caller, state: AppState, query: String) -> Result<impl Re
     }
     let records = ops::list_templates(&state, query.after.unwrap_or(0), limit).await?;
     let views: Vec<TemplateView> = records.iter().map(TemplateView::new).collect();
-    Ok(warp::reply::json(&json!({ "templates": views })))
+    Ok(warp::reply::json(&TemplateListView { templates: views }))
 }
 
 /// Parses `after`/`limit` from a raw query string, naming the bad parameter.
@@ -172,6 +200,19 @@ fn serde_urlencoded_query(raw: &str) -> Result<ListQuery, ApiError> {
     Ok(query)
 }
 
+/// Stores a template.
+#[utoipa::path(
+    post,
+    path = "/v1/templates",
+    operation_id = "create_template",
+    tag = "templates",
+    request_body = TemplateBodyJson,
+    responses(
+        (status = 201, description = "The stored template", body = TemplateView),
+        (status = 422, description = "`message_too_long`, `unsafe_characters`",
+            body = ErrorBody),
+    ),
+)]
 async fn create(
     _caller: Caller,
     state: AppState,
@@ -181,6 +222,19 @@ async fn create(
     Ok(template_reply(StatusCode::CREATED, &record))
 }
 
+/// Renders a template text as it would be sent, with its encoding and segments.
+#[utoipa::path(
+    post,
+    path = "/v1/templates/preview",
+    operation_id = "preview_template",
+    tag = "templates",
+    request_body = PreviewBody,
+    responses(
+        (status = 200, description = "The rendered text", body = PreviewView),
+        (status = 422, description = "`message_too_long`, `unsafe_characters`",
+            body = ErrorBody),
+    ),
+)]
 async fn preview(
     _caller: Caller,
     state: AppState,
@@ -197,11 +251,38 @@ async fn preview(
     Ok(warp::reply::json(&view))
 }
 
+/// One template.
+#[utoipa::path(
+    get,
+    path = "/v1/templates/{id}",
+    operation_id = "get_template",
+    tag = "templates",
+    params(("id" = i64, Path, minimum = 1, description = "The template's id")),
+    responses(
+        (status = 200, description = "The template", body = TemplateView),
+        (status = 404, description = "`template_not_found`", body = ErrorBody),
+    ),
+)]
 async fn get(_caller: Caller, id: TemplateId, state: AppState) -> Result<impl Reply, ApiError> {
     let record = ops::find_template(&state, id).await?;
     Ok(template_reply(StatusCode::OK, &record))
 }
 
+/// Changes the fields given; `PUT` is the same as `PATCH`.
+#[utoipa::path(
+    method(patch, put),
+    path = "/v1/templates/{id}",
+    operation_id = "update_template",
+    tag = "templates",
+    params(("id" = i64, Path, minimum = 1, description = "The template's id")),
+    request_body = TemplateBodyJson,
+    responses(
+        (status = 200, description = "The changed template", body = TemplateView),
+        (status = 404, description = "`template_not_found`", body = ErrorBody),
+        (status = 422, description = "`message_too_long`, `unsafe_characters`",
+            body = ErrorBody),
+    ),
+)]
 async fn update(
     _caller: Caller,
     id: TemplateId,
@@ -212,6 +293,18 @@ async fn update(
     Ok(template_reply(StatusCode::OK, &record))
 }
 
+/// Deletes a template.
+#[utoipa::path(
+    delete,
+    path = "/v1/templates/{id}",
+    operation_id = "delete_template",
+    tag = "templates",
+    params(("id" = i64, Path, minimum = 1, description = "The template's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`template_not_found`", body = ErrorBody),
+    ),
+)]
 async fn delete(_caller: Caller, id: TemplateId, state: AppState) -> Result<impl Reply, ApiError> {
     ops::delete_template(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde::Deserialize;
+use utoipa::ToSchema;
 use verify_common::domain::{
     OtpPolicy, PhoneNumber, Sender, TemplateLocale, TraceParent, Variables, VerificationId,
 };
@@ -15,6 +16,7 @@ use super::extract::{self, JsonBody};
 use super::native::respond;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::operations::templates::{template_error, variable_error};
 use crate::operations::verifications::{
@@ -22,32 +24,50 @@ use crate::operations::verifications::{
 };
 use crate::state::{AppState, with_state};
 use crate::trace;
-use crate::views::{RefusedCheckView, VerificationView};
+use crate::views::{CheckView, NumberCheckView, RefusedCheckView, TimelineView, VerificationView};
 
-#[derive(Debug, Deserialize)]
+/// A start request: where to send a code, and how to word it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+#[schema(as = StartVerification)]
+pub(super) struct CreateBody {
+    /// The number to verify, international form (spaces, dashes and brackets allowed).
     to: String,
+    /// A stored template; the built-in text when absent.
     template_id: Option<i64>,
+    /// Which translation of the template (`en`, `pt-BR`, …).
     locale: Option<String>,
+    /// Values for the template's own variables: an object of strings.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     variables: Option<serde_json::Value>,
+    /// The sender id to send from, where the provider allows one.
     from: Option<String>,
+    /// Digits in the code, within the configured bounds.
     code_length: Option<i64>,
+    /// How long the code is valid, within the configured bounds.
     ttl_seconds: Option<i64>,
+    /// The end user's IP address, for the abuse rules.
     client_ip: Option<String>,
+    /// The end user's id in the caller's own system, for the abuse rules.
     client_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A code to check against one verification.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CheckBody {
+#[schema(as = CheckCode)]
+pub(super) struct CheckBody {
+    /// The code as the user typed it: 4 to 10 digits.
     code: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A code to check against the newest open verification of a number.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CheckByNumberBody {
+#[schema(as = CheckCodeByNumber)]
+pub(super) struct CheckByNumberBody {
     to: String,
+    /// The code as the user typed it: 4 to 10 digits.
     code: String,
 }
 
@@ -194,6 +214,30 @@ fn verification_reply(
     warp::reply::with_status(warp::reply::json(&json), status).into_response()
 }
 
+/// Starts a verification: sends a code to `to`. A repeated `Idempotency-Key` with the
+/// same body answers the first answer again; with another body, a 422.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications",
+    operation_id = "start_verification",
+    tag = "verifications",
+    request_body = CreateBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Makes retries of this start safe: 1 to 255 visible ASCII characters"),
+    ),
+    responses(
+        (status = 202, description = "Accepted: the code is on its way",
+            body = VerificationView,
+            headers(("Location" = String, description = "The verification's URL"))),
+        (status = 403, description = "`country_blocked`: an abuse rule refuses this country",
+            body = ErrorBody),
+        (status = 422, description = "`number_type_blocked`, `message_too_long`, \
+            `invalid_client_id`, `idempotency_key_reused`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`, `velocity_limited`, `number_locked`, \
+            `destination_blocked`; see `Retry-After`", body = ErrorBody),
+    ),
+)]
 async fn create(
     caller: Caller,
     state: AppState,
@@ -217,11 +261,35 @@ fn view_json(
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// A verification and its sends.
+#[utoipa::path(
+    get,
+    path = "/v1/verifications/{id}",
+    operation_id = "get_verification",
+    tag = "verifications",
+    params(("id" = Uuid, Path, description = "The verification's id")),
+    responses(
+        (status = 200, description = "The verification", body = VerificationView),
+        (status = 404, description = "`verification_not_found`", body = ErrorBody),
+    ),
+)]
 async fn get(_caller: Caller, id: VerificationId, state: AppState) -> Result<impl Reply, ApiError> {
     let found = ops::find_verification(&state, id).await?;
     Ok(verification_reply(StatusCode::OK, found))
 }
 
+/// Every event of a verification's life, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/verifications/{id}/events",
+    operation_id = "get_verification_events",
+    tag = "verifications",
+    params(("id" = Uuid, Path, description = "The verification's id")),
+    responses(
+        (status = 200, description = "The timeline", body = TimelineView),
+        (status = 404, description = "`verification_not_found`", body = ErrorBody),
+    ),
+)]
 async fn events(
     _caller: Caller,
     id: VerificationId,
@@ -231,6 +299,20 @@ async fn events(
     Ok(warp::reply::json(&timeline))
 }
 
+/// Checks a code. An unknown id answers as an expired verification does, so ids cannot
+/// be probed for.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications/{id}/check",
+    operation_id = "check_verification",
+    tag = "verifications",
+    params(("id" = Uuid, Path, description = "The verification's id")),
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "The outcome: `valid` and the verification's status",
+            body = CheckView),
+    ),
+)]
 async fn check_by_id(
     _caller: Caller,
     id: VerificationId,
@@ -241,6 +323,20 @@ async fn check_by_id(
     Ok(warp::reply::json(&view))
 }
 
+/// Checks a code against the newest open verification of a number. Every outcome but an
+/// approval has one answer, with every field `null` but `valid: false`, so the answer
+/// never tells whether the number has a verification.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications/check",
+    operation_id = "check_verification_by_number",
+    tag = "verifications",
+    request_body = CheckByNumberBody,
+    responses(
+        (status = 200, description = "Approved, or refused without saying why",
+            body = NumberCheckView),
+    ),
+)]
 async fn check_by_number(
     _caller: Caller,
     state: AppState,
@@ -249,12 +345,36 @@ async fn check_by_number(
     let to = PhoneNumber::parse(&request.to).map_err(|e| phone_error("to", &e))?;
     Ok(
         match ops::check_by_number(&state, &to, &request.code).await? {
-            NumberCheck::Approved(view) => warp::reply::json(&view),
-            NumberCheck::Refused => warp::reply::json(&RefusedCheckView::default()),
+            NumberCheck::Approved(view) => warp::reply::json(&NumberCheckView::Approved(view)),
+            NumberCheck::Refused => {
+                warp::reply::json(&NumberCheckView::Refused(RefusedCheckView::default()))
+            }
         },
     )
 }
 
+/// Sends the code of a pending verification again. The send is judged like a start, by
+/// the abuse rules, blocks and limits in force now.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications/{id}/resend",
+    operation_id = "resend_verification",
+    tag = "verifications",
+    params(("id" = Uuid, Path, description = "The verification's id")),
+    responses(
+        (status = 202, description = "Accepted: the code is on its way again",
+            body = VerificationView,
+            headers(("Location" = String, description = "The verification's URL"))),
+        (status = 404, description = "`verification_not_found`", body = ErrorBody),
+        (status = 403, description = "`country_blocked`: an abuse rule refuses this country",
+            body = ErrorBody),
+        (status = 409, description = "`verification_not_pending`", body = ErrorBody),
+        (status = 422, description = "`number_type_blocked`", body = ErrorBody),
+        (status = 429, description = "`resend_too_soon`, `rate_limited`, \
+            `velocity_limited`, `number_locked`, `destination_blocked`; see `Retry-After`",
+            body = ErrorBody),
+    ),
+)]
 async fn resend(
     caller: Caller,
     id: VerificationId,
@@ -265,6 +385,19 @@ async fn resend(
     Ok(verification_reply(StatusCode::ACCEPTED, resent))
 }
 
+/// Cancels a pending verification: its code stops working.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications/{id}/cancel",
+    operation_id = "cancel_verification",
+    tag = "verifications",
+    params(("id" = Uuid, Path, description = "The verification's id")),
+    responses(
+        (status = 200, description = "The canceled verification", body = VerificationView),
+        (status = 404, description = "`verification_not_found`", body = ErrorBody),
+        (status = 409, description = "`verification_not_pending`", body = ErrorBody),
+    ),
+)]
 async fn cancel(
     _caller: Caller,
     id: VerificationId,

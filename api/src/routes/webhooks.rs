@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::ToSchema;
 use verify_common::db::webhooks::EndpointChange;
 use warp::Filter;
 use warp::http::StatusCode;
@@ -13,20 +13,28 @@ use super::extract;
 use super::native::respond;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::operations::webhooks as ops;
 use crate::state::{AppState, with_state};
+use crate::views::{WebhookListView, WebhookView};
 
-#[derive(Debug, Deserialize)]
+/// A new webhook endpoint.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+#[schema(as = NewWebhook)]
+pub(super) struct CreateBody {
+    /// Where events are posted: an `https` (or, where allowed, `http`) URL on a public
+    /// address.
     url: String,
+    /// The event types to receive: at least one.
     events: Vec<String>,
 }
 
 /// A change: each field optional, each present one valid.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChangeBody {
+#[schema(as = WebhookChange)]
+pub(super) struct ChangeBody {
     url: Option<String>,
     events: Option<Vec<String>>,
     enabled: Option<bool>,
@@ -80,11 +88,33 @@ pub(super) fn routes(
         .unify()
 }
 
+/// Every webhook endpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "list_webhooks",
+    tag = "webhooks",
+    responses((status = 200, description = "The endpoints", body = WebhookListView)),
+)]
 async fn list(_caller: Caller, state: AppState) -> Result<impl Reply, ApiError> {
     let webhooks = ops::list(&state).await?;
-    Ok(warp::reply::json(&json!({ "webhooks": webhooks })))
+    Ok(warp::reply::json(&WebhookListView { webhooks }))
 }
 
+/// Subscribes an endpoint to events. The answer carries its signing `secret`, the only
+/// time it is shown.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    operation_id = "create_webhook",
+    tag = "webhooks",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The endpoint, with its secret", body = WebhookView),
+        (status = 422, description = "`webhook_destination_refused`, \
+            `webhook_unresolvable`", body = ErrorBody),
+    ),
+)]
 async fn create(
     _caller: Caller,
     state: AppState,
@@ -99,10 +129,37 @@ async fn create(
     ))
 }
 
+/// One webhook endpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    operation_id = "get_webhook",
+    tag = "webhooks",
+    params(("id" = i64, Path, minimum = 1, description = "The endpoint's id")),
+    responses(
+        (status = 200, description = "The endpoint", body = WebhookView),
+        (status = 404, description = "`webhook_not_found`", body = ErrorBody),
+    ),
+)]
 async fn find(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
     Ok(warp::reply::json(&ops::find(&state, id).await?))
 }
 
+/// Changes an endpoint's URL or events, or enables or disables it.
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    operation_id = "update_webhook",
+    tag = "webhooks",
+    params(("id" = i64, Path, minimum = 1, description = "The endpoint's id")),
+    request_body = ChangeBody,
+    responses(
+        (status = 200, description = "The changed endpoint", body = WebhookView),
+        (status = 404, description = "`webhook_not_found`", body = ErrorBody),
+        (status = 422, description = "`webhook_destination_refused`, \
+            `webhook_unresolvable`", body = ErrorBody),
+    ),
+)]
 async fn update(
     _caller: Caller,
     id: i64,
@@ -117,6 +174,18 @@ async fn update(
     Ok(warp::reply::json(&ops::update(&state, id, change).await?))
 }
 
+/// Deletes an endpoint; events already queued for it are dropped.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    operation_id = "delete_webhook",
+    tag = "webhooks",
+    params(("id" = i64, Path, minimum = 1, description = "The endpoint's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`webhook_not_found`", body = ErrorBody),
+    ),
+)]
 async fn delete(_caller: Caller, id: i64, state: AppState) -> Result<impl Reply, ApiError> {
     ops::delete(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Identifies one send of a code.
@@ -51,7 +52,7 @@ impl fmt::Display for DeliveryId {
 /// dead-lettered job moves a `Failed` send back to `Queued`, and only a delivery receipt
 /// moves a `Sent` one on. `Delivered` and `Undelivered` are final: a receipt that arrives
 /// after either (a duplicate, or an earlier status delivered late) changes nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Queued,
@@ -140,7 +141,7 @@ impl DeliveryStatus {
 
 /// One entry of a send's attempt log: a provider attempt, or the decision not to make
 /// one. Stored as JSON in the send's row, oldest first, and shown as it is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AttemptLogEntry {
     /// The attempt's number (1 for the first).
     pub attempt: i32,
@@ -164,7 +165,7 @@ pub struct AttemptLogEntry {
 }
 
 /// How one attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The provider accepted the message.

@@ -10,9 +10,10 @@ use std::fmt;
 use std::num::NonZeroU8;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The character set an SMS will be sent in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub enum SmsEncoding {
     #[serde(rename = "GSM-7")]
     Gsm7,

@@ -10,6 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, DurationRound, TimeDelta, Utc};
+use utoipa::ToSchema;
 
 /// The longest window a report may cover.
 pub const MAX_WINDOW_DAYS: i64 = 400;
@@ -143,7 +144,8 @@ fn instant(field: &'static str, raw: Option<&str>) -> Result<DateTime<Utc>, Stat
 }
 
 /// What a report's rows are grouped by; without one, a report has a single row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "snake_case")]
 pub enum StatsGroupBy {
     Country,
     Template,

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::Serialize;
 use upon::{Engine, Value, ValueAccess, ValueMember};
+use utoipa::ToSchema;
 
 use super::variables::{
     Variables, describe_unsafe, is_forbidden_control, is_identifier, is_invisible_formatting,
@@ -61,7 +62,7 @@ pub enum TemplateError {
 
 /// Identifies a stored template. Always positive: stored ids come from the table's
 /// identity column, and an id given in a request is checked before it is looked up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, ToSchema)]
 #[serde(transparent)]
 pub struct TemplateId(i64);
 

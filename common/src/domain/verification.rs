@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Identifies one verification. Time-ordered (UUIDv7) so inserts stay index-friendly,
@@ -38,7 +39,7 @@ impl fmt::Display for VerificationId {
 /// Where a verification stands. `Pending` is the only state in which a code can be
 /// accepted; all others are final. `Expired` is never stored: a pending verification past
 /// its expiry reads as expired (see [`VerificationStatus::at`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VerificationStatus {
     Pending,

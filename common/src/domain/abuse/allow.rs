@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::phone_number::{PhoneNumber, PhoneNumberError};
@@ -15,7 +16,7 @@ use crate::domain::phone_number::{PhoneNumber, PhoneNumberError};
 pub const MAX_ALLOW_NOTE_CHARS: usize = 200;
 
 /// What an allow-list entry matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AllowKind {
     /// One number, in E.164.

@@ -13,12 +13,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::domain::abuse::blocks::BlockScope;
 use crate::domain::numbering::{NumberType, Region};
 
 /// How strictly a rule (or all rules) applies, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleMode {
     /// Not evaluated at all.
@@ -134,7 +137,7 @@ pub enum RuleId {
 }
 
 /// The kinds of rules, as stored next to each rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleKind {
     NumberType,
