@@ -490,11 +490,12 @@ async fn a_rule_changed_through_one_api_applies_in_another_process_within_two_se
     let key = create_key(&app.database.settings, "replica").await.unwrap();
     let other = app.spawn_api_process().await;
     let start_in_other = |n: u32| {
-        app.client
-            .post(other.url("/v1/verifications"))
-            .header("x-api-key", &key)
-            .json(&json!({ "to": format!("+234802123{n:04}") }))
-            .send()
+        app.send(
+            app.client
+                .post(other.url("/v1/verifications"))
+                .header("x-api-key", &key)
+                .json(&json!({ "to": format!("+234802123{n:04}") })),
+        )
     };
     let before = start_in_other(0).await.unwrap().status();
     assert_eq!(before, StatusCode::ACCEPTED, "{}", other.logged());

@@ -508,11 +508,12 @@ async fn another_api_process_refuses_a_blocked_prefix_and_accepts_it_again_once_
     small_prefix_breaker(&app, "enforce").await;
     pump(&app, 5).await;
     let start_in_other = |n: u32| {
-        app.client
-            .post(other.url("/v1/verifications"))
-            .header("x-api-key", &key)
-            .json(&json!({ "to": phone_number(300 + n) }))
-            .send()
+        app.send(
+            app.client
+                .post(other.url("/v1/verifications"))
+                .header("x-api-key", &key)
+                .json(&json!({ "to": phone_number(300 + n) })),
+        )
     };
 
     app.evaluate_breaker().await;

@@ -217,13 +217,14 @@ async fn two_api_processes_on_one_database_enforce_one_limit_in_total() {
         let response = if n % 2 == 0 {
             app.post_verification(&body).await
         } else {
-            app.client
-                .post(other.url("/v1/verifications"))
-                .header("x-api-key", &key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
+            app.send(
+                app.client
+                    .post(other.url("/v1/verifications"))
+                    .header("x-api-key", &key)
+                    .json(&body),
+            )
+            .await
+            .unwrap()
         };
         statuses.push(response.status());
     }
@@ -506,11 +507,12 @@ async fn an_allow_listed_api_key_skips_the_velocity_limits() {
     let key = create_key(&app.database.settings, "qa").await.unwrap();
     allow(&app, "api_key", &key_id(&app, "qa").await).await;
     let start_with_qa_key = |n| {
-        app.client
-            .post(app.url("/v1/verifications"))
-            .header("x-api-key", &key)
-            .json(&json!({ "to": phone_number(n) }))
-            .send()
+        app.send(
+            app.client
+                .post(app.url("/v1/verifications"))
+                .header("x-api-key", &key)
+                .json(&json!({ "to": phone_number(n) })),
+        )
     };
 
     for n in 0..3 {
@@ -533,11 +535,12 @@ async fn an_allow_list_entry_added_through_one_api_applies_in_another_process_wi
     let key = create_key(&app.database.settings, "replica").await.unwrap();
     let other = app.spawn_api_process().await;
     let start_in_other = |n: u32| {
-        app.client
-            .post(other.url("/v1/verifications"))
-            .header("x-api-key", &key)
-            .json(&json!({ "to": phone_number(n), "client_id": "qa-session" }))
-            .send()
+        app.send(
+            app.client
+                .post(other.url("/v1/verifications"))
+                .header("x-api-key", &key)
+                .json(&json!({ "to": phone_number(n), "client_id": "qa-session" })),
+        )
     };
     let first = start_in_other(0).await.unwrap().status();
     assert_eq!(first, StatusCode::ACCEPTED, "{}", other.logged());
@@ -564,11 +567,12 @@ async fn a_velocity_rule_changed_through_one_api_applies_in_another_process_with
     let key = create_key(&app.database.settings, "replica").await.unwrap();
     let other = app.spawn_api_process().await;
     let start_in_other = |n: u32| {
-        app.client
-            .post(other.url("/v1/verifications"))
-            .header("x-api-key", &key)
-            .json(&json!({ "to": phone_number(n), "client_id": "session-2" }))
-            .send()
+        app.send(
+            app.client
+                .post(other.url("/v1/verifications"))
+                .header("x-api-key", &key)
+                .json(&json!({ "to": phone_number(n), "client_id": "session-2" })),
+        )
     };
     let first = start_in_other(0).await.unwrap().status();
     assert_eq!(first, StatusCode::ACCEPTED, "{}", other.logged());

@@ -20,7 +20,7 @@ async fn list_templates_with(app: &TestApp, headers: &[(&str, &str)]) -> Respons
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    request.send().await.unwrap()
+    app.send(request).await.unwrap()
 }
 
 /// Asserts a 401 with the JSON error shape, and returns the error's message.
@@ -124,10 +124,11 @@ async fn a_request_without_a_key_answers_401_even_when_its_body_is_invalid() {
     let app = spawn_app().await;
 
     let response = app
-        .client
-        .post(app.url("/v1/verifications"))
-        .json(&json!({}))
-        .send()
+        .send(
+            app.client
+                .post(app.url("/v1/verifications"))
+                .json(&json!({})),
+        )
         .await
         .unwrap();
 
@@ -312,13 +313,14 @@ async fn keys_cached_before_the_revocation_session_was_lost_are_looked_up_again(
 
 /// The status of `GET /v1/templates` with `key` on another API process.
 async fn list_templates_on(app: &TestApp, api: &ApiProcess, key: &str) -> StatusCode {
-    app.client
-        .get(api.url("/v1/templates"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .unwrap()
-        .status()
+    app.send(
+        app.client
+            .get(api.url("/v1/templates"))
+            .header("x-api-key", key),
+    )
+    .await
+    .unwrap()
+    .status()
 }
 
 #[tokio::test]
@@ -440,10 +442,11 @@ async fn an_unreadable_api_key_header_answers_400_naming_the_header() {
         let value = HeaderValue::from_bytes("Bearer ключ".as_bytes()).unwrap();
 
         let response = app
-            .client
-            .get(app.url("/v1/templates"))
-            .header(header, value)
-            .send()
+            .send(
+                app.client
+                    .get(app.url("/v1/templates"))
+                    .header(header, value),
+            )
             .await
             .unwrap();
 

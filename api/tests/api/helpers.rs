@@ -34,6 +34,11 @@ use verify_worker::WorkerConfig;
 use verify_worker::testing::TestWorkers;
 use warp::Filter;
 
+// The check of native answers against the OpenAPI document. Named by path, so the
+// binaries that include this file from elsewhere find it too.
+#[path = "contract.rs"]
+pub(crate) mod contract;
+
 pub(crate) const API_KEY: &str = "test-api-key-0123456789";
 pub(crate) const SECRET: &str = "test-secret-for-code-derivation";
 const TWILIO_SID: &str = "ACtest0000000000000000000000000000";
@@ -42,6 +47,47 @@ pub(crate) const TWILIO_TOKEN: &str = "test-auth-token";
 pub(crate) const HTTP_RECEIPT_TOKEN: &str = "test-receipt-token";
 /// How long helpers wait for asynchronous effects (an SMS arriving, a status changing).
 pub(crate) const WAIT: Duration = Duration::from_secs(15);
+
+/// A request whose answer, when it is native, must be one the OpenAPI document describes
+/// (see [`contract::conforming`]); otherwise the test fails. Built like reqwest's.
+pub(crate) struct CheckedRequest(reqwest::RequestBuilder);
+
+impl CheckedRequest {
+    pub(crate) fn json<T: serde::Serialize + ?Sized>(self, body: &T) -> Self {
+        Self(self.0.json(body))
+    }
+
+    pub(crate) fn body(self, body: impl Into<reqwest::Body>) -> Self {
+        Self(self.0.body(body))
+    }
+
+    pub(crate) fn query<T: serde::Serialize + ?Sized>(self, query: &T) -> Self {
+        Self(self.0.query(query))
+    }
+
+    pub(crate) fn header<K, V>(self, name: K, value: V) -> Self
+    where
+        reqwest::header::HeaderName: TryFrom<K>,
+        <reqwest::header::HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+        reqwest::header::HeaderValue: TryFrom<V>,
+        <reqwest::header::HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        Self(self.0.header(name, value))
+    }
+
+    /// Sends the request and checks its answer.
+    ///
+    /// # Errors
+    /// When no answer came.
+    pub(crate) async fn send(self) -> reqwest::Result<Response> {
+        let (client, request) = self.0.build_split();
+        let request = request?;
+        let method = request.method().clone();
+        let path = request.url().path().to_owned();
+        let response = client.execute(request).await?;
+        Ok(contract::conforming(&method, &path, response).await)
+    }
+}
 
 /// What a test may change before the system starts.
 pub(crate) struct TestOptions {
@@ -282,11 +328,23 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
-    /// A request with the test API key.
-    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .header("x-api-key", API_KEY)
+    /// A request with the test API key; its answer is checked when it is sent.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> CheckedRequest {
+        CheckedRequest(
+            self.client
+                .request(method, self.url(path))
+                .header("x-api-key", API_KEY),
+        )
+    }
+
+    /// Sends a request built on [`TestApp::client`] (without the key, or to another API
+    /// process); fails the test unless a native answer is one the OpenAPI document
+    /// describes.
+    ///
+    /// # Errors
+    /// When no answer came.
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<Response> {
+        CheckedRequest(request).send().await
     }
 
     pub(crate) async fn post_json(&self, path: &str, body: &Value) -> Response {

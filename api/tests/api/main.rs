@@ -16,6 +16,7 @@ mod idempotency;
 mod message_length;
 mod metrics;
 mod modules;
+mod openapi;
 mod outbox;
 mod portatext;
 mod receipts;

@@ -1,18 +1,18 @@
 //! PortaText compatibility: the requests PortaText's SDKs send, and the answers they
 //! can read (`success`, `error_description` as an array, ASCII-only bodies).
 
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{API_KEY, TestApp, code_in, spawn_app, wrong_code};
+use crate::helpers::{API_KEY, CheckedRequest, TestApp, code_in, spawn_app, wrong_code};
 
 /// A number as PortaText callers write it: E.164 without the '+'.
 const NUMBER: &str = "14155550100";
 
 /// A request with the headers every PortaText SDK sends.
-fn sdk_request(app: &TestApp, method: Method, path: &str) -> RequestBuilder {
+fn sdk_request(app: &TestApp, method: Method, path: &str) -> CheckedRequest {
     app.request(method, path)
         .header("content-type", "application/json")
         .header("accept", "application/json")

@@ -454,10 +454,11 @@ async fn stats_need_an_api_key() {
     let (from, to) = around_now();
 
     let response = app
-        .client
-        .get(app.url("/v1/stats"))
-        .query(&[("from", from), ("to", to)])
-        .send()
+        .send(
+            app.client
+                .get(app.url("/v1/stats"))
+                .query(&[("from", from), ("to", to)]),
+        )
         .await
         .unwrap();
 
