@@ -1,4 +1,6 @@
 //! JSON representations of stored records, shared by the native and PortaText routes.
+//! Each derives its schema for the OpenAPI document, so the document describes what is
+//! serialized.
 
 use std::collections::BTreeMap;
 
@@ -18,13 +20,14 @@ use verify_common::domain::{
     AttemptLogEntry, AttemptOutcome, DeliveryStatus, SmsEncoding, TemplateBody, TemplateId,
     VerificationStatus, new_template_engine,
 };
+use verify_common::domain::{ReceiptStatus, WebhookEvent};
 
 /// A webhook endpoint. `secret` is present only in the answer that created it.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct WebhookView {
     pub id: i64,
     pub url: String,
-    /// The event types it receives (`verification.approved`, …).
+    #[schema(schema_with = webhook_events)]
     pub events: Vec<&'static str>,
     pub enabled: bool,
     pub disabled_at: Option<DateTime<Utc>>,
@@ -49,6 +52,20 @@ impl WebhookView {
             updated_at: record.updated_at,
         }
     }
+}
+
+/// The schema of a list of webhook event types: `verification.approved`, … as
+/// [`WebhookEvent::ALL`] names them.
+pub(crate) fn webhook_events() -> utoipa::openapi::Array {
+    let names = WebhookEvent::ALL.iter().map(|event| event.as_str());
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .enum_values(Some(names)),
+        )
+        .description(Some("Webhook event types"))
+        .build()
 }
 
 /// A verification with its sends.
@@ -491,7 +508,7 @@ pub(crate) enum TimelineEventKindView {
         #[schema(format = Uuid)]
         send_id: String,
         send_number: i32,
-        /// `delivered` or `undelivered`.
+        #[schema(value_type = ReceiptStatus)]
         status: &'static str,
         error_code: Option<String>,
     },
@@ -500,6 +517,7 @@ pub(crate) enum TimelineEventKindView {
     #[serde(rename = "check")]
     Check {
         check_number: i32,
+        #[schema(value_type = CheckResult)]
         outcome: &'static str,
         status: VerificationStatus,
     },

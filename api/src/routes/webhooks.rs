@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::operations::webhooks as ops;
 use crate::state::{AppState, with_state};
-use crate::views::{WebhookListView, WebhookView};
+use crate::views::{WebhookListView, WebhookView, webhook_events};
 
 /// A new webhook endpoint.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -27,6 +27,7 @@ pub(super) struct CreateBody {
     /// address.
     url: String,
     /// The event types to receive: at least one.
+    #[schema(schema_with = webhook_events)]
     events: Vec<String>,
 }
 

@@ -94,7 +94,7 @@ pub enum TimelineKind {
 }
 
 /// How a counted check ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckResult {
     Approved,
