@@ -581,11 +581,12 @@ async fn the_breaker_leaves_out_the_traffic_of_an_allow_listed_api_key() {
     assert_eq!(allowed.status(), StatusCode::CREATED);
     for n in 0..5 {
         let started = app
-            .client
-            .post(app.url("/v1/verifications"))
-            .header("x-api-key", &qa_key)
-            .json(&json!({ "to": phone_number(100 + n) }))
-            .send()
+            .send(
+                app.client
+                    .post(app.url("/v1/verifications"))
+                    .header("x-api-key", &qa_key)
+                    .json(&json!({ "to": phone_number(100 + n) })),
+            )
             .await
             .unwrap();
         assert_eq!(started.status(), StatusCode::ACCEPTED);
