@@ -328,6 +328,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook_relay_transaction",
         include_str!("../../../migrations/V23__webhook_relay_transaction.sql"),
     ),
+    (
+        24,
+        "stats_periods_without_time_zones",
+        include_str!("../../../migrations/V24__stats_periods_without_time_zones.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Verify's migration lock among advisory locks.

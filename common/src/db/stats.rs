@@ -214,3 +214,39 @@ pub async fn fold_closed_shards(pool: &Pool) -> Result<u64, DbError> {
     }
     Ok(folded)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::db::{build_pool, migrate};
+    use crate::testing::TestDatabase;
+
+    #[tokio::test]
+    async fn utc_periods_from_the_epoch_match_date_trunc_in_utc_whatever_the_session_zone() {
+        let database = TestDatabase::create().await;
+        let pool = build_pool(&database.settings).unwrap();
+        migrate(&pool).await.unwrap();
+        let client = pool.get().await.unwrap();
+        client
+            .batch_execute("SET TimeZone = 'Asia/Kolkata'")
+            .await
+            .unwrap();
+
+        let mismatches: i64 = client
+            .query_one(
+                "SELECT count(*) FROM (
+                     SELECT t FROM generate_series(timestamptz '2024-02-28 23:59:59.999999+00',
+                                                   timestamptz '2027-01-01 00:00:00+00',
+                                                   interval '7 hours 13 minutes 17.5 seconds') t
+                     UNION ALL VALUES (timestamptz '2026-12-08 00:00:00+00'),
+                                      (timestamptz '2026-12-08 04:00:00+00')) s (t)
+                 WHERE utc_period_start(t, 3600) <> date_trunc('hour', t, 'UTC')
+                    OR utc_period_start(t, 86400) <> date_trunc('day', t, 'UTC')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+
+        assert_eq!(mismatches, 0);
+    }
+}
