@@ -72,7 +72,7 @@ type Finishes = GroupCommit<FinishedAttempt, bool>;
 /// Up to 64 jobs per statement, two statements of each kind at once (so claims and records
 /// use at most 4 of the pool's connections), each batch waiting 2 ms for company: see the
 /// API's group commit for why.
-const BATCH_LIMITS: BatchLimits = BatchLimits {
+pub(crate) const BATCH_LIMITS: BatchLimits = BatchLimits {
     max_batch: 64,
     in_flight: 2,
     linger: Duration::from_millis(2),

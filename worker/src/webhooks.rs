@@ -20,9 +20,10 @@ use verify_common::config::WebhookSettings;
 use verify_common::db::webhooks::{self, AttemptVerdict, DeliveryToSend, WebhookAttempt};
 use verify_common::db::{DbError, Pool};
 use verify_common::domain::webhook::{is_public_address, webhook_message_id};
-use verify_common::group_commit::{BatchLimits, GroupCommit};
+use verify_common::group_commit::GroupCommit;
 use verify_common::queue::webhooks::{DeliverWebhook, WebhookPublisher};
 
+use crate::deliver::BATCH_LIMITS;
 use crate::metrics::{WebhookAttemptOutcome, WorkerMetrics};
 
 /// Deliveries a relay publishes per round.
@@ -41,18 +42,10 @@ pub enum WebhookOutcome {
     },
 }
 
-/// Up to 64 jobs per statement, two statements of each kind at once, each batch waiting
-/// 2 ms for company, as the send path's ledger does: the lookups and records of
-/// concurrent attempts share statements and commits, which took most of an event's cost
-/// in Postgres when each attempt had its own.
-const BATCH_LIMITS: BatchLimits = BatchLimits {
-    max_batch: 64,
-    in_flight: 2,
-    linger: Duration::from_millis(2),
-};
-
 /// The lookups of concurrent attempts, and their records, each batched into one
-/// statement (see [`GroupCommit`]).
+/// statement (see [`GroupCommit`]) with the send path's limits: the lookups and records
+/// of concurrent attempts share statements and commits, which took most of an event's
+/// cost in Postgres when each attempt had its own.
 pub struct WebhookLedger {
     lookups: GroupCommit<Uuid, Option<DeliveryToSend>>,
     records: GroupCommit<WebhookAttempt, ()>,
